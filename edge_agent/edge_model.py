@@ -1,0 +1,121 @@
+"""What runs on the device: classifier gate, side network, lm_head copy.
+
+The same object serves the reference generator and the edge agent, so the distributed system
+and its oracle share every line of edge-side arithmetic. Inputs arrive as they do over the wire:
+z and hidden states in the wire dtype (fp16).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from edge_agent.side_network import Classifier, SideConfig, SideNetwork
+from routing.errors import InputError
+from routing.modes import Mode
+from routing.sampling import Sampling, pick_token
+
+WIRE_DTYPE = torch.float16  # z and hidden states travel as fp16 (DESIGN.md §4)
+
+
+@dataclass
+class Head:
+    """One combine setting's private parts: side network, classifier and threshold τ."""
+
+    combine: str  # 'add' (full/spa) or 'replace' (lst/choice)
+    side: SideNetwork
+    classifier: Classifier
+    # The gate fires when g > τ. It is kept as a threshold on the classifier's logit: a
+    # confident classifier saturates g at 1.0 in fp32, and a logit keeps the ranking.
+    threshold: float = 0.0
+    info: dict = field(default_factory=dict)  # how it was trained and calibrated
+
+    @property
+    def tau(self) -> float:
+        return 1.0 / (1.0 + math.exp(-self.threshold)) if abs(self.threshold) < 700 else float(
+            self.threshold > 0)
+
+
+class EdgeModel(nn.Module):
+    def __init__(
+        self,
+        lm_head: nn.Linear,
+        fingerprint: str,
+        n_layers: int,
+        tokenizer=None,
+        eos_token_id: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.lm_head = lm_head.float().requires_grad_(False)
+        self.fingerprint = fingerprint
+        self.n_layers = n_layers
+        self.d_model = lm_head.in_features
+        self.tokenizer = tokenizer
+        self.eos_token_id = eos_token_id
+        self.heads: dict[str, Head] = {}
+        self._modules_by_combine = nn.ModuleDict()
+
+    @classmethod
+    def for_backbone(cls, backbone) -> EdgeModel:
+        """A copy of the backbone's public edge pieces (lm_head, tokenizer), no heads yet."""
+        src = backbone.lm_head
+        head = nn.Linear(src.in_features, src.out_features, bias=src.bias is not None)
+        head.load_state_dict({k: v.detach().float().cpu() for k, v in src.state_dict().items()})
+        return cls(head, backbone.fingerprint, backbone.n_layers, backbone.tokenizer,
+                   backbone.eos_token_id)
+
+    def new_head(self, combine: str, side_cfg: SideConfig) -> Head:
+        if combine not in ("add", "replace"):
+            raise InputError(f"unknown combine {combine!r}")
+        head = Head(combine, SideNetwork(side_cfg), Classifier(self.d_model))
+        self.set_head(head)
+        return head
+
+    def set_head(self, head: Head) -> None:
+        self.heads[head.combine] = head
+        self._modules_by_combine[head.combine] = nn.ModuleDict(
+            {"side": head.side, "classifier": head.classifier}
+        )
+
+    # ---------------------------------------------------------------- per mode
+    def head_for(self, mode: Mode) -> Head:
+        if mode.combine == "none":
+            raise InputError(f"mode {mode.value} uses no side network")
+        if mode.combine not in self.heads:
+            have = ", ".join(sorted(self.heads)) or "none"
+            raise InputError(
+                f"mode {mode.value} needs a '{mode.combine}' side network; this bundle has: {have}"
+            )
+        return self.heads[mode.combine]
+
+    def supports(self, mode: Mode) -> bool:
+        return mode.combine == "none" or mode.combine in self.heads
+
+    def wire_layers(self, mode: Mode) -> list[int]:
+        return [] if mode.combine == "none" else self.head_for(mode).side.cfg.wire_layers
+
+    @torch.inference_mode()
+    def gate(self, mode: Mode, z: Tensor) -> tuple[bool, float]:
+        """Does this position need the side network? z: (d,) wire dtype -> (fire, g)."""
+        if mode.gate == "never":
+            return False, 0.0
+        if mode.gate == "always":
+            return True, 1.0
+        head = self.head_for(mode)
+        logit = float(head.classifier.logit(z.float()[None])[0])
+        return logit > head.threshold, 1.0 / (1.0 + math.exp(-max(-700.0, min(700.0, logit))))
+
+    def side_logits(self, mode: Mode, z: Tensor, wire: Tensor) -> Tensor:
+        """z: (N, d); wire: (N, len(wire_layers), d) -> logits (N, V)."""
+        head = self.head_for(mode)
+        delta = head.side(head.side.assemble(wire.float(), z.float()))  # (N, d)
+        state = z.float() + delta if head.combine == "add" else delta
+        return self.lm_head(state)
+
+    @torch.inference_mode()
+    def side_token(self, mode: Mode, z: Tensor, wire: Tensor, sampling: Sampling, pos: int) -> int:
+        """The side-augmented token at `pos`. z: (d,), wire: (len(wire_layers), d)."""
+        return pick_token(self.side_logits(mode, z[None], wire[None])[0], sampling, pos)

@@ -1,0 +1,114 @@
+"""The private side network `S` of DESIGN.md §2, after the SPA code's ladder side-tuning.
+
+Per position, no attention over positions: a position the classifier skipped costs nothing
+later and there is no side KV cache.
+
+    x = W_in · h0                                      # (N, r)
+    for each chosen layer i:
+        x = act(x)
+        x = D_i · norm(h_i) + A_i(x)                   # A_i: residual MLP on (N, r)
+        (gated: x = μ_i · x + (1 − μ_i) · D_i · norm(h_i),  μ_i = sigmoid(α_i / 0.1))
+    Δ = W_out · x                                      # (N, d)
+
+`layers` index the backbone states as in cloud_worker/backbone.py: 1..L, where L is z.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from routing.errors import InputError
+
+_ACTS = {"gelu": nn.GELU, "silu": nn.SiLU, "relu": nn.ReLU}
+
+
+@dataclass
+class SideConfig:
+    d_model: int  # backbone width d
+    n_layers: int  # backbone depth L
+    width: int = 0  # r; 0 = d/8 (sane range d/16 – d/2)
+    layers: list[int] = field(default_factory=list)  # chosen layers; empty = every `every`-th
+    every: int = 1  # use every k-th layer (fewer bytes on the wire); sane range 1–4
+    act: str = "gelu"
+    gates: bool = False  # LST-style learned gates
+    gate_temperature: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.width <= 0:
+            self.width = max(8, self.d_model // 8)
+        if self.every < 1:
+            raise InputError(f"side network: every must be >= 1, got {self.every}")
+        if not self.layers:
+            chosen = list(range(self.every, self.n_layers + 1, self.every))
+            if self.n_layers not in chosen:
+                chosen.append(self.n_layers)  # z is free: it travels in every frame
+            self.layers = chosen
+        bad = [i for i in self.layers if not 1 <= i <= self.n_layers]
+        if bad:
+            raise InputError(f"side network: layers {bad} outside 1..{self.n_layers}")
+        if self.act not in _ACTS:
+            raise InputError(f"side network: unknown activation {self.act!r}")
+        self.layers = sorted(set(int(i) for i in self.layers))
+
+    @property
+    def wire_layers(self) -> list[int]:
+        """Backbone states a HIDDEN message carries: h0 and the chosen layers except z."""
+        return [0] + [i for i in self.layers if i != self.n_layers]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SideNetwork(nn.Module):
+    def __init__(self, cfg: SideConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, r = cfg.d_model, cfg.width
+        self.w_in = nn.Linear(d, r)
+        self.down = nn.ModuleList(nn.Linear(d, r) for _ in cfg.layers)  # D_i
+        self.adapt = nn.ModuleList(  # A_i, residual MLP
+            nn.Sequential(nn.Linear(r, r), _ACTS[cfg.act](), nn.Linear(r, r)) for _ in cfg.layers
+        )
+        self.act = _ACTS[cfg.act]()
+        self.alpha = nn.Parameter(torch.zeros(len(cfg.layers))) if cfg.gates else None
+        self.w_out = nn.Linear(r, d, bias=False)
+        nn.init.zeros_(self.w_out.weight)  # Δ = 0 at start: 'add' starts as the backbone
+
+    def assemble(self, wire: Tensor, z: Tensor) -> Tensor:
+        """wire: (N, len(wire_layers), d) from HIDDEN; z: (N, d) -> states (N, 1+len(layers), d)."""
+        parts = [wire[:, j] for j in range(wire.shape[1])]
+        if self.cfg.n_layers in self.cfg.layers:
+            parts.append(z)
+        return torch.stack(parts, dim=1)
+
+    def forward(self, states: Tensor) -> Tensor:
+        """states: (N, 1 + len(layers), d) ordered [h0, h_layers…] -> Δ (N, d)."""
+        states = states.to(self.w_in.weight.dtype)
+        x = self.w_in(states[:, 0])  # (N, r)
+        for j in range(len(self.cfg.layers)):
+            x = self.act(x)
+            skip = self.down[j](F.rms_norm(states[:, j + 1], (states.shape[-1],)))  # (N, r)
+            if self.alpha is not None:
+                mu = torch.sigmoid(self.alpha[j] / self.cfg.gate_temperature)
+                x = mu * (x + self.adapt[j](x)) + (1 - mu) * skip
+            else:
+                x = skip + x + self.adapt[j](x)
+        return self.w_out(x)  # (N, d)
+
+
+class Classifier(nn.Module):
+    """`C`: linear on z_t -> probability g_t that the side network is needed."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(d_model, 1)
+
+    def forward(self, z: Tensor) -> Tensor:  # (N, d) -> (N,)
+        return torch.sigmoid(self.linear(z.to(self.linear.weight.dtype)).squeeze(-1))
+
+    def logit(self, z: Tensor) -> Tensor:
+        return self.linear(z.to(self.linear.weight.dtype)).squeeze(-1)

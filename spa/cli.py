@@ -1,0 +1,160 @@
+"""The `spa` command: pretrain, train, eval, generate (and the serving commands).
+
+Bad input ends with a one-line error and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from routing.errors import SpaError
+
+
+def _progress(args) -> bool:
+    return not getattr(args, "quiet", False) and sys.stderr.isatty()
+
+
+def cmd_pretrain(args) -> None:
+    from cloud_worker.pretrain import pretrain
+
+    pretrain(args.corpus, args.out, args.preset, args.steps, args.seed, args.device, _progress(args))
+
+
+def cmd_train(args) -> None:
+    from cloud_worker.backbone import Backbone
+    from edge_agent.bundle import save_bundle
+    from edge_agent.data import load_examples, split
+    from edge_agent.training import TrainConfig, train_bundle
+
+    cfg = TrainConfig(mode=args.mode, target_m=args.target_m, lam=args.lam, epochs=args.epochs,
+                      clf_epochs=args.clf_epochs, lr=args.lr, width=args.width, every=args.every,
+                      gates=args.gates, seed=args.seed, max_prompt_tokens=args.max_prompt_tokens)
+    examples = split(load_examples(args.data), args.split)
+    backbone = Backbone.load(args.backbone, args.device)
+    edge, record = train_bundle(backbone, examples, cfg, _progress(args))
+    record.update(command=" ".join(sys.argv), data=str(args.data), split=args.split,
+                  backbone=str(args.backbone))
+    out = save_bundle(edge, args.out, record)
+    print(f"bundle -> {out}")
+
+
+def cmd_eval(args) -> None:
+    from cloud_worker.backbone import Backbone
+    from edge_agent.bundle import load_bundle
+    from edge_agent.data import load_examples, split
+    from edge_agent.evaluate import run_eval
+    from routing.modes import parse_modes
+
+    modes = parse_modes(args.modes)
+    examples = split(load_examples(args.data), args.split)[: args.limit or None]
+    backbone = Backbone.load(args.backbone, args.device)
+    edge = load_bundle(args.bundle, backbone.fingerprint) if args.bundle else None
+    json_out = Path(args.json) if args.json else None
+    plot_out = Path(args.plot) if args.plot else (json_out.with_suffix(".png") if json_out else None)
+    run_eval(backbone, edge, examples, modes, json_out, plot_out, args.sweep_limit,
+             args.max_new_tokens, args.max_prompt_tokens, _progress(args))
+
+
+def cmd_generate(args) -> None:
+    from cloud_worker.backbone import Backbone
+    from edge_agent.bundle import load_bundle
+    from edge_agent.reference import ReferenceGenerator
+    from routing.errors import InputError
+    from routing.sampling import Sampling
+
+    if not args.prompt.strip():
+        raise InputError("empty prompt")
+    backbone = Backbone.load(args.backbone, args.device)
+    edge = load_bundle(args.bundle, backbone.fingerprint) if args.bundle else None
+    ref = ReferenceGenerator(backbone, edge)
+    gen = ref.generate(backbone.encode(args.prompt), args.max_new_tokens, args.mode,
+                       Sampling(args.temperature, args.top_k, args.seed))
+    print(backbone.tokenizer.decode(gen.tokens, skip_special_tokens=True))
+    s = gen.stats
+    print(f"[{args.mode}] tokens={s.tokens} M={s.m:.3f} side={s.side_rate:.3f} "
+          f"corrections={s.corrections} ({s.tokens / max(gen.seconds, 1e-9):.0f} tok/s)",
+          file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="spa", description="SPA serving: personalised generation "
+                                "split between a cloud backbone and an edge side network")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("pretrain", help="train a BPE tokenizer and a small Llama from scratch")
+    q.add_argument("--corpus", required=True)
+    q.add_argument("--out", required=True)
+    q.add_argument("--preset", default="tiny", choices=["tiny", "small"])
+    q.add_argument("--steps", type=int)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=cmd_pretrain)
+
+    q = sub.add_parser("train", help="train the side network and classifier into an edge bundle")
+    q.add_argument("--backbone", required=True)
+    q.add_argument("--data", required=True, help="JSONL: instruction/input/output or document/summary")
+    q.add_argument("--out", required=True)
+    q.add_argument("--split", default="", help="records to use, 'start:stop' (e.g. ':800')")
+    q.add_argument("--mode", default="all", choices=["all", "spa", "lst", "full", "choice"])
+    q.add_argument("--target-m", type=float, default=0.62)
+    q.add_argument("--lambda", dest="lam", type=float, default=0.05)
+    q.add_argument("--epochs", type=int, default=10)
+    q.add_argument("--clf-epochs", type=int, default=6)
+    q.add_argument("--lr", type=float, default=2e-3)
+    q.add_argument("--width", type=int, default=0, help="side width r (0 = d/8)")
+    q.add_argument("--every", type=int, default=1, help="use every k-th backbone layer")
+    q.add_argument("--gates", action="store_true", help="LST-style learned gates")
+    q.add_argument("--max-prompt-tokens", type=int, default=384)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=cmd_train)
+
+    q = sub.add_parser("eval", help="Rouge-L, M, side usage per mode; Rouge-L vs M plot")
+    q.add_argument("--backbone", required=True)
+    q.add_argument("--bundle")
+    q.add_argument("--data", required=True)
+    q.add_argument("--split", default="")
+    q.add_argument("--modes", default="base,lst,full,choice,spa")
+    q.add_argument("--limit", type=int, default=0)
+    q.add_argument("--sweep-limit", type=int, default=40, help="examples per τ in the sweep")
+    q.add_argument("--max-new-tokens", type=int, default=48)
+    q.add_argument("--max-prompt-tokens", type=int, default=384)
+    q.add_argument("--json")
+    q.add_argument("--plot", help="PNG path (default: next to --json)")
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--quiet", action="store_true")
+    q.set_defaults(func=cmd_eval)
+
+    q = sub.add_parser("generate", help="one generation with the single-process reference")
+    q.add_argument("--backbone", required=True)
+    q.add_argument("--bundle")
+    q.add_argument("--prompt", required=True)
+    q.add_argument("--mode", default="spa")
+    q.add_argument("--max-new-tokens", type=int, default=48)
+    q.add_argument("--temperature", type=float, default=0.0)
+    q.add_argument("--top-k", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--device", default="cpu")
+    q.set_defaults(func=cmd_generate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except SpaError as exc:
+        print(f"spa {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"spa {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
