@@ -76,14 +76,14 @@ class ReferenceGenerator:
         for _ in range(max_new_tokens):
             base_tok = pick_token(out.logits[0, -1], sampling, pos)
             token, path, corrected, g = base_tok, "base", False, 0.0
-            z = out.z[0, -1].to(WIRE_DTYPE)  # (d,) as a FRAME carries it
+            z = out.z[0, -1].to(WIRE_DTYPE).cpu()  # (d,) as a FRAME carries it
             if keep_z:
                 gen.z.append(z.cpu())
             if mode is not Mode.BASE:
                 fire, g = edge.gate(mode, z)
                 if fire:
                     wire = torch.stack([out.hidden[i][0, -1] for i in wire_layers]).to(WIRE_DTYPE)
-                    token = edge.side_token(mode, z.cpu(), wire.cpu(), sampling, pos)
+                    token = edge.side_token(mode, z, wire.cpu(), sampling, pos)
                     path = "side"
                     gen.stats.side_used += 1
                     if mode.lockstep:

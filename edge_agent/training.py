@@ -254,7 +254,7 @@ def calibrate(backbone: Backbone, edge: EdgeModel, head: Head, dev_ex: list[Exam
     on-policy dev states; a bisection over them measures M with real gated generations on the
     dev prompts and keeps the lowest threshold (most side use) whose M is within the target."""
     logit = head.classifier.logit(dev_z).double()
-    rates = [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    rates = [0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8]
     cands = [NEVER] + [float(torch.quantile(logit, 1 - q)) for q in rates] + [-NEVER]
     lo, hi = 0, len(cands) - 1  # cands[lo] is within budget (M = 0 when the gate never fires)
     measured = {NEVER: 0.0}
