@@ -123,10 +123,11 @@ def train_side(edge: EdgeModel, head: Head, train: Features, dev: Features, cfg:
     from tqdm import tqdm
 
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(head.side.parameters(), lr=cfg.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(head.side.parameters(), lr=cfg.lr, weight_decay=0.05)
     steps = cfg.epochs * math.ceil(len(train) / cfg.batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.1)
     history = []
+    best_loss, best_state = float("inf"), None  # early stopping on the dev loss
     bar = tqdm(total=steps, desc=f"side[{head.combine}]", disable=not progress)
     for epoch in range(cfg.epochs):
         head.side.train()
@@ -142,9 +143,15 @@ def train_side(edge: EdgeModel, head: Head, train: Features, dev: Features, cfg:
             bar.update(1)
         dev_loss = evaluate_side(edge, head, dev)
         history.append({"epoch": epoch + 1, "train_loss": total / n, "dev_loss": dev_loss})
+        if dev_loss < best_loss:
+            best_loss = dev_loss
+            best_state = {k: v.detach().clone() for k, v in head.side.state_dict().items()}
         msg = f"side[{head.combine}] epoch {epoch + 1}: train {total / n:.4f} dev {dev_loss:.4f}"
         bar.write(msg) if progress else print(msg, flush=True)
     bar.close()
+    head.side.load_state_dict(best_state)
+    best = min(history, key=lambda h: h["dev_loss"])
+    print(f"side[{head.combine}] kept epoch {best['epoch']} (dev {best['dev_loss']:.4f})", flush=True)
     head.side.eval()
     return history
 
@@ -253,7 +260,7 @@ def calibrate(backbone: Backbone, edge: EdgeModel, head: Head, dev_ex: list[Exam
     """τ for a target M: candidate thresholds are quantiles of the classifier logit on
     on-policy dev states; a bisection over them measures M with real gated generations on the
     dev prompts and keeps the lowest threshold (most side use) whose M is within the target."""
-    logit = head.classifier.logit(dev_z).double()
+    logit = head.classifier.logit(dev_z).detach().double()
     rates = [0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8]
     cands = [NEVER] + [float(torch.quantile(logit, 1 - q)) for q in rates] + [-NEVER]
     lo, hi = 0, len(cands) - 1  # cands[lo] is within budget (M = 0 when the gate never fires)
