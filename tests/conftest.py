@@ -1,0 +1,69 @@
+"""Shared fixtures: a tiny backbone pretrained in the test session on generated text, and an
+edge bundle trained on generated personal tasks. Nothing is downloaded."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# Small but real: the `tiny` preset architecture, fewer steps.
+PRETRAIN_STEPS = int(os.environ.get("SPA_TEST_PRETRAIN_STEPS", "120"))
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("spa")
+
+
+@pytest.fixture(scope="session")
+def corpus_file(workdir) -> Path:
+    from edge_agent.synthetic import make_corpus
+
+    path = workdir / "corpus.txt"
+    path.write_text(make_corpus(800, seed=0))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tasks_file(workdir) -> Path:
+    from edge_agent.synthetic import make_personal_tasks, write_jsonl
+
+    return write_jsonl(make_personal_tasks(160, seed=1), workdir / "tasks.jsonl")
+
+
+@pytest.fixture(scope="session")
+def backbone_dir(workdir, corpus_file) -> Path:
+    from cloud_worker.pretrain import pretrain
+
+    return pretrain(corpus_file, workdir / "backbone", "tiny", PRETRAIN_STEPS, seed=0, progress=False)
+
+
+@pytest.fixture(scope="session")
+def backbone(backbone_dir):
+    from cloud_worker.backbone import Backbone
+
+    return Backbone.load(backbone_dir)
+
+
+@pytest.fixture(scope="session")
+def trained(backbone, tasks_file):
+    """(edge model, training record) for both combines, small budgets."""
+    from edge_agent.data import load_examples
+    from edge_agent.training import TrainConfig, train_bundle
+
+    cfg = TrainConfig(mode="all", epochs=4, clf_epochs=2, rollout_prompts=8, rollout_tokens=16,
+                      target_m=0.6)
+    return train_bundle(backbone, load_examples(tasks_file)[:120], cfg, progress=False)
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(workdir, trained) -> Path:
+    from edge_agent.bundle import save_bundle
+
+    edge, record = trained
+    return save_bundle(edge, workdir / "bundle", record)

@@ -1,0 +1,78 @@
+"""Bad input gets a clear error and a non-zero exit, never a traceback; eval end to end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def spa(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "spa", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)
+
+
+def assert_clean_error(res: subprocess.CompletedProcess, needle: str) -> None:
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+    assert needle in res.stderr, res.stderr
+
+
+def test_missing_data_file(backbone_dir, tmp_path):
+    res = spa("train", "--backbone", str(backbone_dir), "--data", str(tmp_path / "nope.jsonl"),
+              "--out", str(tmp_path / "b"))
+    assert_clean_error(res, "does not exist")
+
+
+def test_malformed_jsonl_names_line(backbone_dir, tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"instruction": "a", "output": "b"}\n{"instruction": oops\n')
+    res = spa("train", "--backbone", str(backbone_dir), "--data", str(data), "--out", str(tmp_path / "b"))
+    assert_clean_error(res, "bad.jsonl:2: malformed JSON")
+
+
+def test_record_missing_field(backbone_dir, tmp_path):
+    data = tmp_path / "bad.jsonl"
+    data.write_text('{"document": "some text"}\n')
+    res = spa("train", "--backbone", str(backbone_dir), "--data", str(data), "--out", str(tmp_path / "b"))
+    assert_clean_error(res, "bad.jsonl:1: record is missing field 'summary'")
+
+
+def test_missing_backbone(tmp_path, tasks_file):
+    res = spa("train", "--backbone", str(tmp_path / "nobackbone"), "--data", str(tasks_file),
+              "--out", str(tmp_path / "b"))
+    assert_clean_error(res, "does not exist")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--prompt", "   "], "empty prompt"),
+    (["--prompt", "the cat", "--max-new-tokens", "0"], "max_new_tokens must be >= 1"),
+])
+def test_generate_bad_request(backbone_dir, args, needle):
+    assert_clean_error(spa("generate", "--backbone", str(backbone_dir), "--mode", "base", *args), needle)
+
+
+def test_bundle_for_another_backbone(workdir, corpus_file, bundle_dir, tmp_path):
+    other = tmp_path / "other"
+    res = spa("pretrain", "--corpus", str(corpus_file), "--out", str(other), "--steps", "2", "--seed", "3",
+              "--quiet")
+    assert res.returncode == 0, res.stderr
+    res = spa("generate", "--backbone", str(other), "--bundle", str(bundle_dir), "--prompt", "the cat")
+    assert_clean_error(res, "was built for backbone")
+
+
+def test_eval_end_to_end(backbone_dir, bundle_dir, tasks_file, tmp_path):
+    out = tmp_path / "eval.json"
+    res = spa("eval", "--backbone", str(backbone_dir), "--bundle", str(bundle_dir), "--data",
+              str(tasks_file), "--split", "140:", "--limit", "6", "--sweep-limit", "3",
+              "--max-new-tokens", "12", "--json", str(out))
+    assert res.returncode == 0, res.stderr
+    assert "| spa |" in res.stdout and "| base |" in res.stdout
+    report = json.loads(out.read_text())
+    rows = {r["mode"]: r for r in report["results"]}
+    assert set(rows) == {"base", "lst", "full", "choice", "spa"}
+    assert rows["base"]["m"] == 0 and rows["lst"]["m"] == 1 and rows["full"]["m"] == 1
+    assert out.with_suffix(".png").stat().st_size > 1000
+    assert report["sweep"]
