@@ -78,6 +78,50 @@ def cmd_generate(args) -> None:
           file=sys.stderr)
 
 
+def cmd_broker(args) -> None:
+    from broker.broker import main as broker_main
+
+    broker_main(args.agents, args.workers)
+
+
+def cmd_worker(args) -> None:
+    from cloud_worker.worker import main as worker_main
+
+    worker_main(args.backbone, args.broker, args.device, args.max_sessions, args.dtype)
+
+
+def cmd_agent(args) -> None:
+    import asyncio
+
+    from edge_agent.agent import EdgeAgent
+    from edge_agent.bundle import load_bundle
+    from routing.errors import InputError
+
+    if not args.prompt.strip():
+        raise InputError("empty prompt")
+    edge = load_bundle(args.bundle)
+
+    async def run() -> None:
+        agent = EdgeAgent(edge, args.broker, args.window)
+        try:
+            stream = agent.generate(args.prompt, args.max_new_tokens, args.mode)
+            async with asyncio.timeout(args.timeout):
+                async for piece in stream:
+                    print(piece.text, end="", flush=True)
+            s = stream.stats
+            itl = sorted(s.inter_token_s)
+            print(f"\n[{args.mode}] tokens={s.tokens} M={s.m:.3f} side={s.side_rate:.3f} "
+                  f"corrections={s.corrections} TTFT={s.ttft_s * 1000:.1f}ms "
+                  f"ITL p50={itl[len(itl) // 2] * 1000 if itl else 0:.1f}ms", file=sys.stderr)
+        finally:
+            await agent.close()
+
+    try:
+        asyncio.run(run())
+    except TimeoutError:
+        raise SpaError(f"no answer from the broker at {args.broker} within {args.timeout}s") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="spa", description="SPA serving: personalised generation "
                                 "split between a cloud backbone and an edge side network")
@@ -140,6 +184,29 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--device", default="cpu")
     q.set_defaults(func=cmd_generate)
+
+    q = sub.add_parser("broker", help="the broker: admission, placement, routing, liveness")
+    q.add_argument("--agents", default="tcp://*:5555")
+    q.add_argument("--workers", default="tcp://*:5556")
+    q.set_defaults(func=cmd_broker)
+
+    q = sub.add_parser("worker", help="a cloud worker serving the backbone")
+    q.add_argument("--broker", default="tcp://127.0.0.1:5556")
+    q.add_argument("--backbone", required=True)
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--dtype", default=None)
+    q.add_argument("--max-sessions", type=int, default=64)
+    q.set_defaults(func=cmd_worker)
+
+    q = sub.add_parser("agent", help="an edge agent: stream one generation")
+    q.add_argument("--broker", default="tcp://127.0.0.1:5555")
+    q.add_argument("--bundle", required=True)
+    q.add_argument("--prompt", required=True)
+    q.add_argument("--mode", default="spa")
+    q.add_argument("--max-new-tokens", type=int, default=48)
+    q.add_argument("--window", type=int, default=8)
+    q.add_argument("--timeout", type=float, default=120.0)
+    q.set_defaults(func=cmd_agent)
     return p
 
 

@@ -1,0 +1,204 @@
+"""The edge agent: `async for piece in agent.generate(prompt, max_new_tokens=…, mode=…)`.
+
+Many concurrent sessions share one DEALER socket per process; a receive task hands each
+message to its session's queue. Per frame, in order: the classifier gate; if it fires, REQUEST
+the hidden states and compute the side-augmented token; a different token is sent as CORRECT
+(the worker rolls back, the epoch moves on and older frames are dropped). Accepted positions
+are acknowledged cumulatively, never awaited. Lockstep modes answer every frame with TOKEN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import zmq
+import zmq.asyncio
+
+from edge_agent.edge_model import EdgeModel
+from edge_agent.reference import check_request
+from routing.errors import SpaError
+from routing.modes import Mode
+from routing.protocol import ProtocolError, decode, encode, msg
+from routing.sampling import Sampling
+from routing.transmissions import Transmissions
+
+WINDOW = 8  # tokens the worker may decode past the last ACK; sane range 1–64
+
+
+class SessionError(SpaError):
+    """The serving side ended a session with an ERROR."""
+
+    def __init__(self, code: str, detail: str, session: bytes) -> None:
+        super().__init__(f"{code}: {detail} (session={session.hex()})")
+        self.code, self.detail, self.session = code, detail, session
+
+
+@dataclass
+class Piece:
+    text: str  # newly decoded text
+    token: int
+    path: str  # 'base' or 'side'
+    pos: int
+
+
+@dataclass
+class SessionStats(Transmissions):
+    ttft_s: float = 0.0
+    inter_token_s: list[float] = field(default_factory=list)
+    bytes_up: int = 0
+    bytes_down: int = 0
+    stale_frames: int = 0
+
+
+class Stream:
+    """One generation: iterate for pieces; `tokens` and `stats` fill in as it goes."""
+
+    def __init__(self, agent: EdgeAgent, prompt_ids: list[int], max_new: int, mode: Mode,
+                 sampling: Sampling, window: int) -> None:
+        self.agent, self.prompt_ids, self.max_new = agent, prompt_ids, max_new
+        self.mode, self.sampling, self.window = mode, sampling, window
+        self.id = os.urandom(16)
+        self.tokens: list[int] = []
+        self.paths: list[str] = []
+        self.stats = SessionStats()
+        self.queue: asyncio.Queue = asyncio.Queue()
+
+    def __aiter__(self):
+        return self._run()
+
+    async def _run(self):
+        agent, edge, mode = self.agent, self.agent.edge, self.mode
+        eos = edge.eos_token_id
+        sid, epoch, pos = self.id, 0, len(self.prompt_ids)
+        wire_layers = edge.wire_layers(mode)
+        backlog: deque = deque()
+        text_so_far = ""
+        agent.sessions[sid] = self
+        t0 = last = time.perf_counter()
+        await agent.send(msg("OPEN", session=sid, prompt=self.prompt_ids, max_new_tokens=self.max_new,
+                             mode=mode.value, window=self.window, sampling=self.sampling.to_dict(),
+                             fingerprint=edge.fingerprint, wire_layers=wire_layers, eos=eos), self)
+        try:
+            while True:
+                m = backlog.popleft() if backlog else await self.queue.get()
+                if m.type == "ERROR":
+                    raise SessionError(m["code"], m["detail"], sid)
+                if m.type != "FRAME":
+                    continue  # a HIDDEN for an abandoned request, a DONE, …
+                if m["epoch"] != epoch or m["pos"] != pos:
+                    self.stats.stale_frames += 1
+                    continue
+                base_tok, token, path = m["token"], m["token"], "base"
+                z = torch.from_numpy(np.array(m.tensors[0]))
+                fire, _ = edge.gate(mode, z)
+                if fire:
+                    path = "side"
+                    self.stats.side_used += 1
+                    if mode.lockstep:
+                        wire = torch.from_numpy(np.array(m.tensors[1]))
+                    else:
+                        await agent.send(msg("REQUEST", session=sid, pos=pos, epoch=epoch), self)
+                        self.stats.requests += 1
+                        hidden = await self._await_hidden(pos, epoch, backlog)
+                        wire = torch.from_numpy(np.array(hidden.tensors[0]))
+                    token = edge.side_token(mode, z, wire, self.sampling, pos)
+                if mode.lockstep:
+                    self.stats.lockstep += 1
+                    await agent.send(msg("TOKEN", session=sid, pos=pos, epoch=epoch, token=token), self)
+                elif token != base_tok:
+                    self.stats.corrections += 1
+                    await agent.send(msg("CORRECT", session=sid, pos=pos, epoch=epoch, token=token), self)
+                    epoch += 1
+                    backlog = deque(x for x in backlog if x.type == "ERROR")
+                self.tokens.append(token)
+                self.paths.append(path)
+                self.stats.tokens += 1
+                now = time.perf_counter()
+                if len(self.tokens) == 1:
+                    self.stats.ttft_s = now - t0
+                else:
+                    self.stats.inter_token_s.append(now - last)
+                last = now
+                pos += 1
+                done = token == eos or len(self.tokens) >= self.max_new
+                if not done and not mode.lockstep and self.queue.empty() and not backlog:
+                    await agent.send(msg("ACK", session=sid, pos=pos - 1), self)  # cumulative
+                text = agent.tokenizer.decode(self.tokens, skip_special_tokens=True)
+                piece, text_so_far = text[len(text_so_far):], text
+                yield Piece(piece, token, path, pos - 1)
+                if done:
+                    break
+        finally:
+            agent.sessions.pop(sid, None)
+            await agent.send(msg("CLOSE", session=sid), None)
+
+    async def _await_hidden(self, pos: int, epoch: int, backlog: deque):
+        while True:
+            m = await self.queue.get()
+            if m.type == "HIDDEN" and m["pos"] == pos and m["epoch"] == epoch:
+                return m
+            if m.type == "ERROR":
+                raise SessionError(m["code"], m["detail"], self.id)
+            backlog.append(m)  # frames decoded ahead meanwhile
+
+
+class EdgeAgent:
+    """One process's connection to the broker, shared by all its sessions."""
+
+    def __init__(self, edge: EdgeModel, broker: str, window: int = WINDOW) -> None:
+        if edge.tokenizer is None:
+            raise SpaError("the edge bundle has no tokenizer")
+        self.edge, self.tokenizer, self.window = edge, edge.tokenizer, window
+        self.ctx = zmq.asyncio.Context.instance()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.connect(broker)
+        self.sessions: dict[bytes, Stream] = {}
+        self.bad_messages = 0
+        self._reader: asyncio.Task | None = None
+
+    async def send(self, m, stream: Stream | None) -> None:
+        frames = encode(m)
+        if stream is not None:
+            stream.stats.bytes_up += sum(len(f) for f in frames)
+        await self.sock.send_multipart(frames, copy=False)
+
+    async def _read(self) -> None:
+        while True:
+            frames = await self.sock.recv_multipart(copy=False)
+            try:
+                m = decode(frames)
+            except ProtocolError:
+                self.bad_messages += 1
+                continue
+            s = self.sessions.get(m.session) if m.session else None
+            if s is not None:
+                s.stats.bytes_down += sum(len(f.buffer) for f in frames)
+                s.queue.put_nowait(m)
+            elif m.type == "ERROR" and m.session is None:
+                for s in self.sessions.values():  # a connection-wide error reaches everyone
+                    s.queue.put_nowait(m)
+
+    def generate(self, prompt: str | list[int], max_new_tokens: int = 48, mode: str | Mode = "spa",
+                 sampling: Sampling | None = None, window: int | None = None) -> Stream:
+        mode = Mode.parse(mode)
+        ids = self.tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else list(prompt)
+        check_request(ids, max_new_tokens)
+        if not self.edge.supports(mode):
+            self.edge.head_for(mode)  # raises with the reason
+        if self._reader is None or self._reader.done():
+            self._reader = asyncio.get_running_loop().create_task(self._read())
+        return Stream(self, ids, max_new_tokens, mode, sampling or Sampling(), window or self.window)
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        self.sock.close(0)
