@@ -1,0 +1,144 @@
+"""End to end over real sockets and processes: broker + 2 workers as subprocesses, edge agents
+in this process. Every session's tokens and M must equal the reference generator's."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+import zmq
+
+from edge_agent.agent import EdgeAgent, SessionError
+from edge_agent.bundle import load_bundle
+from edge_agent.data import load_examples
+from edge_agent.reference import ReferenceGenerator
+from routing.modes import Mode
+from routing.protocol import decode, encode, msg
+from spa.stack import LocalStack
+
+
+@pytest.fixture(scope="module")
+def stack(backbone_dir, tmp_path_factory):
+    with LocalStack(backbone_dir, workers=2, log_dir=tmp_path_factory.mktemp("stack")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def edge(bundle_dir):
+    return load_bundle(bundle_dir)
+
+
+@pytest.fixture(scope="module")
+def prompts(backbone, tasks_file):
+    return [ex.prompt_ids(backbone.tokenizer) for ex in load_examples(tasks_file)[120:136]]
+
+
+async def _run(agent, prompt, mode, max_new):
+    stream = agent.generate(prompt, max_new, mode)
+    async for _ in stream:
+        pass
+    return stream
+
+
+async def _run_all(stack, edge, jobs, max_new=16):
+    agent = EdgeAgent(edge, stack.agents_addr)
+    try:
+        return await asyncio.wait_for(
+            asyncio.gather(*(_run(agent, p, m, max_new) for p, m in jobs)), 120)
+    finally:
+        await agent.close()
+
+
+@pytest.mark.parametrize("mode", [m.value for m in Mode])
+def test_equivalence_with_reference(stack, backbone, edge, prompts, mode):
+    streams = asyncio.run(_run_all(stack, edge, [(p, mode) for p in prompts]))
+    ref = ReferenceGenerator(backbone, edge)
+    for p, s in zip(prompts, streams, strict=True):
+        r = ref.generate(p, 16, mode)
+        assert s.tokens == r.tokens, f"mode={mode}"
+        assert s.paths == r.paths
+        assert (s.stats.requests, s.stats.corrections, s.stats.lockstep) == (
+            r.stats.requests, r.stats.corrections, r.stats.lockstep)
+        assert s.stats.m == r.stats.m
+
+
+def test_forced_corrections_roll_back(stack, backbone, bundle_dir, prompts):
+    edge = load_bundle(bundle_dir)
+    edge.heads["add"].threshold = -1e9  # the gate fires everywhere: every disagreement corrects
+    streams = asyncio.run(_run_all(stack, edge, [(p, "spa") for p in prompts], max_new=20))
+    ref = ReferenceGenerator(backbone, edge)
+    corrections = stale = 0
+    for p, s in zip(prompts, streams, strict=True):
+        r = ref.generate(p, 20, "spa")
+        assert s.tokens == r.tokens and s.stats.m == r.stats.m
+        corrections += s.stats.corrections
+        stale += s.stats.stale_frames
+    assert corrections > 0
+    assert stale > 0  # speculative frames of old epochs were thrown away
+
+
+def test_mixed_modes_concurrently(stack, backbone, edge, prompts):
+    jobs = [(p, m.value) for p, m in zip(prompts, list(Mode) * 4, strict=False)]
+    streams = asyncio.run(_run_all(stack, edge, jobs))
+    ref = ReferenceGenerator(backbone, edge)
+    for (p, m), s in zip(jobs, streams, strict=True):
+        assert s.tokens == ref.generate(p, 16, m).tokens
+
+
+def _raw(stack) -> zmq.Socket:
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(stack.agents_addr)
+    return s
+
+
+def _answer(sock) -> object:
+    assert sock.poll(5000), "no answer from the broker"
+    return decode(sock.recv_multipart())
+
+
+def test_bad_messages_get_errors_and_service_goes_on(stack, backbone, edge, prompts):
+    a, b = _raw(stack), _raw(stack)
+    a.send_multipart(encode(msg("ACK", session=os.urandom(16), pos=3)))
+    assert _answer(a)["code"] == "UNKNOWN_SESSION"
+    a.send_multipart([b"\xc1 not msgpack"])
+    assert _answer(a)["code"] == "BAD_MESSAGE"
+    a.send_multipart([b"x" * (2 << 20)])
+    assert _answer(a)["code"] == "TOO_LARGE"
+    a.send_multipart(encode(msg("FRAME", session=os.urandom(16), pos=1, epoch=0, token=1)))
+    assert _answer(a)["code"] == "BAD_MESSAGE"  # agents may not send FRAME (and it lacks z)
+    # a session of a's, spoken for by b
+    sid = os.urandom(16)
+    a.send_multipart(encode(msg("OPEN", session=sid, prompt=prompts[0], max_new_tokens=2, mode="base",
+                                window=1, sampling={}, fingerprint=backbone.fingerprint,
+                                wire_layers=[], eos=None)))
+    assert _answer(a).type == "FRAME"
+    b.send_multipart(encode(msg("CORRECT", session=sid, pos=len(prompts[0]), epoch=0, token=1)))
+    err = _answer(b)
+    assert err["code"] == "NOT_OWNER" and err.session == sid
+    a.send_multipart(encode(msg("OPEN", session=os.urandom(16), prompt=[1], max_new_tokens=1,
+                                mode="base", window=1, sampling={}, fingerprint="f" * 64,
+                                wire_layers=[], eos=None)))
+    assert _answer(a)["code"] == "NO_WORKER"
+    a.send_multipart(encode(msg("CLOSE", session=sid)))
+    a.close(0)
+    b.close(0)
+    # the broker keeps serving everyone else
+    streams = asyncio.run(_run_all(stack, edge, [(p, "spa") for p in prompts[:4]]))
+    ref = ReferenceGenerator(backbone, edge)
+    assert all(s.tokens == ref.generate(p, 16, "spa").tokens for p, s in zip(prompts, streams, strict=False))
+
+
+def test_agent_errors_are_raised(stack, edge, prompts):
+    async def go():
+        agent = EdgeAgent(edge, stack.agents_addr)
+        edge.fingerprint, saved = "0" * 64, edge.fingerprint
+        try:
+            with pytest.raises(SessionError, match="NO_WORKER"):
+                await _run(agent, prompts[0], "spa", 4)
+        finally:
+            edge.fingerprint = saved
+            await agent.close()
+
+    asyncio.run(asyncio.wait_for(go(), 30))
