@@ -73,4 +73,4 @@ class Session:
         for p in [p for p in self.ring if p >= pos]:
             del self.ring[p]
         self.epoch += 1
-        self.acked = max(self.acked, pos + 1)
+        self.ack(pos)  # the agent corrects in order: everything up to pos is accepted
