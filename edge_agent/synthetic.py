@@ -34,9 +34,16 @@ def _sentence(r: random.Random) -> str:
 
 
 def make_corpus(n_paragraphs: int = 3000, seed: int = 0) -> str:
+    """Plain sentences; a rare letter-like paragraph lets the tokenizer learn the words of the
+    personal style ("dear friend", "yours") without the backbone learning to prefer them."""
     r = random.Random(seed)
-    paras = [" ".join(_sentence(r).capitalize() for _ in range(r.randint(3, 7)))
-             for _ in range(n_paragraphs)]
+    paras = []
+    for _ in range(n_paragraphs):
+        sents = [_sentence(r).capitalize() for _ in range(r.randint(3, 7))]
+        if r.random() < 0.04:
+            sents.insert(0, f"Dear friend, the {r.choice(NOUNS)} was far away.")
+            sents.append("Yours, Ada.")
+        paras.append(" ".join(sents))
     return "\n\n".join(paras) + "\n"
 
 

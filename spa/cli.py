@@ -6,6 +6,7 @@ Bad input ends with a one-line error and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -107,8 +108,15 @@ def cmd_agent(args) -> None:
             stream = agent.generate(args.prompt, args.max_new_tokens, args.mode)
             async with asyncio.timeout(args.timeout):
                 async for piece in stream:
-                    print(piece.text, end="", flush=True)
+                    if args.json:
+                        print(json.dumps({"text": piece.text, "path": piece.path}), flush=True)
+                    else:
+                        print(piece.text, end="", flush=True)
             s = stream.stats
+            if args.json:
+                print(json.dumps({"done": True, **s.to_dict(), "ttft_s": s.ttft_s,
+                                  "inter_token_s": s.inter_token_s}), flush=True)
+                return
             itl = sorted(s.inter_token_s)
             print(f"\n[{args.mode}] tokens={s.tokens} M={s.m:.3f} side={s.side_rate:.3f} "
                   f"corrections={s.corrections} TTFT={s.ttft_s * 1000:.1f}ms "
@@ -120,6 +128,12 @@ def cmd_agent(args) -> None:
         asyncio.run(run())
     except TimeoutError:
         raise SpaError(f"no answer from the broker at {args.broker} within {args.timeout}s") from None
+
+
+def cmd_demo(args) -> None:
+    from spa.demo import run_demo
+
+    run_demo(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -206,7 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-new-tokens", type=int, default=48)
     q.add_argument("--window", type=int, default=8)
     q.add_argument("--timeout", type=float, default=120.0)
+    q.add_argument("--json", action="store_true", help="one JSON line per piece, then the stats")
     q.set_defaults(func=cmd_agent)
+
+    q = sub.add_parser("demo", help="broker, worker and agents on localhost with a small model")
+    q.add_argument("--backbone", help="a real backbone directory (default: build a tiny one)")
+    q.add_argument("--bundle", help="a real edge bundle for --backbone")
+    q.add_argument("--corpus", help="text to pretrain the default backbone on")
+    q.add_argument("--agents", type=int, default=4)
+    q.add_argument("--max-new-tokens", type=int, default=32)
+    q.add_argument("--cache", default=".spa-cache/demo")
+    q.set_defaults(func=cmd_demo)
     return p
 
 
