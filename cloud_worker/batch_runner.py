@@ -57,33 +57,29 @@ class BatchRunner:
         if P > 0:
             some = next(kv for kv, _ in rows if kv is not None)
             for layer in range(bb.n_layers):
-                ks, vs = [], []
-                for (kv, _), pl in zip(rows, past_lens, strict=True):
-                    if kv is None:  # a new session joining a batch with pasts
-                        empty = some[layer][0][:, :, :0]
-                        k, v = empty, empty
-                    else:
-                        k, v = kv[layer]
-                    pad = P - pl
-                    if pad:
-                        k = torch.nn.functional.pad(k, (0, 0, pad, 0))
-                        v = torch.nn.functional.pad(v, (0, 0, pad, 0))
-                    ks.append(k)
-                    vs.append(v)
-                cache.update(torch.cat(ks), torch.cat(vs), layer)
+                k0 = some[layer][0]
+                ks = k0.new_zeros((B, k0.shape[1], P, k0.shape[3]))  # (B, H, P, hd), left-padded
+                vs = torch.zeros_like(ks)
+                for r, ((kv, _), pl) in enumerate(zip(rows, past_lens, strict=True)):
+                    if pl:
+                        ks[r, :, P - pl :] = kv[layer][0][0]
+                        vs[r, :, P - pl :] = kv[layer][1][0]
+                cache.update(ks, vs, layer)
         out = bb.forward(ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                          use_cache=True, logits_last_only=True)
         self.forwards += 1
         hidden = torch.stack([h[:, -1] for h in out.hidden], dim=1)  # (B, L+1, d)
         results = []
+        layers = out.past_key_values.layers
         for r, (pl, nl) in enumerate(zip(past_lens, new_lens, strict=True)):
             start = P - pl  # the row's first real cache slot
-            keep = [(layer.keys[r : r + 1, :, start : P], layer.values[r : r + 1, :, start : P])
-                    for layer in out.past_key_values.layers]
-            new = [(layer.keys[r : r + 1, :, P + N - nl :], layer.values[r : r + 1, :, P + N - nl :])
-                   for layer in out.past_key_values.layers]
-            kv = [(torch.cat([k0, k1], 2), torch.cat([v0, v1], 2))
-                  for (k0, v0), (k1, v1) in zip(keep, new, strict=True)]
+            if nl == N:  # past and new tokens are contiguous: a view, no copy
+                kv = [(la.keys[r : r + 1, :, start:], la.values[r : r + 1, :, start:]) for la in layers]
+            else:  # padding sits between the past and the new tokens
+                new = P + N - nl
+                kv = [(torch.cat([la.keys[r : r + 1, :, start:P], la.keys[r : r + 1, :, new:]], 2),
+                       torch.cat([la.values[r : r + 1, :, start:P], la.values[r : r + 1, :, new:]], 2))
+                      for la in layers]
             results.append(RowResult(out.logits[r, -1], out.z[r, -1], hidden[r], kv))
         return results
 

@@ -82,7 +82,11 @@ class Worker:
 
 
 def main(backbone: str, broker: str, device: str = "cpu", max_sessions: int = 64,
-         dtype: str | None = None) -> None:
+         dtype: str | None = None, threads: int = 0) -> None:
+    import torch
+
+    # On a CPU the broker and agents share the cores: by default the worker takes half.
+    torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) // 2))
     bb = Backbone.load(backbone, device, dtype)
     w = Worker(bb, broker, max_sessions)
     print(f"worker {w.sock.getsockopt(zmq.IDENTITY).hex()} ready: backbone "

@@ -68,6 +68,7 @@ class Stream:
         self.paths: list[str] = []
         self.stats = SessionStats()
         self.queue: asyncio.Queue = asyncio.Queue()
+        self._emitted = 0  # tokens already turned into text
 
     def __aiter__(self):
         return self._run()
@@ -78,7 +79,6 @@ class Stream:
         sid, epoch, pos = self.id, 0, len(self.prompt_ids)
         wire_layers = edge.wire_layers(mode)
         backlog: deque = deque()
-        text_so_far = ""
         agent.sessions[sid] = self
         t0 = last = time.perf_counter()
         await agent.send(msg("OPEN", session=sid, prompt=self.prompt_ids, max_new_tokens=self.max_new,
@@ -129,14 +129,24 @@ class Stream:
                 done = token == eos or len(self.tokens) >= self.max_new
                 if not done and not mode.lockstep and self.queue.empty() and not backlog:
                     await agent.send(msg("ACK", session=sid, pos=pos - 1), self)  # cumulative
-                text = agent.tokenizer.decode(self.tokens, skip_special_tokens=True)
-                piece, text_so_far = text[len(text_so_far):], text
-                yield Piece(piece, token, path, pos - 1)
+                yield Piece(self._detokenize(), token, path, pos - 1)
                 if done:
                     break
         finally:
             agent.sessions.pop(sid, None)
             await agent.send(msg("CLOSE", session=sid), None)
+
+    def _detokenize(self) -> str:
+        """Incremental detokenization: the text the last token adds, from a short tail (byte-level
+        BPE pieces may split a character; such a piece waits for the next token)."""
+        dec = self.agent.tokenizer.decode
+        tail = self.tokens[self._emitted - 4 if self._emitted >= 4 else 0 :]
+        head = tail[: len(tail) - (len(self.tokens) - self._emitted)]
+        full, prefix = dec(tail, skip_special_tokens=True), dec(head, skip_special_tokens=True)
+        if full.endswith("\ufffd") and len(self.tokens) < self.max_new:
+            return ""
+        self._emitted = len(self.tokens)
+        return full[len(prefix):] if full.startswith(prefix) else full
 
     async def _await_hidden(self, pos: int, epoch: int, backlog: deque):
         while True:

@@ -88,7 +88,7 @@ def cmd_broker(args) -> None:
 def cmd_worker(args) -> None:
     from cloud_worker.worker import main as worker_main
 
-    worker_main(args.backbone, args.broker, args.device, args.max_sessions, args.dtype)
+    worker_main(args.backbone, args.broker, args.device, args.max_sessions, args.dtype, args.threads)
 
 
 def cmd_agent(args) -> None:
@@ -124,8 +124,10 @@ def cmd_agent(args) -> None:
         finally:
             await agent.close()
 
+    from routing import aio
+
     try:
-        asyncio.run(run())
+        aio.run(run())
     except TimeoutError:
         raise SpaError(f"no answer from the broker at {args.broker} within {args.timeout}s") from None
 
@@ -210,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default="cpu")
     q.add_argument("--dtype", default=None)
     q.add_argument("--max-sessions", type=int, default=64)
+    q.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = half the cores)")
     q.set_defaults(func=cmd_worker)
 
     q = sub.add_parser("agent", help="an edge agent: stream one generation")
