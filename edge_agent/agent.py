@@ -95,8 +95,10 @@ class Stream:
                     self.stats.stale_frames += 1
                     continue
                 base_tok, token, path = m["token"], m["token"], "base"
-                z = torch.from_numpy(np.array(m.tensors[0]))
-                fire, _ = edge.gate(mode, z)
+                fire = mode.gate == "always"
+                if fire or mode.gate == "classifier":
+                    z = torch.from_numpy(np.array(m.tensors[0]))  # (d,) fp16, as the wire brings it
+                    fire, _ = edge.gate(mode, z)
                 if fire:
                     path = "side"
                     self.stats.side_used += 1
