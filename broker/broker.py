@@ -85,15 +85,15 @@ class Broker:
     def _drain(self, sock: zmq.Socket, handler) -> None:
         for _ in range(DRAIN_MAX):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            handler(frames[0].bytes, frames[1:])
+            handler(frames[0], frames[1:])
 
     # ------------------------------------------------------------------ agents
     def on_agent(self, agent: bytes, frames: list) -> None:
         try:
-            m = decode(frames)
+            m = decode(frames, tensors=False)
             if m.type not in AGENT_TYPES:
                 raise ProtocolError("BAD_MESSAGE", f"agents may not send {m.type}", m.session)
             if m.type == "OPEN":
@@ -136,7 +136,7 @@ class Broker:
     # ------------------------------------------------------------------ workers
     def on_worker(self, wid: bytes, frames: list) -> None:
         try:
-            m = decode(frames)
+            m = decode(frames, tensors=False)
         except ProtocolError as e:
             log.warning("bad message from worker %s: %s", wid.hex(), e)
             self._count(e.code)

@@ -20,6 +20,7 @@ MAX_HEADER_BYTES = 1 << 20  # 1 MiB: prompts of ~100k tokens; sane range 64 KiB 
 MAX_TENSOR_BYTES = 64 << 20  # one tensor frame; sane range 1 – 256 MiB
 MAX_TENSORS = 4
 DTYPES = {"float16": np.float16, "float32": np.float32, "int32": np.int32, "int64": np.int64}
+_NP_DTYPES = {k: np.dtype(v) for k, v in DTYPES.items()}
 
 _INT, _STR, _BYTES, _LIST, _DICT, _OPT_INT = int, str, bytes, list, dict, (int, type(None))
 # type -> required fields (besides v/type/tensors) and their Python types
@@ -42,6 +43,7 @@ SCHEMA: dict[str, dict[str, object]] = {
 }
 TENSORS = {"FRAME": (1, 2), "HIDDEN": (1, 1)}  # (min, max) tensor frames; others take none
 SESSION_BYTES = 16
+_MISSING = object()
 
 
 class ProtocolError(Exception):
@@ -76,11 +78,12 @@ def encode(m: Message) -> list:
     return [msgpack.packb(header, use_bin_type=True)] + [np.ascontiguousarray(t).data for t in m.tensors]
 
 
-def decode(frames: list) -> Message:
-    """frames: [header, tensor…] (envelope already stripped)."""
+def decode(frames: list, tensors: bool = True) -> Message:
+    """frames: [header, tensor…] (envelope already stripped). With tensors=False (a router
+    that forwards the frames as they are) tensor frames are validated but not wrapped."""
     if not frames:
         raise ProtocolError("BAD_MESSAGE", "no frames")
-    raw = bytes(frames[0].buffer if hasattr(frames[0], "buffer") else frames[0])
+    raw = frames[0].buffer if hasattr(frames[0], "buffer") else frames[0]
     if len(raw) > MAX_HEADER_BYTES:
         raise ProtocolError("TOO_LARGE", f"header of {len(raw)} bytes > {MAX_HEADER_BYTES}")
     try:
@@ -96,10 +99,12 @@ def decode(frames: list) -> Message:
     if t not in SCHEMA:
         raise ProtocolError("UNKNOWN_TYPE", f"unknown message type {t!r}", session)
     for name, typ in SCHEMA[t].items():
-        if name not in h:
+        value = h.get(name, _MISSING)
+        if value is _MISSING:
             raise ProtocolError("BAD_MESSAGE", f"{t} is missing field '{name}'", session)
-        if not isinstance(h[name], typ) or (typ is int and isinstance(h[name], bool)):
-            raise ProtocolError("BAD_MESSAGE", f"{t}.{name} has type {type(h[name]).__name__}", session)
+        if not isinstance(value, typ) or value is True or value is False:
+            if not (typ is _OPT_INT and value is None):
+                raise ProtocolError("BAD_MESSAGE", f"{t}.{name} has type {type(value).__name__}", session)
     if session is not None and len(session) != SESSION_BYTES:
         raise ProtocolError("BAD_MESSAGE", f"session id of {len(session)} bytes, expected {SESSION_BYTES}")
     specs = h.pop("tensors", [])
@@ -111,19 +116,20 @@ def decode(frames: list) -> Message:
             raise ProtocolError("BAD_MESSAGE", f"{t} carries {len(specs)} tensors, allowed {lo}–{hi}", session)
         if len(frames) != 1 + len(specs):
             raise ProtocolError("BAD_MESSAGE", f"{t}: {len(frames) - 1} tensor frames for {len(specs)} specs", session)
-    tensors = [] if t == "BATCH" else [_tensor(s, f, session) for s, f in zip(specs, frames[1:], strict=True)]
+    arrays = [] if t == "BATCH" else [_tensor(s, f, session, tensors)
+                                      for s, f in zip(specs, frames[1:], strict=True)]
     h.pop("v")
     h.pop("type")
-    return Message(t, h, tensors)
+    return Message(t, h, arrays if tensors else [])
 
 
-def _tensor(spec: object, frame, session: bytes | None) -> np.ndarray:
+def _tensor(spec: object, frame, session: bytes | None, wrap: bool = True) -> np.ndarray | None:
     if not isinstance(spec, dict) or spec.get("dtype") not in DTYPES or not isinstance(spec.get("shape"), list):
         raise ProtocolError("BAD_TENSOR", f"bad tensor spec {spec!r} (dtypes: {sorted(DTYPES)})", session)
     shape = spec["shape"]
     if not all(isinstance(n, int) and 0 <= n for n in shape) or len(shape) > 4:
         raise ProtocolError("BAD_TENSOR", f"bad tensor shape {shape!r}", session)
-    dtype = np.dtype(DTYPES[spec["dtype"]])
+    dtype = _NP_DTYPES[spec["dtype"]]
     buf = frame.buffer if hasattr(frame, "buffer") else memoryview(frame)
     want = math.prod(shape) * dtype.itemsize
     if want > MAX_TENSOR_BYTES:
@@ -131,7 +137,7 @@ def _tensor(spec: object, frame, session: bytes | None) -> np.ndarray:
     if len(buf) != want:
         raise ProtocolError("BAD_TENSOR", f"tensor frame has {len(buf)} bytes, shape {shape} "
                             f"{dtype.name} needs {want}", session)
-    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+    return np.frombuffer(buf, dtype=dtype).reshape(shape) if wrap else None  # a view: no copy
 
 
 def encode_batch(messages: list[list]) -> list:

@@ -1,0 +1,104 @@
+"""Broker overhead: messages/s of FRAME-sized messages through `spa broker` vs through a bare
+pyzmq forwarding hop, same run, same messages (worker → agent, the hot direction).
+
+    .venv/bin/python benchmarks/broker_overhead.py [--messages 50000] [--d 128] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import zmq
+from common import ROOT, median
+
+from routing.protocol import decode, encode, msg
+from spa.stack import free_port
+
+
+def dealer(addr: str, identity: bytes | None = None) -> zmq.Socket:
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    if identity:
+        s.setsockopt(zmq.IDENTITY, identity)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt(zmq.SNDHWM, 0)
+    s.setsockopt(zmq.RCVHWM, 0)
+    s.connect(addr)
+    return s
+
+
+def measure(front: str, back: str, n: int, d: int, via_broker: bool) -> float:
+    sid = os.urandom(16)
+    worker, agent = dealer(back, b"W-bench"), dealer(front)
+    if via_broker:
+        worker.send_multipart(encode(msg("READY", fingerprint="bench", capacity=8)))
+        time.sleep(0.3)
+        agent.send_multipart(encode(msg("OPEN", session=sid, prompt=[1], max_new_tokens=1, mode="base",
+                                        window=1, sampling={}, fingerprint="bench", wire_layers=[],
+                                        eos=None)))
+        assert worker.poll(5000) and decode(worker.recv_multipart()).type == "OPEN"
+    else:
+        agent.send_multipart([b"hello"])
+        time.sleep(0.3)
+    z = np.zeros(d, dtype=np.float16)
+    frames = [bytes(f) for f in encode(msg("FRAME", [z], session=sid, pos=1, epoch=0, token=1))]
+
+    def blast() -> None:
+        for _ in range(n):
+            worker.send_multipart(frames, copy=False)
+
+    t = threading.Thread(target=blast)
+    t0 = time.perf_counter()
+    t.start()
+    for i in range(n):
+        agent.recv_multipart(copy=False)
+        if i == 0:
+            t0 = time.perf_counter()
+    rate = (n - 1) / (time.perf_counter() - t0)
+    t.join()
+    worker.close(0)
+    agent.close(0)
+    return rate
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, *args], cwd=ROOT, start_new_session=True,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.5)
+    return p
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--messages", type=int, default=50000)
+    ap.add_argument("--d", type=int, default=128, help="width of z in each FRAME")
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    ours, bare = [], []
+    for _ in range(a.repeats):  # interleaved
+        for kind in ("broker", "bare"):
+            f, b = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+            cmd = (["-m", "spa", "broker", "--agents", f, "--workers", b] if kind == "broker"
+                   else [str(ROOT / "benchmarks" / "bare_hop.py"), f, b])
+            p = start(cmd)
+            try:
+                (ours if kind == "broker" else bare).append(measure(f, b, a.messages, a.d, kind == "broker"))
+            finally:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+    size = sum(len(bytes(x)) for x in encode(msg("FRAME", [np.zeros(a.d, np.float16)], session=b"0" * 16,
+                                                      pos=1, epoch=0, token=1)))
+    print(f"{a.messages} FRAME messages of {size} bytes, worker → agent, {a.repeats} repeats")
+    print(f"spa broker: median {median(ours):9.0f} msg/s  {[round(x) for x in ours]}")
+    print(f"bare hop:   median {median(bare):9.0f} msg/s  {[round(x) for x in bare]}")
+    print(f"ratio: {median(ours) / median(bare):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
