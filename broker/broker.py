@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from routing.protocol import Message, ProtocolError, decode, encode, encode_batch, msg
+from routing.protocol import Message, ProtocolError, decode, encode, encode_batch, msg, peek
 
 log = logging.getLogger("spa.broker")
 
@@ -24,6 +24,7 @@ TICK_MS = 50  # idle poll timeout; sane range 5–500 ms
 DRAIN_MAX = 1024  # messages read per socket per tick before flushing; sane range 64–8192
 AGENT_TYPES = {"OPEN", "REQUEST", "CORRECT", "ACK", "TOKEN", "CLOSE"}
 WORKER_TYPES = {"FRAME", "HIDDEN", "DONE", "ERROR"}
+FORWARD_FAST = {"FRAME", "HIDDEN"}
 
 
 @dataclass
@@ -135,7 +136,18 @@ class Broker:
 
     # ------------------------------------------------------------------ workers
     def on_worker(self, wid: bytes, frames: list) -> None:
+        """Workers are the operator's own processes: their FRAMEs and HIDDENs are forwarded on a
+        header peek (the agent validates them in full); everything else is decoded here."""
         try:
+            t, sid = peek(frames)
+            if t in FORWARD_FAST and wid in self.workers:
+                route = self.routes.get(sid)
+                if route is not None:
+                    self.to_agent(route.agent, frames, sid)
+                    self.workers[wid].expiry = time.monotonic() + HEARTBEAT_S * LIVENESS
+                else:  # the agent closed the session while the worker decoded ahead
+                    self._count("LATE_FRAME")
+                return
             m = decode(frames, tensors=False)
         except ProtocolError as e:
             log.warning("bad message from worker %s: %s", wid.hex(), e)
@@ -194,7 +206,7 @@ class Broker:
                 continue
             payload = msgs[0] if len(msgs) == 1 else encode_batch(msgs)
             try:
-                self.back.send_multipart([wid, *payload], copy=False)
+                self.back.send_multipart([wid, *payload])
                 self.stats.batches += 1
                 self.stats.forwarded += len(msgs)
             except zmq.ZMQError as exc:  # EHOSTUNREACH: worker gone; expiry tells its agents
@@ -204,7 +216,7 @@ class Broker:
 
     def to_agent(self, agent: bytes, frames: list, sid: bytes | None) -> None:
         try:
-            self.front.send_multipart([agent, *frames], copy=False)
+            self.front.send_multipart([agent, *frames])
             self.stats.forwarded += 1
         except zmq.ZMQError:
             self._agent_gone(agent)

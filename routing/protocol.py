@@ -123,6 +123,20 @@ def decode(frames: list, tensors: bool = True) -> Message:
     return Message(t, h, arrays if tensors else [])
 
 
+def peek(frames: list) -> tuple[str, bytes | None]:
+    """(type, session) of a message to forward unchanged, for the broker's hot path from its own
+    workers: the header is parsed, the rest is left to the receiving agent, which validates
+    everything with `decode`. Raises ProtocolError on anything unparseable."""
+    try:
+        h = msgpack.unpackb(frames[0], raw=False)
+        t, session = h["type"], h.get("session")
+    except Exception:
+        raise ProtocolError("BAD_MESSAGE", "unparseable header") from None
+    if t not in SCHEMA or (session is not None and not isinstance(session, bytes)):
+        raise ProtocolError("BAD_MESSAGE", f"bad type or session in {t!r}")
+    return t, session
+
+
 def _tensor(spec: object, frame, session: bytes | None, wrap: bool = True) -> np.ndarray | None:
     if not isinstance(spec, dict) or spec.get("dtype") not in DTYPES or not isinstance(spec.get("shape"), list):
         raise ProtocolError("BAD_TENSOR", f"bad tensor spec {spec!r} (dtypes: {sorted(DTYPES)})", session)
