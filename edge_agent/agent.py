@@ -29,6 +29,7 @@ from routing.sampling import Sampling
 from routing.transmissions import Transmissions
 
 WINDOW = 8  # tokens the worker may decode past the last ACK; sane range 1–64
+MAX_REPLAYS = 3  # re-opens after WORKER_LOST before giving up; sane range 0–10
 
 
 class SessionError(SpaError):
@@ -54,6 +55,7 @@ class SessionStats(Transmissions):
     bytes_up: int = 0
     bytes_down: int = 0
     stale_frames: int = 0
+    replays: int = 0  # re-opens on another worker after WORKER_LOST
 
 
 class Stream:
@@ -76,18 +78,35 @@ class Stream:
     async def _run(self):
         agent, edge, mode = self.agent, self.agent.edge, self.mode
         eos = edge.eos_token_id
-        sid, epoch, pos = self.id, 0, len(self.prompt_ids)
+        epoch, pos = 0, len(self.prompt_ids)
         wire_layers = edge.wire_layers(mode)
         backlog: deque = deque()
-        agent.sessions[sid] = self
         t0 = last = time.perf_counter()
-        await agent.send(msg("OPEN", session=sid, prompt=self.prompt_ids, max_new_tokens=self.max_new,
-                             mode=mode.value, window=self.window, sampling=self.sampling.to_dict(),
-                             fingerprint=edge.fingerprint, wire_layers=wire_layers, eos=eos), self)
+        replays = 0
+
+        async def open_session() -> bytes:
+            """OPEN, or after WORKER_LOST re-OPEN with prompt + accepted tokens (Petals-style
+            replay): the new worker continues at the same position, so the output is the same."""
+            new = os.urandom(16)
+            agent.sessions.pop(self.id, None)
+            self.id = new
+            agent.sessions[new] = self
+            await agent.send(msg("OPEN", session=new, prompt=self.prompt_ids + self.tokens,
+                                 max_new_tokens=self.max_new - len(self.tokens), mode=mode.value,
+                                 window=self.window, sampling=self.sampling.to_dict(),
+                                 fingerprint=edge.fingerprint, wire_layers=wire_layers, eos=eos), self)
+            return new
+
+        sid = await open_session()
         try:
             while True:
                 m = backlog.popleft() if backlog else await self.queue.get()
                 if m.type == "ERROR":
+                    if m["code"] == "WORKER_LOST" and replays < MAX_REPLAYS:
+                        replays += 1
+                        self.stats.replays += 1
+                        sid, epoch, backlog = await open_session(), 0, deque()
+                        continue
                     raise SessionError(m["code"], m["detail"], sid)
                 if m.type != "FRAME":
                     continue  # a HIDDEN for an abandoned request, a DONE, …
@@ -108,6 +127,8 @@ class Stream:
                         await agent.send(msg("REQUEST", session=sid, pos=pos, epoch=epoch), self)
                         self.stats.requests += 1
                         hidden = await self._await_hidden(pos, epoch, backlog)
+                        if hidden is None:
+                            continue
                         wire = torch.from_numpy(np.array(hidden.tensors[0]))
                     token = edge.side_token(mode, z, wire, self.sampling, pos)
                 if mode.lockstep:
@@ -135,8 +156,8 @@ class Stream:
                 if done:
                     break
         finally:
-            agent.sessions.pop(sid, None)
-            await agent.send(msg("CLOSE", session=sid), None)
+            agent.sessions.pop(self.id, None)
+            await agent.send(msg("CLOSE", session=self.id), None)
 
     def _detokenize(self) -> str:
         """Incremental detokenization: the text the last token adds, from a short tail (byte-level
@@ -155,8 +176,9 @@ class Stream:
             m = await self.queue.get()
             if m.type == "HIDDEN" and m["pos"] == pos and m["epoch"] == epoch:
                 return m
-            if m.type == "ERROR":
-                raise SessionError(m["code"], m["detail"], self.id)
+            if m.type == "ERROR":  # handled by the main loop (a replay, or raised)
+                backlog.appendleft(m)
+                return None
             backlog.append(m)  # frames decoded ahead meanwhile
 
 

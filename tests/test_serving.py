@@ -142,3 +142,33 @@ def test_agent_errors_are_raised(stack, edge, prompts):
             await agent.close()
 
     asyncio.run(asyncio.wait_for(go(), 30))
+
+
+def test_worker_lost_replays_on_another_worker(backbone_dir, backbone, edge, prompts, tmp_path):
+    """Kill a worker mid-generation: its sessions get WORKER_LOST, the agents re-open with
+    prompt + accepted tokens on the surviving worker, and the output is unchanged."""
+    import signal
+
+    with LocalStack(backbone_dir, workers=2, log_dir=tmp_path) as stack:
+        async def go():
+            agent = EdgeAgent(edge, stack.agents_addr, window=2)
+            streams = [agent.generate(p, 40, "spa") for p in prompts[:6]]
+            seen = [0]
+
+            async def consume(s):
+                async for _ in s:
+                    seen[0] += 1
+                    if seen[0] == 30:
+                        os.killpg(stack.procs[1].pid, signal.SIGKILL)  # worker 0 dies
+                return s
+
+            try:
+                return await asyncio.wait_for(asyncio.gather(*(consume(s) for s in streams)), 60)
+            finally:
+                await agent.close()
+
+        streams = asyncio.run(go())
+    ref = ReferenceGenerator(backbone, edge)
+    assert sum(s.stats.replays for s in streams) > 0
+    for p, s in zip(prompts, streams, strict=False):
+        assert s.tokens == ref.generate(p, 40, "spa").tokens
