@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from routing.errors import InputError
+from routing.errors import InputError, read_text
 
 EOS = "<|endoftext|>"
 
@@ -59,13 +59,7 @@ def train_tokenizer(texts: list[str], vocab: int):
 
 
 def read_corpus(path: str | Path) -> list[str]:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"corpus file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read corpus {path}: {exc}") from None
+    text = read_text(path, "corpus file")
     paras = [p.strip() for p in text.split("\n\n") if p.strip()]
     if sum(len(p) for p in paras) < 1000:
         raise InputError(f"corpus {path} is too small ({len(text)} characters; need ≥ 1000)")

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from routing.errors import InputError
+from routing.errors import InputError, read_text
 
 
 @dataclass(frozen=True)
@@ -68,13 +68,7 @@ def _require(rec: dict, fields: tuple[str, ...], line: int, where: str) -> None:
 
 def load_examples(path: str | Path, limit: int | None = None) -> list[Example]:
     """Read a JSONL file; every bad line is reported with its number."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"data file {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read data file {path}: {exc}") from None
+    text = read_text(path, "data file")
     examples = []
     for n, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():

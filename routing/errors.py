@@ -31,3 +31,16 @@ class FingerprintMismatch(SpaError):
         )
         self.expected = expected
         self.actual = actual
+
+
+def read_text(path, what: str) -> str:
+    """A UTF-8 text file's contents, or an InputError naming `what` and the path."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} {path} does not exist")
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read {what} {path}: {exc}") from None
