@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
+from monitoring import metrics
 from routing.protocol import Message, ProtocolError, decode, encode, encode_batch, msg, peek
 
 log = logging.getLogger("spa.broker")
@@ -58,6 +59,7 @@ class Broker:
         self.routes: dict[bytes, Route] = {}
         self.outbox: dict[bytes, list[list]] = {}
         self.stats = BrokerStats()
+        self._tally: dict[tuple[str, str], list[int]] = {}  # (type, direction) -> [messages, bytes]
         self.running = True
 
     def _router(self, addr: str) -> zmq.Socket:
@@ -80,8 +82,10 @@ class Broker:
                 self._drain(self.back, self.on_worker)
             if self.front in events:
                 self._drain(self.front, self.on_agent)
+            metrics.QUEUE_DEPTH.set(sum(map(len, self.outbox.values())))
             self.flush()
             self.expire_workers()
+            self.publish()
 
     def _drain(self, sock: zmq.Socket, handler) -> None:
         for _ in range(DRAIN_MAX):
@@ -92,9 +96,29 @@ class Broker:
             handler(frames[0], frames[1:])
 
     # ------------------------------------------------------------------ agents
+    def _counted(self, type_: str, direction: str, frames: list) -> None:
+        """Messages and bytes by type and direction: tallied in a dict on this hot path, handed
+        to Prometheus once per tick by `publish`."""
+        tally = self._tally.get((type_, direction))
+        if tally is None:
+            tally = self._tally[(type_, direction)] = [0, 0]
+        tally[0] += 1
+        tally[1] += len(frames[0]) + (len(frames[1]) if len(frames) > 1 else 0) + sum(
+            map(len, frames[2:]))
+
+    def publish(self) -> None:
+        for (type_, direction), tally in self._tally.items():
+            if tally[0]:
+                metrics.MESSAGES.labels("broker", type_, direction).inc(tally[0])
+                metrics.BYTES.labels("broker", type_, direction).inc(tally[1])
+                tally[0] = tally[1] = 0
+        metrics.LIVE_WORKERS.set(len(self.workers))
+        metrics.ACTIVE_SESSIONS.labels("broker").set(len(self.routes))
+
     def on_agent(self, agent: bytes, frames: list) -> None:
         try:
             m = decode(frames, tensors=False)
+            self._counted(m.type, "from_agent", frames)
             if m.type not in AGENT_TYPES:
                 raise ProtocolError("BAD_MESSAGE", f"agents may not send {m.type}", m.session)
             if m.type == "OPEN":
@@ -140,6 +164,7 @@ class Broker:
         header peek (the agent validates them in full); everything else is decoded here."""
         try:
             t, sid = peek(frames)
+            self._counted(t, "from_worker", frames)
             if t in FORWARD_FAST and wid in self.workers:
                 route = self.routes.get(sid)
                 if route is not None:
@@ -239,6 +264,7 @@ class Broker:
 
     def _count(self, code: str) -> None:
         self.stats.errors[code] = self.stats.errors.get(code, 0) + 1
+        metrics.ERRORS.labels("broker", code).inc()
 
     def close(self) -> None:
         self.running = False
@@ -246,7 +272,8 @@ class Broker:
         self.back.close(0)
 
 
-def main(agents: str, workers: str) -> None:
+def main(agents: str, workers: str, metrics_port: int = 0) -> None:
+    metrics.serve(metrics_port)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s broker %(levelname)s %(message)s")
     b = Broker(agents, workers)
     print(f"broker: agents on {agents}, workers on {workers}", flush=True)

@@ -7,12 +7,15 @@ their window; lockstep sessions (lst, full) wait for the agent's TOKEN after eve
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import torch
 
 from cloud_worker.backbone import Backbone
 from cloud_worker.batch_runner import BatchRunner
 from cloud_worker.session import Session
+from monitoring import metrics
 from routing.protocol import Message, ProtocolError, msg
 from routing.sampling import pick_token
 
@@ -56,7 +59,10 @@ class Scheduler:
             if m["epoch"] != s.epoch or not s.n_prompt <= m["pos"] < len(s.seq):
                 raise ProtocolError("BAD_POSITION", f"CORRECT session={sid.hex()} pos={m['pos']} "
                                     f"epoch={m['epoch']} (worker epoch={s.epoch} len={len(s.seq)})", sid)
+            before = s.wasted
             s.rollback(m["pos"], m["token"])
+            metrics.ROLLBACKS.inc()
+            metrics.WASTED.inc(s.wasted - before)
         elif m.type == "TOKEN":
             if s.waiting != m["pos"]:
                 raise ProtocolError("BAD_POSITION", f"TOKEN session={sid.hex()} pos={m['pos']} but "
@@ -108,7 +114,11 @@ class Scheduler:
         batch = [s for s in self.sessions.values() if s.runnable][: self.max_batch]
         if not batch:
             return []
+        started = time.perf_counter()
         results = self.runner.step([(s.kv, s.new_tokens()) for s in batch])
+        metrics.STEP.observe(time.perf_counter() - started)
+        metrics.BATCH.observe(len(batch))
+        metrics.ACTIVE_SESSIONS.labels("worker").set(len(self.sessions))
         self.steps += 1
         out = []
         for s, r in zip(batch, results, strict=True):

@@ -11,6 +11,7 @@ import zmq
 
 from cloud_worker.backbone import Backbone
 from cloud_worker.scheduler import Scheduler
+from monitoring import metrics
 from routing.protocol import ProtocolError, decode, encode, msg, split_batch
 
 log = logging.getLogger("spa.worker")
@@ -32,7 +33,11 @@ class Worker:
         self.next_beat = 0.0
 
     def send(self, m) -> None:
-        self.sock.send_multipart(encode(m), copy=False)
+        frames = encode(m)
+        metrics.count_message("worker", m.type, "out", sum(len(f) for f in frames))
+        if m.type == "ERROR":
+            metrics.ERRORS.labels("worker", m["code"]).inc()
+        self.sock.send_multipart(frames, copy=False)
 
     def _beat(self) -> None:
         now = time.monotonic()
@@ -50,6 +55,7 @@ class Worker:
         for part in parts:
             try:
                 pm = m if m.type != "BATCH" else decode(part)
+                metrics.count_message("worker", pm.type, "in", sum(len(f) for f in part))
                 for answer in self.scheduler.handle(pm):
                     self.send(answer)
             except ProtocolError as e:
@@ -82,9 +88,10 @@ class Worker:
 
 
 def main(backbone: str, broker: str, device: str = "cpu", max_sessions: int = 64,
-         dtype: str | None = None, threads: int = 0) -> None:
+         dtype: str | None = None, threads: int = 0, metrics_port: int = 0) -> None:
     import torch
 
+    metrics.serve(metrics_port)
     # On a CPU the broker and agents share the cores: by default the worker takes half.
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) // 2))
     bb = Backbone.load(backbone, device, dtype)

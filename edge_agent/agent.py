@@ -22,6 +22,7 @@ import zmq.asyncio
 
 from edge_agent.edge_model import EdgeModel
 from edge_agent.reference import check_request
+from monitoring import metrics
 from routing.errors import SpaError
 from routing.modes import Mode
 from routing.protocol import ProtocolError, decode, encode, msg
@@ -79,6 +80,7 @@ class Stream:
         agent, edge, mode = self.agent, self.agent.edge, self.mode
         eos = edge.eos_token_id
         epoch, pos = 0, len(self.prompt_ids)
+        outcome = "cancelled"  # a consumer that stops iterating early
         wire_layers = edge.wire_layers(mode)
         backlog: deque = deque()
         t0 = last = time.perf_counter()
@@ -105,6 +107,7 @@ class Stream:
                     if m["code"] == "WORKER_LOST" and replays < MAX_REPLAYS:
                         replays += 1
                         self.stats.replays += 1
+                        metrics.REPLAYS.inc()
                         sid, epoch, backlog = await open_session(), 0, deque()
                         continue
                     raise SessionError(m["code"], m["detail"], sid)
@@ -112,6 +115,7 @@ class Stream:
                     continue  # a HIDDEN for an abandoned request, a DONE, …
                 if m["epoch"] != epoch or m["pos"] != pos:
                     self.stats.stale_frames += 1
+                    metrics.STALE_FRAMES.labels(mode.value).inc()
                     continue
                 base_tok, token, path = m["token"], m["token"], "base"
                 fire = mode.gate == "always"
@@ -126,27 +130,37 @@ class Stream:
                     else:
                         await agent.send(msg("REQUEST", session=sid, pos=pos, epoch=epoch), self)
                         self.stats.requests += 1
+                        metrics.BLOCKING.labels(mode.value, "request").inc()
+                        asked = time.perf_counter()
                         hidden = await self._await_hidden(pos, epoch, backlog)
                         if hidden is None:
                             continue
+                        metrics.EDGE_RTT.observe(time.perf_counter() - asked)
                         wire = torch.from_numpy(np.array(hidden.tensors[0]))
+                    started = time.perf_counter()
                     token = edge.side_token(mode, z, wire, self.sampling, pos)
+                    metrics.SIDE_COMPUTE.labels(mode.value).observe(time.perf_counter() - started)
                 if mode.lockstep:
                     self.stats.lockstep += 1
+                    metrics.BLOCKING.labels(mode.value, "lockstep").inc()
                     await agent.send(msg("TOKEN", session=sid, pos=pos, epoch=epoch, token=token), self)
                 elif token != base_tok:
                     self.stats.corrections += 1
+                    metrics.BLOCKING.labels(mode.value, "correct").inc()
                     await agent.send(msg("CORRECT", session=sid, pos=pos, epoch=epoch, token=token), self)
                     epoch += 1
                     backlog = deque(x for x in backlog if x.type == "ERROR")
                 self.tokens.append(token)
                 self.paths.append(path)
                 self.stats.tokens += 1
+                metrics.TOKENS.labels(mode.value, path).inc()
                 now = time.perf_counter()
                 if len(self.tokens) == 1:
                     self.stats.ttft_s = now - t0
+                    metrics.TTFT.labels(mode.value).observe(now - t0)
                 else:
                     self.stats.inter_token_s.append(now - last)
+                    metrics.ITL.labels(mode.value).observe(now - last)
                 last = now
                 pos += 1
                 done = token == eos or len(self.tokens) >= self.max_new
@@ -154,8 +168,15 @@ class Stream:
                     await agent.send(msg("ACK", session=sid, pos=pos - 1), self)  # cumulative
                 yield Piece(self._detokenize(), token, path, pos - 1)
                 if done:
+                    outcome = "eos" if token == eos else "length"
                     break
+        except GeneratorExit:
+            raise  # the consumer stopped early: 'cancelled'
+        except BaseException:
+            outcome = "error"
+            raise
         finally:
+            metrics.SESSIONS_FINISHED.labels(mode.value, outcome).inc()
             agent.sessions.pop(self.id, None)
             await agent.send(msg("CLOSE", session=self.id), None)
 
@@ -201,8 +222,10 @@ class EdgeAgent:
 
     async def send(self, m, stream: Stream | None) -> None:
         frames = encode(m)
+        n = sum(len(f) for f in frames)
+        metrics.count_message("agent", m.type, "out", n)
         if stream is not None:
-            stream.stats.bytes_up += sum(len(f) for f in frames)
+            stream.stats.bytes_up += n
         await self.sock.send_multipart(frames, copy=False)
 
     async def _read(self) -> None:
@@ -210,12 +233,15 @@ class EdgeAgent:
             frames = await self.sock.recv_multipart(copy=False)
             try:
                 m = decode(frames)
-            except ProtocolError:
+            except ProtocolError as e:
                 self.bad_messages += 1
+                metrics.ERRORS.labels("agent", e.code).inc()
                 continue
+            n = sum(len(f.buffer) for f in frames)
+            metrics.count_message("agent", m.type, "in", n)
             s = self.sessions.get(m.session) if m.session else None
             if s is not None:
-                s.stats.bytes_down += sum(len(f.buffer) for f in frames)
+                s.stats.bytes_down += n
                 s.queue.put_nowait(m)
             elif m.type == "ERROR" and m.session is None:
                 for s in self.sessions.values():  # a connection-wide error reaches everyone

@@ -82,13 +82,14 @@ def cmd_generate(args) -> None:
 def cmd_broker(args) -> None:
     from broker.broker import main as broker_main
 
-    broker_main(args.agents, args.workers)
+    broker_main(args.agents, args.workers, args.metrics_port)
 
 
 def cmd_worker(args) -> None:
     from cloud_worker.worker import main as worker_main
 
-    worker_main(args.backbone, args.broker, args.device, args.max_sessions, args.dtype, args.threads)
+    worker_main(args.backbone, args.broker, args.device, args.max_sessions, args.dtype, args.threads,
+                args.metrics_port)
 
 
 def cmd_agent(args) -> None:
@@ -204,6 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("broker", help="the broker: admission, placement, routing, liveness")
     q.add_argument("--agents", default="tcp://*:5555")
     q.add_argument("--workers", default="tcp://*:5556")
+    q.add_argument("--metrics-port", type=int, default=0, help="serve /metrics here (0 = off)")
     q.set_defaults(func=cmd_broker)
 
     q = sub.add_parser("worker", help="a cloud worker serving the backbone")
@@ -213,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--dtype", default=None)
     q.add_argument("--max-sessions", type=int, default=64)
     q.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = half the cores)")
+    q.add_argument("--metrics-port", type=int, default=0, help="serve /metrics here (0 = off)")
     q.set_defaults(func=cmd_worker)
 
     q = sub.add_parser("agent", help="an edge agent: stream one generation")

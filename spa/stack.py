@@ -22,7 +22,8 @@ def free_port() -> int:
 
 class LocalStack:
     def __init__(self, backbone: str | Path, workers: int = 1, max_sessions: int = 64,
-                 log_dir: str | Path | None = None, agent_port: int | None = None) -> None:
+                 log_dir: str | Path | None = None, agent_port: int | None = None,
+                 metrics: bool = False) -> None:
         self.backbone = str(backbone)
         self.n_workers = workers
         self.max_sessions = max_sessions
@@ -30,6 +31,9 @@ class LocalStack:
         self.worker_port = free_port()
         self.log_dir = Path(log_dir) if log_dir else None
         self.procs: list[subprocess.Popen] = []
+        # /metrics ports: 'broker', 'worker0', 'worker1', …
+        self.metrics_ports = ({"broker": free_port()} | {f"worker{i}": free_port() for i in range(workers)}
+                              if metrics else {})
 
     @property
     def agents_addr(self) -> str:
@@ -50,11 +54,14 @@ class LocalStack:
     def start(self, timeout: float = 120.0) -> LocalStack:
         if self.log_dir:
             self.log_dir.mkdir(parents=True, exist_ok=True)
+        mp = self.metrics_ports
         self._spawn("broker", "broker", "--agents", f"tcp://127.0.0.1:{self.agent_port}",
-                    "--workers", f"tcp://127.0.0.1:{self.worker_port}")
+                    "--workers", f"tcp://127.0.0.1:{self.worker_port}",
+                    "--metrics-port", str(mp.get("broker", 0)))
         for i in range(self.n_workers):
             self._spawn(f"worker{i}", "worker", "--broker", self.workers_addr, "--backbone",
-                        self.backbone, "--max-sessions", str(self.max_sessions))
+                        self.backbone, "--max-sessions", str(self.max_sessions),
+                        "--metrics-port", str(mp.get(f"worker{i}", 0)))
         self.wait_ready(timeout)
         return self
 

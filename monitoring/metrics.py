@@ -1,0 +1,78 @@
+"""Every metric of the system, defined once (DESIGN.md §6).
+
+Names `spa_…`, base units (seconds, bytes), `_total` counters, bounded labels only: mode,
+message type, direction, error code, path, kind — never a session or agent id. M is not a gauge:
+it is `spa_blocking_transmissions_total / spa_tokens_generated_total`, divided in PromQL by the
+recording rules in monitoring/prometheus/rules.yml.
+
+Each process serves its registry on /metrics (`serve(port)`).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# Buckets chosen for each quantity's range.
+_LATENCY_TOKEN = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
+_TTFT = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_EDGE_RTT = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+_SIDE = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05)
+_STEP = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+# ---- agents (edge) -------------------------------------------------------------------
+TOKENS = Counter("spa_tokens_generated", "Generated tokens, by the path that produced them",
+                 ["mode", "path"], registry=REGISTRY)
+BLOCKING = Counter("spa_blocking_transmissions", "Exchanges the token stream waits on "
+                   "(request, correct, lockstep): the numerator of M", ["mode", "kind"],
+                   registry=REGISTRY)
+SESSIONS_FINISHED = Counter("spa_sessions_finished", "Generations finished, by outcome",
+                            ["mode", "outcome"], registry=REGISTRY)
+REPLAYS = Counter("spa_session_replays", "Sessions re-opened on another worker after WORKER_LOST",
+                  registry=REGISTRY)
+STALE_FRAMES = Counter("spa_speculative_frames_dropped", "Frames of old epochs the agent dropped",
+                       ["mode"], registry=REGISTRY)
+TTFT = Histogram("spa_time_to_first_token_seconds", "Time to first token", ["mode"],
+                 buckets=_TTFT, registry=REGISTRY)
+ITL = Histogram("spa_inter_token_latency_seconds", "Time between consecutive tokens", ["mode"],
+                buckets=_LATENCY_TOKEN, registry=REGISTRY)
+EDGE_RTT = Histogram("spa_edge_round_trip_seconds", "REQUEST → HIDDEN round trip seen by the agent",
+                     buckets=_EDGE_RTT, registry=REGISTRY)
+SIDE_COMPUTE = Histogram("spa_side_compute_seconds", "Side network + lm_head time per token",
+                         ["mode"], buckets=_SIDE, registry=REGISTRY)
+
+# ---- every process: messages ----------------------------------------------------------
+MESSAGES = Counter("spa_messages", "Protocol messages, by type and direction",
+                   ["component", "type", "direction"], registry=REGISTRY)
+BYTES = Counter("spa_message_bytes", "Protocol bytes, by type and direction",
+                ["component", "type", "direction"], registry=REGISTRY)
+ERRORS = Counter("spa_errors", "ERROR answers and internal faults, by code",
+                 ["component", "code"], registry=REGISTRY)
+
+# ---- broker ---------------------------------------------------------------------------
+LIVE_WORKERS = Gauge("spa_live_workers", "Workers with a recent heartbeat", registry=REGISTRY)
+ACTIVE_SESSIONS = Gauge("spa_active_sessions", "Open sessions", ["component"], registry=REGISTRY)
+QUEUE_DEPTH = Gauge("spa_broker_queue_depth", "Messages waiting in the per-worker outboxes at flush",
+                    registry=REGISTRY)
+
+# ---- worker ---------------------------------------------------------------------------
+STEP = Histogram("spa_backbone_step_seconds", "One batched backbone forward", buckets=_STEP,
+                 registry=REGISTRY)
+BATCH = Histogram("spa_batch_size", "Sessions in one backbone forward", buckets=_BATCH,
+                  registry=REGISTRY)
+ROLLBACKS = Counter("spa_rollbacks", "CORRECT rollbacks applied by workers", registry=REGISTRY)
+WASTED = Counter("spa_speculative_tokens_wasted", "Tokens decoded ahead and thrown away on rollback",
+                 registry=REGISTRY)
+
+
+def count_message(component: str, type_: str, direction: str, nbytes: int) -> None:
+    MESSAGES.labels(component, type_, direction).inc()
+    BYTES.labels(component, type_, direction).inc(nbytes)
+
+
+def serve(port: int, addr: str = "0.0.0.0") -> None:
+    """Serve /metrics on `port` (0 = off)."""
+    if port:
+        start_http_server(port, addr=addr, registry=REGISTRY)
