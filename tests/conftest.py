@@ -67,3 +67,20 @@ def bundle_dir(workdir, trained) -> Path:
 
     edge, record = trained
     return save_bundle(edge, workdir / "bundle", record)
+
+
+@pytest.fixture(scope="session")
+def promtool() -> str:
+    """Prometheus' promtool, installed from Debian's package `prometheus` when missing."""
+    import shutil
+    import subprocess
+
+    path = shutil.which("promtool")
+    if path is None:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env, capture_output=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "prometheus"],
+                       check=True, env=env, capture_output=True)
+        path = shutil.which("promtool")
+    assert path, "promtool not found after installing the Debian package 'prometheus'"
+    return path

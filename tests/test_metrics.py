@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import urllib.request
+from pathlib import Path
 
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.agent import EdgeAgent
@@ -15,8 +18,11 @@ from monitoring import metrics
 from spa.stack import LocalStack
 
 
-def scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+def fetch(port: int) -> str:
+    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+
+
+def parse(text: str) -> dict[str, float]:
     out: dict[str, float] = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
@@ -49,7 +55,8 @@ def run(backbone_dir, bundle_dir, tasks_file, backbone, tmp_path_factory):
                 await agent.close()
 
         streams = asyncio.run(go())
-        scraped = {name: scrape(port) for name, port in stack.metrics_ports.items()}
+        scraped = {name: fetch(port) for name, port in stack.metrics_ports.items()}
+    scraped["agent"] = generate_latest(metrics.REGISTRY).decode()
     after = (_total(metrics.BLOCKING), _total(metrics.TOKENS))
     return streams, scraped, before, after
 
@@ -65,8 +72,22 @@ def test_agent_m_counters_match_sessions(run):
 
 def test_broker_and_worker_serve_metrics(run):
     _, scraped, _, _ = run
-    b, w = scraped["broker"], scraped["worker0"]
+    b, w = parse(scraped["broker"]), parse(scraped["worker0"])
     assert b["spa_messages_total"] > 0 and b["spa_message_bytes_total"] > 0
     assert b["spa_live_workers"] == 1
     assert w["spa_backbone_step_seconds_count"] > 0
     assert w["spa_batch_size_sum"] >= w["spa_batch_size_count"]
+
+
+def test_promtool_check_metrics_is_clean(run, promtool):
+    for name, text in run[1].items():
+        res = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+        assert res.returncode == 0 and not res.stdout.strip() and not res.stderr.strip(), (
+            name, res.stdout, res.stderr)
+
+
+def test_promtool_check_rules(promtool):
+    rules = Path(__file__).resolve().parent.parent / "monitoring" / "prometheus" / "rules.yml"
+    res = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "SUCCESS: 5 rules found" in res.stdout
