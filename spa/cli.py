@@ -99,9 +99,12 @@ def cmd_agent(args) -> None:
     from edge_agent.bundle import load_bundle
     from routing.errors import InputError
 
+    from monitoring import metrics
+
     if not args.prompt.strip():
         raise InputError("empty prompt")
     edge = load_bundle(args.bundle)
+    metrics.serve(args.metrics_port)
 
     async def run() -> None:
         agent = EdgeAgent(edge, args.broker, args.window)
@@ -227,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--window", type=int, default=8)
     q.add_argument("--timeout", type=float, default=120.0)
     q.add_argument("--json", action="store_true", help="one JSON line per piece, then the stats")
+    q.add_argument("--metrics-port", type=int, default=0, help="serve /metrics here (0 = off)")
     q.set_defaults(func=cmd_agent)
 
     q = sub.add_parser("demo", help="broker, worker and agents on localhost with a small model")
