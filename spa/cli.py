@@ -97,9 +97,8 @@ def cmd_agent(args) -> None:
 
     from edge_agent.agent import EdgeAgent
     from edge_agent.bundle import load_bundle
-    from routing.errors import InputError
-
     from monitoring import metrics
+    from routing.errors import InputError
 
     if not args.prompt.strip():
         raise InputError("empty prompt")
