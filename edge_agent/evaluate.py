@@ -16,6 +16,7 @@ from cloud_worker.backbone import Backbone
 from edge_agent.data import Example
 from edge_agent.edge_model import EdgeModel
 from edge_agent.reference import ReferenceGenerator
+from edge_agent.training import NEVER
 from routing.errors import InputError
 from routing.modes import Mode
 from routing.transmissions import Transmissions
@@ -89,7 +90,7 @@ def sweep_thresholds(edge: EdgeModel, mode: Mode) -> list[float]:
     """Thresholds from never-fire to always-fire: dev-set quantiles recorded at training, and
     the calibrated one."""
     head = edge.head_for(mode)
-    table = head.info.get("calibration", {}).get("sweep_thresholds") or [1e9, 0.0, -1e9]
+    table = head.info.get("calibration", {}).get("sweep_thresholds") or [NEVER, 0.0, -NEVER]
     return sorted(set(table + [head.threshold]), reverse=True)
 
 

@@ -103,8 +103,7 @@ def decode(frames: list, tensors: bool = True) -> Message:
         if value is _MISSING:
             raise ProtocolError("BAD_MESSAGE", f"{t} is missing field '{name}'", session)
         if not isinstance(value, typ) or value is True or value is False:
-            if not (typ is _OPT_INT and value is None):
-                raise ProtocolError("BAD_MESSAGE", f"{t}.{name} has type {type(value).__name__}", session)
+            raise ProtocolError("BAD_MESSAGE", f"{t}.{name} has type {type(value).__name__}", session)
     if session is not None and len(session) != SESSION_BYTES:
         raise ProtocolError("BAD_MESSAGE", f"session id of {len(session)} bytes, expected {SESSION_BYTES}")
     specs = h.pop("tensors", [])
