@@ -91,11 +91,11 @@ def main(backbone: str, broker: str, device: str = "cpu", max_sessions: int = 64
          dtype: str | None = None, threads: int = 0, metrics_port: int = 0) -> None:
     import torch
 
-    metrics.serve(metrics_port)
     # On a CPU the broker and agents share the cores: by default the worker takes half.
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) // 2))
     bb = Backbone.load(backbone, device, dtype)
     w = Worker(bb, broker, max_sessions)
+    metrics.serve(metrics_port)  # after the load: /metrics answering means ready (healthchecks)
     print(f"worker {w.sock.getsockopt(zmq.IDENTITY).hex()} ready: backbone "
           f"{bb.fingerprint[:12]}… on {device}, broker {broker}", flush=True)
     try:

@@ -100,6 +100,7 @@ class Stream:
             return new
 
         sid = await open_session()
+        metrics.ACTIVE_SESSIONS.labels("agent").inc()
         try:
             while True:
                 m = backlog.popleft() if backlog else await self.queue.get()
@@ -110,6 +111,7 @@ class Stream:
                         metrics.REPLAYS.inc()
                         sid, epoch, backlog = await open_session(), 0, deque()
                         continue
+                    metrics.ERRORS.labels("agent", m["code"]).inc()
                     raise SessionError(m["code"], m["detail"], sid)
                 if m.type != "FRAME":
                     continue  # a HIDDEN for an abandoned request, a DONE, …
@@ -170,13 +172,14 @@ class Stream:
                 if done:
                     outcome = "eos" if token == eos else "length"
                     break
-        except GeneratorExit:
-            raise  # the consumer stopped early: 'cancelled'
+        except (GeneratorExit, asyncio.CancelledError):
+            raise  # the consumer stopped early or was cancelled: 'cancelled'
         except BaseException:
             outcome = "error"
             raise
         finally:
             metrics.SESSIONS_FINISHED.labels(mode.value, outcome).inc()
+            metrics.ACTIVE_SESSIONS.labels("agent").dec()
             agent.sessions.pop(self.id, None)
             await agent.send(msg("CLOSE", session=self.id), None)
 

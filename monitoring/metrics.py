@@ -72,6 +72,17 @@ def count_message(component: str, type_: str, direction: str, nbytes: int) -> No
     BYTES.labels(component, type_, direction).inc(nbytes)
 
 
+def init_agent_series(modes: list[str]) -> None:
+    """Create the M counters' series at 0 for these modes before any traffic, so that rates
+    over a window that starts before the first token are exact (no missing-series gaps, and
+    numerator and denominator are extrapolated alike)."""
+    for mode in modes:
+        for path in ("base", "side"):
+            TOKENS.labels(mode, path)
+        for kind in ("request", "correct", "lockstep"):
+            BLOCKING.labels(mode, kind)
+
+
 def serve(port: int, addr: str = "0.0.0.0") -> None:
     """Serve /metrics on `port` (0 = off)."""
     if port:

@@ -103,6 +103,7 @@ def cmd_agent(args) -> None:
     if not args.prompt.strip():
         raise InputError("empty prompt")
     edge = load_bundle(args.bundle)
+    metrics.init_agent_series([args.mode])
     metrics.serve(args.metrics_port)
 
     async def run() -> None:
@@ -133,6 +134,25 @@ def cmd_agent(args) -> None:
         aio.run(run())
     except TimeoutError:
         raise SpaError(f"no answer from the broker at {args.broker} within {args.timeout}s") from None
+
+
+def cmd_loadtest(args) -> None:
+    from edge_agent.loadtest import main as loadtest_main
+
+    loadtest_main(args)
+
+
+def cmd_build_models(args) -> None:
+    from spa.demo import ensure_models
+
+    backbone_dir, bundle_dir = ensure_models(Path(args.out), args.corpus, args.steps)
+    print(f"backbone -> {backbone_dir}\nbundle -> {bundle_dir}")
+
+
+def cmd_health(args) -> None:
+    from monitoring.health import check
+
+    print(check(args.url, args.require, args.timeout))
 
 
 def cmd_demo(args) -> None:
@@ -231,6 +251,42 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true", help="one JSON line per piece, then the stats")
     q.add_argument("--metrics-port", type=int, default=0, help="serve /metrics here (0 = off)")
     q.set_defaults(func=cmd_agent)
+
+    q = sub.add_parser("loadtest", help="many edge users in one process, /metrics, a summary")
+    q.add_argument("--broker", default="tcp://127.0.0.1:5555")
+    q.add_argument("--bundle", required=True)
+    q.add_argument("--prompts", help="JSONL tasks or a text file, one prompt a line "
+                   "(default: built-in personal-style tasks)")
+    q.add_argument("--modes", default="spa", help="comma list, taken in turn (e.g. spa,full,base)")
+    q.add_argument("--concurrency", type=int, default=8, help="users, each one session at a time")
+    q.add_argument("--sessions", type=int, default=0, help="stop after this many (0 = no limit)")
+    q.add_argument("--duration", type=float, default=0.0, help="stop after seconds (0 = no limit)")
+    q.add_argument("--max-new-tokens", type=int, default=32)
+    q.add_argument("--window", type=int, default=8)
+    q.add_argument("--think", type=float, default=0.0, help="seconds between a user's generations")
+    q.add_argument("--ramp", type=float, default=0.0, help="seconds over which users start")
+    q.add_argument("--session-timeout", type=float, default=120.0)
+    q.add_argument("--temperature", type=float, default=0.0)
+    q.add_argument("--top-k", type=int, default=0)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--report", type=float, default=5.0, help="progress line every N s (0 = off)")
+    q.add_argument("--json", help="write the summary here as JSON ('-' = stdout)")
+    q.add_argument("--metrics-port", type=int, default=0, help="serve /metrics here (0 = off)")
+    q.set_defaults(func=cmd_loadtest)
+
+    q = sub.add_parser("build-models", help="build the default tiny backbone and edge bundle "
+                       "into a directory, unless they are there already")
+    q.add_argument("--out", default=".spa-cache/demo")
+    q.add_argument("--corpus", help="text to pretrain on (default: generated)")
+    q.add_argument("--steps", type=int, default=400, help="pretraining steps")
+    q.set_defaults(func=cmd_build_models)
+
+    q = sub.add_parser("health", help="exit 0 when a /metrics endpoint answers (and meets --require)")
+    q.add_argument("url", help="e.g. http://127.0.0.1:9101/metrics")
+    q.add_argument("--require", action="append", default=[],
+                   help="NAME>=VALUE on a sample summed over labels, e.g. spa_live_workers>=1")
+    q.add_argument("--timeout", type=float, default=3.0)
+    q.set_defaults(func=cmd_health)
 
     q = sub.add_parser("demo", help="broker, worker and agents on localhost with a small model")
     q.add_argument("--backbone", help="a real backbone directory (default: build a tiny one)")

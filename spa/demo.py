@@ -21,8 +21,9 @@ MODES = ["spa", "choice", "full", "lst", "base"]
 SIDE_ON, SIDE_OFF = "\033[1;32m", "\033[0m"
 
 
-def ensure_models(cache: Path, corpus: str | None) -> tuple[Path, Path]:
-    """The default backbone and bundle, built once and cached."""
+def ensure_models(cache: Path, corpus: str | None, steps: int = 400) -> tuple[Path, Path]:
+    """The default backbone and bundle, built once and cached (a bundle is trained for the
+    backbone that is there; one trained for another backbone is refused when loaded)."""
     from cloud_worker.backbone import Backbone
     from cloud_worker.pretrain import pretrain
     from edge_agent.bundle import save_bundle
@@ -38,7 +39,7 @@ def ensure_models(cache: Path, corpus: str | None) -> tuple[Path, Path]:
             cache.mkdir(parents=True, exist_ok=True)
             corpus = str(cache / "corpus.txt")
             Path(corpus).write_text(make_corpus(3000, seed=0))
-        pretrain(corpus, backbone_dir, "tiny", 400, progress=sys.stderr.isatty())
+        pretrain(corpus, backbone_dir, "tiny", steps, progress=sys.stderr.isatty())
     if not (bundle_dir / "bundle.json").is_file():
         print(f"first run: training the edge bundle into {bundle_dir}")
         write_jsonl(make_personal_tasks(400, seed=1), tasks)
