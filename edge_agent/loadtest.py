@@ -206,6 +206,7 @@ class LoadTest:
         retry cannot fix (raised). Generations in flight at a stop are cancelled and their
         tokens so far counted."""
         cfg, loop = self.cfg, asyncio.get_running_loop()
+        self.report.started = time.monotonic()
         agent = EdgeAgent(self.edge, cfg.broker, cfg.window)
         progress = loop.create_task(self._progress())
         users = [loop.create_task(self._user(agent, k)) for k in range(cfg.concurrency)]
@@ -253,21 +254,31 @@ def main(args) -> None:
                      top_k=args.top_k, seed=args.seed, report_s=args.report)
     edge = load_bundle(args.bundle)
     prompts = load_prompts(args.prompts)
+    metrics.init_agent_series([m.value for m in cfg.modes])  # at 0 before the first scrape
     metrics.serve(args.metrics_port)
     print(f"loadtest: {cfg.concurrency} users, modes {','.join(m.value for m in cfg.modes)}, "
           f"broker {cfg.broker}" + (f", /metrics on :{args.metrics_port}" if args.metrics_port else ""),
           file=sys.stderr, flush=True)
     test = LoadTest(edge, prompts, cfg)
+    if args.delay:
+        time.sleep(args.delay)
     try:
         report = aio.run(test.run())
     except SessionError as e:
         raise SpaError(f"loadtest stopped: {e}") from None
     d = report.to_dict()
-    if args.json:
-        Path(args.json).write_text(json.dumps(d, indent=1)) if args.json != "-" else print(json.dumps(d))
+    if args.json == "-":
+        print(json.dumps(d), flush=True)
+    elif args.json:
+        tmp = Path(args.json + ".tmp")
+        tmp.write_text(json.dumps(d, indent=1))
+        tmp.replace(args.json)  # whole or absent, for whoever polls for it
     print(report.line(), file=sys.stderr)
     for mode, s in d["modes"].items():
         print(f"  {mode:>6}: sessions={s['sessions']} tokens={s['tokens']} M={s['m']:.3f} "
               f"side={s['side_rate']:.2f} TTFT p50={ms(s['ttft_p50_s'])}ms "
               f"ITL p50/p95/p99={ms(s['itl_p50_s'])}/{ms(s['itl_p95_s'])}/{ms(s['itl_p99_s'])}ms",
               file=sys.stderr)
+    if args.linger and args.metrics_port:
+        print(f"serving /metrics for {args.linger:g}s more", file=sys.stderr, flush=True)
+        time.sleep(args.linger)

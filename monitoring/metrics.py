@@ -73,14 +73,18 @@ def count_message(component: str, type_: str, direction: str, nbytes: int) -> No
 
 
 def init_agent_series(modes: list[str]) -> None:
-    """Create the M counters' series at 0 for these modes before any traffic, so that rates
-    over a window that starts before the first token are exact (no missing-series gaps, and
-    numerator and denominator are extrapolated alike)."""
+    """Create an agent's per-mode series at 0 before any traffic. Rates over a window that
+    starts before the first token are then exact (numerator and denominator of M extrapolated
+    alike), and dashboards show 0 rather than 'no data'."""
     for mode in modes:
         for path in ("base", "side"):
             TOKENS.labels(mode, path)
         for kind in ("request", "correct", "lockstep"):
             BLOCKING.labels(mode, kind)
+        for outcome in ("eos", "length", "cancelled", "error"):
+            SESSIONS_FINISHED.labels(mode, outcome)
+        for family in (STALE_FRAMES, TTFT, ITL, SIDE_COMPUTE):
+            family.labels(mode)
 
 
 def serve(port: int, addr: str = "0.0.0.0") -> None:

@@ -265,6 +265,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--window", type=int, default=8)
     q.add_argument("--think", type=float, default=0.0, help="seconds between a user's generations")
     q.add_argument("--ramp", type=float, default=0.0, help="seconds over which users start")
+    q.add_argument("--delay", type=float, default=0.0,
+                   help="seconds between serving /metrics and the first session (a first scrape "
+                   "at zero makes Prometheus' rates exact)")
+    q.add_argument("--linger", type=float, default=0.0,
+                   help="keep serving /metrics this long after the run (a last scrape)")
     q.add_argument("--session-timeout", type=float, default=120.0)
     q.add_argument("--temperature", type=float, default=0.0)
     q.add_argument("--top-k", type=int, default=0)

@@ -84,3 +84,13 @@ def promtool() -> str:
         path = shutil.which("promtool")
     assert path, "promtool not found after installing the Debian package 'prometheus'"
     return path
+
+
+@pytest.fixture(scope="session")
+def prometheus_bin(promtool) -> str:
+    """The Prometheus server binary (same Debian package as promtool)."""
+    import shutil
+
+    path = shutil.which("prometheus")
+    assert path, "prometheus not found after installing the Debian package 'prometheus'"
+    return path
