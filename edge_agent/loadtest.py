@@ -136,7 +136,8 @@ def load_prompts(path: str | None, n_default: int = 64) -> list[str]:
 
         prompts = [ex.prompt for ex in load_examples(path)]
     else:
-        prompts = [ln.replace("\\n", "\n") for ln in read_text(path).splitlines() if ln.strip()]
+        prompts = [ln.replace("\\n", "\n") for ln in read_text(path, "prompt file").splitlines()
+                   if ln.strip()]
     if not prompts:
         raise InputError(f"{path}: no prompts in the file")
     return prompts
@@ -180,6 +181,10 @@ class LoadTest:
             except (SessionError, TimeoutError) as e:
                 code = e.code if isinstance(e, SessionError) else "TIMEOUT"
                 self.report.add(mode, stream, finished=False)
+                if not self.report.errors[code]:  # the first of each code, with its detail
+                    detail = e.detail if isinstance(e, SessionError) else f"no answer in {cfg.session_timeout_s:g}s"
+                    print(f"loadtest: {code}: {detail}" + (" (retrying)" if code in RETRYABLE else ""),
+                          file=sys.stderr, flush=True)
                 self.report.errors[code] += 1
                 if code == "TIMEOUT":
                     metrics.ERRORS.labels("agent", code).inc()

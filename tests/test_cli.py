@@ -76,3 +76,61 @@ def test_eval_end_to_end(backbone_dir, bundle_dir, tasks_file, tmp_path):
     assert rows["base"]["m"] == 0 and rows["lst"]["m"] == 1 and rows["full"]["m"] == 1
     assert out.with_suffix(".png").stat().st_size > 1000
     assert report["sweep"]
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--concurrency", "0"], "--concurrency must be >= 1"),
+    (["--modes", "spa,nope"], "nope"),
+    (["--sessions", "-1"], "--sessions and --duration must be >= 0"),
+])
+def test_loadtest_bad_arguments(bundle_dir, args, needle):
+    assert_clean_error(spa("loadtest", "--bundle", str(bundle_dir), *args), needle)
+
+
+def test_loadtest_empty_prompt_file(bundle_dir, tmp_path):
+    empty = tmp_path / "prompts.txt"
+    empty.write_text("\n\n")
+    res = spa("loadtest", "--bundle", str(bundle_dir), "--prompts", str(empty))
+    assert_clean_error(res, "prompts.txt: no prompts in the file")
+
+
+def test_loadtest_counts_and_retries_refusals(bundle_dir, tmp_path):
+    """No worker serves the bundle's backbone: NO_WORKER is reported with its detail, retried
+    until the duration ends, and the run still ends cleanly with a summary."""
+    from spa.stack import free_port
+
+    port = free_port()
+    broker = subprocess.Popen([sys.executable, "-m", "spa", "broker", "--agents",
+                               f"tcp://127.0.0.1:{port}", "--workers", f"tcp://127.0.0.1:{free_port()}"])
+    try:
+        res = spa("loadtest", "--broker", f"tcp://127.0.0.1:{port}", "--bundle", str(bundle_dir),
+                  "--concurrency", "2", "--duration", "3", "--json", "-", "--report", "0")
+    finally:
+        broker.terminate()
+        broker.wait(10)
+    assert res.returncode == 0, res.stderr
+    assert "NO_WORKER: no live worker serves backbone" in res.stderr and "(retrying)" in res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["errors"]["NO_WORKER"] >= 2 and summary["sessions"] == 0
+
+
+def test_health(tmp_path):
+    from spa.stack import free_port
+
+    port = free_port()
+    assert_clean_error(spa("health", f"http://127.0.0.1:{port}/metrics"), "no answer")
+    assert_clean_error(spa("health", "http://x/metrics", "--require", "spa_live_workers=>1"),
+                       "expected NAME>=VALUE")
+    from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+    reg = CollectorRegistry()
+    Gauge("spa_live_workers", "w", registry=reg).set(1)
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=reg)
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        ok = spa("health", url, "--require", "spa_live_workers>=1")
+        assert ok.returncode == 0 and "spa_live_workers=1" in ok.stdout
+        assert_clean_error(spa("health", url, "--require", "spa_live_workers>=2"), "is 1, needs >= 2")
+        assert_clean_error(spa("health", url, "--require", "spa_nothing>=0"), "no sample named")
+    finally:
+        server.shutdown()
