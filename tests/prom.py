@@ -55,17 +55,31 @@ class PrometheusServer:
     def targets_up(self) -> dict[str, str]:
         return {t["scrapeUrl"]: t["health"] for t in self.api("targets")["activeTargets"]}
 
-    def wait_scraped(self, after: float, timeout: float = 30.0) -> None:
-        """Until every target has been scraped successfully after the epoch time `after`."""
+    def wait_scraped(self, after: float, selector: str = "", timeout: float = 30.0) -> float:
+        """Until each target matching `selector` (e.g. '{job="x"}') has been scraped
+        successfully after the epoch time `after`; returns the oldest such scrape's time.
+        (`timestamp()` must take the selector itself: of an expression such as `up == 1` it
+        gives the evaluation time, not the scrape's.)"""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            oldest = self.query("min(timestamp(up == 1))")
-            n_up = self.query("count(up == 1)")
-            n_all = self.query("count(up)")
-            if oldest and float(oldest[0]["value"][1]) > after and n_up == n_all:
-                return
-            time.sleep(0.3)
-        raise PromError(f"targets not all scraped after {after}: {self.targets_up()}")
+            n_all = self.query(f"count(up{selector})")
+            n_up = self.query(f"count(up{selector} == 1)")
+            fresh = self.query(f"count(timestamp(up{selector}) > {after:.3f})")
+            if n_all and n_up and fresh and fresh[0]["value"][1] == n_up[0]["value"][1] == n_all[0]["value"][1]:
+                return float(self.query(f"min(timestamp(up{selector}))")[0]["value"][1])
+            time.sleep(0.2)
+        raise PromError(f"targets {selector} not all scraped after {after}: {self.targets_up()}")
+
+    def wait_evaluated(self, record: str, after: float, timeout: float = 30.0) -> float:
+        """Until the recording rule `record` has been evaluated after `after`; returns the time
+        of that evaluation."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            r = self.query(f"max(timestamp({record}))")
+            if r and float(r[0]["value"][1]) > after:
+                return float(r[0]["value"][1])
+            time.sleep(0.2)
+        raise PromError(f"{record} not evaluated after {after}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -64,6 +64,12 @@ def live(backbone_dir, bundle_dir, tasks_file, prometheus_bin, tmp_path_factory)
         lt = None
         try:
             prom.wait_ready()
+            # Prometheus starts its scrape loops a few seconds after it is ready: wait for them,
+            # so the load test's counters are scraped at 0 (during its --delay) before traffic
+            deadline = time.monotonic() + 30
+            while not (n := prom.query("count(up)")) or n[0]["value"][1] != "3":
+                assert time.monotonic() < deadline, prom.targets_up()
+                time.sleep(0.2)
             # one malformed message: the errors panel has something to show
             s = zmq.Context.instance().socket(zmq.DEALER)
             s.connect(stack.agents_addr)
@@ -72,6 +78,7 @@ def live(backbone_dir, bundle_dir, tasks_file, prometheus_bin, tmp_path_factory)
             s.recv_multipart()
             s.close(0)
             summary = tmp / "loadtest.json"
+            started = time.time()
             lt = subprocess.Popen(
                 [sys.executable, "-m", "spa", "loadtest", "--broker", stack.agents_addr,
                  "--bundle", str(bundle_dir), "--prompts", str(tasks_file), "--modes", ",".join(MODES),
@@ -84,9 +91,18 @@ def live(backbone_dir, bundle_dir, tasks_file, prometheus_bin, tmp_path_factory)
                 assert lt.poll() is None, f"loadtest exited {lt.returncode}: {lt.stdout.read()}"
                 assert time.monotonic() < deadline, "loadtest did not finish in 180 s"
                 time.sleep(0.2)
-            prom.wait_scraped(after=time.time())
-            time.sleep(2.5)  # a rule evaluation after that scrape
-            yield prom, json.loads(summary.read_text()), time.time()
+            # the agents' final counts scraped, then a rule evaluation well after that scrape
+            result = json.loads(summary.read_text())
+            final = f'sum(spa_tokens_generated_total{{job="edge-agent"}}) == {result["tokens"]}'
+            while not prom.query(final):
+                assert time.monotonic() < deadline, "Prometheus never scraped the final counts"
+                time.sleep(0.2)
+            scraped = float(prom.query('max(timestamp(spa_tokens_generated_total{job="edge-agent"}))')
+                            [0]["value"][1])
+            at = prom.wait_evaluated(":spa_blocking_transmissions_per_token:ratio_rate1m",
+                                     scraped + 0.5)  # ingested by then
+            prom.wait_scraped(after=at)  # every target, for the dashboard's queries
+            yield prom, result, at, started
         finally:
             if lt is not None:
                 lt.terminate()
@@ -95,13 +111,13 @@ def live(backbone_dir, bundle_dir, tasks_file, prometheus_bin, tmp_path_factory)
 
 
 def test_every_target_is_up(live):
-    prom, _, _ = live
+    prom, _, _, _ = live
     assert set(prom.targets_up().values()) == {"up"}, prom.targets_up()
 
 
 @pytest.mark.parametrize("name,expr", rule_exprs() + dashboard_exprs())
 def test_expression_returns_data(live, name, expr):
-    prom, _, at = live
+    prom, _, at, _ = live
     result = prom.query(grafana_to_promql(expr), at)
     assert result, f"{name}: no data for {expr}"
     values = [float(r["value"][1]) for r in result]
@@ -112,18 +128,21 @@ def test_expression_returns_data(live, name, expr):
 
 
 def test_recorded_series_exist(live):
-    prom, _, at = live
+    prom, _, at, _ = live
     for record, _ in rule_exprs():
         assert prom.query(record, at), f"recording rule {record} has no series"
 
 
 def test_prometheus_m_equals_agents_count(live):
-    prom, summary, at = live
+    prom, summary, at, started = live
     assert summary["sessions"] == SESSIONS and not summary["errors"], summary
     exact = prom.query("sum(spa_blocking_transmissions_total) / sum(spa_tokens_generated_total)", at)
     assert float(exact[0]["value"][1]) == pytest.approx(summary["m"], abs=1e-12)
-    # the recording rules' rates: all series start at 0 before the run and the 1 m window holds
-    # the whole run, so the rate ratio is the count ratio
+    # The recording rules' rates: every series is 0 at a scrape before the first token (the
+    # load test's --delay) and all come from one target, so Prometheus extrapolates numerator
+    # and denominator alike and the rate ratio is the count ratio, when the rule's 1 m window
+    # holds the whole run.
+    assert at - started < 55, f"the run took {at - started:.0f}s: longer than the rules' window"
     overall = prom.query(":spa_blocking_transmissions_per_token:ratio_rate1m", at)
     assert float(overall[0]["value"][1]) == pytest.approx(summary["m"], rel=1e-9)
     by_mode = {r["metric"]["mode"]: float(r["value"][1])
@@ -136,7 +155,7 @@ def test_prometheus_m_equals_agents_count(live):
 
 
 def test_mode_variable_lists_the_modes(live):
-    prom, _, _ = live
+    prom, _, _, _ = live
     values = prom.api("label/mode/values", **{"match[]": "spa_tokens_generated_total"})
     assert set(values) == set(MODES)
 
