@@ -23,8 +23,8 @@ def free_port() -> int:
 class LocalStack:
     def __init__(self, backbone: str | Path, workers: int = 1, max_sessions: int = 64,
                  log_dir: str | Path | None = None, agent_port: int | None = None,
-                 metrics: bool = False) -> None:
-        self.backbone = str(backbone)
+                 metrics: bool = False, device: str = "cpu") -> None:
+        self.backbone, self.device = str(backbone), device
         self.n_workers = workers
         self.max_sessions = max_sessions
         self.agent_port = agent_port or free_port()
@@ -60,7 +60,7 @@ class LocalStack:
                     "--metrics-port", str(mp.get("broker", 0)))
         for i in range(self.n_workers):
             self._spawn(f"worker{i}", "worker", "--broker", self.workers_addr, "--backbone",
-                        self.backbone, "--max-sessions", str(self.max_sessions),
+                        self.backbone, "--device", self.device, "--max-sessions", str(self.max_sessions),
                         "--metrics-port", str(mp.get(f"worker{i}", 0)))
         self.wait_ready(timeout)
         return self

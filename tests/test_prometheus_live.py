@@ -10,6 +10,7 @@ import math
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,10 @@ def live(backbone_dir, bundle_dir, tasks_file, prometheus_bin, tmp_path_factory)
             at = prom.wait_evaluated(":spa_blocking_transmissions_per_token:ratio_rate1m",
                                      scraped + 0.5)  # ingested by then
             prom.wait_scraped(after=at)  # every target, for the dashboard's queries
-            yield prom, result, at, started
+            pages = {job: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+                     for job, port in [("broker", mp["broker"]), ("cloud-worker", mp["worker0"]),
+                                       ("edge-agent", lt_port)]}
+            yield prom, result, at, started, pages
         finally:
             if lt is not None:
                 lt.terminate()
@@ -111,13 +115,13 @@ def live(backbone_dir, bundle_dir, tasks_file, prometheus_bin, tmp_path_factory)
 
 
 def test_every_target_is_up(live):
-    prom, _, _, _ = live
+    prom, *_ = live
     assert set(prom.targets_up().values()) == {"up"}, prom.targets_up()
 
 
 @pytest.mark.parametrize("name,expr", rule_exprs() + dashboard_exprs())
 def test_expression_returns_data(live, name, expr):
-    prom, _, at, _ = live
+    prom, _, at, *_ = live
     result = prom.query(grafana_to_promql(expr), at)
     assert result, f"{name}: no data for {expr}"
     values = [float(r["value"][1]) for r in result]
@@ -128,13 +132,13 @@ def test_expression_returns_data(live, name, expr):
 
 
 def test_recorded_series_exist(live):
-    prom, _, at, _ = live
+    prom, _, at, *_ = live
     for record, _ in rule_exprs():
         assert prom.query(record, at), f"recording rule {record} has no series"
 
 
 def test_prometheus_m_equals_agents_count(live):
-    prom, summary, at, started = live
+    prom, summary, at, started, _ = live
     assert summary["sessions"] == SESSIONS and not summary["errors"], summary
     exact = prom.query("sum(spa_blocking_transmissions_total) / sum(spa_tokens_generated_total)", at)
     assert float(exact[0]["value"][1]) == pytest.approx(summary["m"], abs=1e-12)
@@ -154,8 +158,16 @@ def test_prometheus_m_equals_agents_count(live):
     assert 0 < by_mode["spa"] < 1
 
 
+def test_promtool_check_metrics_on_every_process(live, promtool):
+    """Broker, worker and the load-test process (after a run in every mode)."""
+    for job, page in live[4].items():
+        res = subprocess.run([promtool, "check", "metrics"], input=page, capture_output=True)
+        assert res.returncode == 0 and not res.stdout.strip() and not res.stderr.strip(), (
+            job, res.stdout, res.stderr)
+
+
 def test_mode_variable_lists_the_modes(live):
-    prom, _, _, _ = live
+    prom, *_ = live
     values = prom.api("label/mode/values", **{"match[]": "spa_tokens_generated_total"})
     assert set(values) == set(MODES)
 
