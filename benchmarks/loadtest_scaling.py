@@ -2,13 +2,14 @@
 run. Per level: tokens/s, TTFT p50, inter-token latency p50/p99, M, errors.
 
     .venv/bin/python benchmarks/loadtest_scaling.py [--users 1,4,16,64] [--sessions-per-user 4]
-        [--modes spa] [--tokens 32] [--backbone DIR --bundle DIR --device cuda]
+        [--modes spa] [--tokens 32] [--processes 1] [--backbone DIR --bundle DIR --device cuda]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -20,16 +21,36 @@ from spa.stack import LocalStack
 
 
 def level(stack: LocalStack, bundle: Path, users: int, a, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "spa", "loadtest", "--broker", stack.agents_addr, "--bundle",
-           str(bundle), "--modes", a.modes, "--concurrency", str(users), "--sessions",
-           str(users * a.sessions_per_user), "--max-new-tokens", str(a.tokens), "--report", "0",
-           "--json", str(out)]
-    if a.prompts:
-        cmd += ["--prompts", a.prompts]
-    res = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    if res.returncode != 0:
-        raise SystemExit(f"loadtest at {users} users failed: {res.stderr[-2000:]}")
-    return json.loads(out.read_text())
+    """`users` spread over up to --processes load-test processes run at once (as compose's
+    edge-agent replicas); their summaries merged."""
+    procs = min(a.processes, users)
+    env = {**os.environ, "OMP_NUM_THREADS": str(a.agent_threads)}
+    runs = []
+    for k in range(procs):
+        n = users // procs + (k < users % procs)
+        cmd = [sys.executable, "-m", "spa", "loadtest", "--broker", stack.agents_addr, "--bundle",
+               str(bundle), "--modes", a.modes, "--concurrency", str(n), "--sessions",
+               str(n * a.sessions_per_user), "--max-new-tokens", str(a.tokens), "--report", "0",
+               "--seed", str(1000 * k), "--json", f"{out}.{k}"]
+        if a.prompts:
+            cmd += ["--prompts", a.prompts]
+        runs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True, cwd=ROOT, env=env))
+    parts = []
+    for k, p in enumerate(runs):
+        err = p.communicate()[1]
+        if p.returncode != 0:
+            raise SystemExit(f"loadtest at {users} users failed: {err[-2000:]}")
+        parts.append(json.loads(Path(f"{out}.{k}").read_text()))
+    tokens = sum(d["tokens"] for d in parts)
+    secs = max(d["seconds"] for d in parts)
+
+    def worst(key: str) -> float:
+        return max(m[key] for d in parts for m in d["modes"].values() if m[key] is not None)
+
+    return {"tokens_per_s": tokens / secs, "m": sum(d["blocking"] for d in parts) / tokens,
+            "errors": sum(sum(d["errors"].values()) for d in parts), "ttft_p50_s": worst("ttft_p50_s"),
+            "itl_p50_s": worst("itl_p50_s"), "itl_p99_s": worst("itl_p99_s")}
 
 
 def main() -> None:
@@ -42,6 +63,8 @@ def main() -> None:
     ap.add_argument("--backbone")
     ap.add_argument("--bundle")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--processes", type=int, default=1, help="load-test processes per level")
+    ap.add_argument("--agent-threads", type=int, default=1, help="torch threads per load test")
     a = ap.parse_args()
     backbone, bundle = (Path(a.backbone), Path(a.bundle)) if a.backbone else models()
     rows = []
@@ -51,14 +74,12 @@ def main() -> None:
               Path(tmp) / "warm.json")  # warm-up
         for users in map(int, a.users.split(",")):
             d = level(stack, bundle, users, a, Path(tmp) / f"{users}.json")
-            ttft = [m["ttft_p50_s"] for m in d["modes"].values()]
-            itl50 = [m["itl_p50_s"] for m in d["modes"].values()]
-            itl99 = [m["itl_p99_s"] for m in d["modes"].values()]
-            rows.append((users, d["tokens_per_s"], max(ttft), max(itl50), max(itl99), d["m"],
-                         sum(d["errors"].values())))
+            rows.append((users, d["tokens_per_s"], d["ttft_p50_s"], d["itl_p50_s"], d["itl_p99_s"],
+                         d["m"], d["errors"]))
     base = rows[0][1]
     print(f"modes {a.modes}, {a.tokens} tokens/session, {a.sessions_per_user} sessions/user, "
-          f"device {a.device}")
+          f"worker on {a.device}, up to {a.processes} load-test processes (TTFT/ITL: the worst "
+          f"process's percentile)")
     print(f"{'users':>6} {'tok/s':>8} {'× 1 user':>9} {'TTFT p50':>9} {'ITL p50':>8} {'ITL p99':>8} "
           f"{'M':>6} {'errors':>6}")
     for users, tps, ttft, i50, i99, m, errs in rows:
