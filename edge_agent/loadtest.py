@@ -122,40 +122,47 @@ class LoadReport:
                 f"({d['tokens_per_s']:.0f} tok/s) M={d['m']:.3f} errors: {errs}")
 
 
-def load_prompts(path: str | None, n_default: int = 64) -> list[str]:
-    """Prompts from a JSONL task file (instruction/output or document/summary), a text file (one
-    prompt a line), or, with no path, the built-in personal-style tasks."""
+def load_prompts(path: str | None, tokenizer, max_prompt_tokens: int = 384,
+                 n_default: int = 64) -> list[list[int]]:
+    """Prompts as token ids, at most `max_prompt_tokens` each, from a JSONL task file
+    (instruction/output or document/summary: the long part is cut, the cue kept), a text file
+    (one prompt a line, `\\n` for a newline; the head is kept), or, with no path, the built-in
+    personal-style tasks."""
+    from edge_agent.data import load_examples, record_to_example
+
+    if max_prompt_tokens < 1:
+        raise InputError(f"--max-prompt-tokens must be >= 1, got {max_prompt_tokens}")
     if path is None:
-        from edge_agent.data import record_to_example
         from edge_agent.synthetic import make_personal_tasks
 
-        return [record_to_example(r, i + 1, "builtin").prompt
-                for i, r in enumerate(make_personal_tasks(n_default, seed=2))]
-    if path.endswith(".jsonl"):
-        from edge_agent.data import load_examples
-
-        prompts = [ex.prompt for ex in load_examples(path)]
+        examples = [record_to_example(r, i + 1, "builtin")
+                    for i, r in enumerate(make_personal_tasks(n_default, seed=2))]
+    elif path.endswith(".jsonl"):
+        examples = load_examples(path)
     else:
-        prompts = [ln.replace("\\n", "\n") for ln in read_text(path, "prompt file").splitlines()
-                   if ln.strip()]
-    if not prompts:
+        lines = [ln.replace("\\n", "\n") for ln in read_text(path, "prompt file").splitlines()
+                 if ln.strip()]
+        if not lines:
+            raise InputError(f"{path}: no prompts in the file")
+        return [tokenizer(ln)["input_ids"][:max_prompt_tokens] for ln in lines]
+    if not examples:
         raise InputError(f"{path}: no prompts in the file")
-    return prompts
+    return [ex.prompt_ids(tokenizer, max_prompt_tokens) for ex in examples]
 
 
 class LoadTest:
-    def __init__(self, edge: EdgeModel, prompts: list[str], cfg: LoadConfig) -> None:
+    def __init__(self, edge: EdgeModel, prompts: list[list[int]], cfg: LoadConfig) -> None:
         for mode in cfg.modes:
             if not edge.supports(mode):
                 edge.head_for(mode)  # raises with the reason
         self.edge, self.prompts, self.cfg = edge, prompts, cfg
         self.report = LoadReport()
         self.issued = 0  # generations handed out (picks prompt, mode and seed)
-        self.retry: deque[tuple[str, Mode, int]] = deque()  # refused jobs, handed out again first
+        self.retry: deque[tuple[list[int], Mode, int]] = deque()  # refused jobs, handed out again first
         self.stopping = False
         metrics.init_agent_series([m.value for m in cfg.modes])
 
-    def _next(self) -> tuple[str, Mode, int] | None:
+    def _next(self) -> tuple[list[int], Mode, int] | None:
         cfg = self.cfg
         if self.stopping:
             return None
@@ -258,7 +265,7 @@ def main(args) -> None:
                      session_timeout_s=args.session_timeout, temperature=args.temperature,
                      top_k=args.top_k, seed=args.seed, report_s=args.report)
     edge = load_bundle(args.bundle)
-    prompts = load_prompts(args.prompts)
+    prompts = load_prompts(args.prompts, edge.tokenizer, args.max_prompt_tokens)
     metrics.init_agent_series([m.value for m in cfg.modes])  # at 0 before the first scrape
     metrics.serve(args.metrics_port)
     print(f"loadtest: {cfg.concurrency} users, modes {','.join(m.value for m in cfg.modes)}, "

@@ -257,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--bundle", required=True)
     q.add_argument("--prompts", help="JSONL tasks or a text file, one prompt a line "
                    "(default: built-in personal-style tasks)")
+    q.add_argument("--max-prompt-tokens", type=int, default=384, help="longer prompts are cut")
     q.add_argument("--modes", default="spa", help="comma list, taken in turn (e.g. spa,full,base)")
     q.add_argument("--concurrency", type=int, default=8, help="users, each one session at a time")
     q.add_argument("--sessions", type=int, default=0, help="stop after this many (0 = no limit)")
