@@ -64,6 +64,15 @@ LAYOUT: list = [
     ("Broker messages/s", "ops", "Messages the broker received from agents and from workers.",
      [q(f'sum by (direction) (rate(spa_messages_total{{component="broker"}}{RI}))',
         "{{direction}}")], 6),
+    ("Edge bytes per generated token, each way", "decbytes",
+     "Protocol bytes the agents sent (out) and received (in) per token they generated: the cost "
+     "of the hidden states that REQUEST brings back, and of every frame.",
+     [q(f'sum by (direction) (rate(spa_message_bytes_total{{component="agent"}}{RI})) / '
+        f"scalar(sum(rate(spa_tokens_generated_total{RI})))", "{{direction}}")], 12),
+    ("Corrections per token, by mode", "percentunit",
+     "CORRECTs (the side token differed from the backbone's, the worker rolled back) over tokens.",
+     [q(f'sum by (mode) (rate(spa_blocking_transmissions_total{{kind="correct",mode=~"$mode"}}{RI})) '
+        f"/ sum by (mode) (rate(spa_tokens_generated_total{M}{RI}))", "{{mode}}")], 12),
     "Latency",
     ("Time to first token", "s", "p50/p95/p99 over all agents.",
      quantiles("spa_time_to_first_token_seconds", sel=M), 8),
