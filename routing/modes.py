@@ -11,12 +11,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 from routing.errors import InputError
 
 
-class Mode(str, Enum):
+class Mode(StrEnum):
     BASE = "base"
     LST = "lst"
     FULL = "full"
