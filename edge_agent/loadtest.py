@@ -266,12 +266,11 @@ def main(args) -> None:
                      top_k=args.top_k, seed=args.seed, report_s=args.report)
     edge = load_bundle(args.bundle)
     prompts = load_prompts(args.prompts, edge.tokenizer, args.max_prompt_tokens)
-    metrics.init_agent_series([m.value for m in cfg.modes])  # at 0 before the first scrape
+    test = LoadTest(edge, prompts, cfg)  # its series exist at 0 before the first scrape
     metrics.serve(args.metrics_port)
     print(f"loadtest: {cfg.concurrency} users, modes {','.join(m.value for m in cfg.modes)}, "
           f"broker {cfg.broker}" + (f", /metrics on :{args.metrics_port}" if args.metrics_port else ""),
           file=sys.stderr, flush=True)
-    test = LoadTest(edge, prompts, cfg)
     if args.delay:
         time.sleep(args.delay)
     try:
