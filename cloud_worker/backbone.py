@@ -7,6 +7,10 @@ normed state z_t and the logits lm_head(z_t). Any Hugging Face causal LM whose d
 Layer indexing used everywhere in this project: `hidden[i]` for i in 0..L, where hidden[0] is the
 embedding, hidden[i] (0 < i < L) the residual after layer i, and hidden[L] is z (the final
 normed state; transformers returns it as the last hidden state, in place of the raw residual).
+
+`Backbone.load` takes a directory, a hub id, a GGUF file or a packaged model's short name
+(`smollm2-135m`, the default backbone); GGUF files are dequantized once into a cached directory
+(cloud_worker/packaged.py), so every route to one model gives one fingerprint.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from routing.errors import InputError
 _VOLATILE_CONFIG_KEYS = {
     "_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache",
     "_attn_implementation", "_attn_implementation_autoset", "_commit_hash", "output_hidden_states",
+    "_model_name_or_path", "quantization_config",
 }
 
 
@@ -66,10 +71,13 @@ class Backbone:
     # ---------------------------------------------------------------- loading
     @classmethod
     def load(cls, source: str | Path, device: str = "cpu", dtype: str | None = None) -> Backbone:
-        """Load from a local directory or a hub id; frozen, eval mode."""
+        """Load from a local directory, a hub id, a GGUF file or a packaged model's short name
+        (e.g. `smollm2-135m`); frozen, eval mode."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        src = str(source)
+        from cloud_worker.packaged import resolve
+
+        src = resolve(source)
         if Path(src).expanduser().exists():
             src = str(Path(src).expanduser())
             if not (Path(src) / "config.json").is_file():
