@@ -5,8 +5,8 @@ left-pads them to the longest, runs ONE forward with a 2-D attention mask and ex
 position ids, and slices each session's new KV back out. Rolling back a session is slicing
 its KV to a shorter length (the length counter vLLM uses for rejected drafts).
 
-The padding copy costs O(total KV) per step: right for the CPU and small models this project
-tests on; a paged-attention kernel is the path for large batches of long sequences.
+The padding copy costs O(total KV) per step: the paged engine (`model_runner.py`, `llama.py`)
+serves Llama-family backbones; this path keeps every other HF causal LM working (`HFEngine`).
 """
 
 from __future__ import annotations
@@ -82,6 +82,35 @@ class BatchRunner:
                       for la in layers]
             results.append(RowResult(out.logits[r, -1], out.z[r, -1], hidden[r], kv))
         return results
+
+
+class HFEngine:
+    """The model runner's forward for any HF causal LM: per-session KV kept here, cut to the
+    session's KV length (a rollback) before each step."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        self.runner = BatchRunner(backbone)
+        self.kv: dict[bytes, KV] = {}
+
+    def forward(self, rows: list) -> tuple[Tensor, Tensor, Tensor]:
+        """rows: (session, n new tokens) -> logits (B, V), z (B, d), hidden (L+1, B, d)."""
+        items = []
+        for s, n in rows:
+            kv = self.kv.get(s.id) if s.kv_len else None
+            if kv is not None and kv[0][0].shape[2] > s.kv_len:
+                kv = crop(kv, s.kv_len)
+            items.append((kv, s.seq[s.kv_len : s.kv_len + n]))
+        results = self.runner.step(items)
+        for (s, _), r in zip(rows, results, strict=True):
+            self.kv[s.id] = r.kv
+        logits = torch.stack([r.logits for r in results])
+        z = torch.stack([r.z for r in results])
+        hidden = torch.stack([r.hidden for r in results], dim=1)  # (L+1, B, d)
+        return logits, z, hidden
+
+    def free(self, sid: bytes) -> None:
+        self.kv.pop(sid, None)
+
 
 def crop(kv: KV, length: int) -> KV:
     """Keep the first `length` positions of a session's KV (rollback)."""

@@ -1,35 +1,56 @@
-"""The worker's scheduler: one batched backbone forward over all runnable sessions per step.
+"""The worker's scheduler: who runs in the next step, and how many tokens each.
 
-Sessions join (prefill) and leave between steps; a new session's prompt rides in the same
-forward as the others' one-token decodes (left-padded). Gated sessions decode ahead up to
-their window; lockstep sessions (lst, full) wait for the agent's TOKEN after every frame.
+nano-vllm's shape: a step is schedule → run → postprocess. The scheduler only schedules; each
+session owns its state changes (`Session.advance/emit/rollback/…`); the model runner prepares
+inputs, runs the backbone and returns the step's tokens in one transfer.
+
+Scheduling: runnable sessions are taken least-recently-run first (sessions beyond `max_batch`
+take turns, none waits more than its share), up to `max_batch` rows and `chunk_tokens` tokens per
+step. Decodes cost one token each; prompts (and catch-up after a rollback) are cut into chunks that
+fill the rest, so a long prompt never stalls the others and a step stays short (heartbeats keep
+flowing). Admission is by the KV budget: a session reserves prompt + max_new_tokens at OPEN, a full
+worker answers BUSY. Gated sessions decode ahead up to their window; lockstep sessions (lst, full)
+wait for the agent's TOKEN after every frame.
 """
 
 from __future__ import annotations
 
 import time
 
-import numpy as np
-import torch
-
 from cloud_worker.backbone import Backbone
-from cloud_worker.batch_runner import BatchRunner
+from cloud_worker.config import WorkerConfig
+from cloud_worker.model_runner import ModelRunner, Row, StepOutput
 from cloud_worker.session import Session
 from monitoring import metrics
-from routing.protocol import Message, ProtocolError, msg
-from routing.sampling import pick_token
-
-WIRE = np.float16
+from routing.errors import ErrorCode
+from routing.modes import Mode
+from routing.protocol import Message, MsgType, ProtocolError, msg
+from routing.sampling import Sampling
 
 
 class Scheduler:
-    def __init__(self, backbone: Backbone, max_sessions: int = 64, max_batch: int = 64) -> None:
+    def __init__(self, backbone: Backbone, max_sessions: int | None = None, max_batch: int | None = None,
+                 config: WorkerConfig | None = None) -> None:
+        cfg = config or WorkerConfig()
+        if max_sessions is not None:
+            cfg.max_sessions = max_sessions
+        if max_batch is not None:
+            cfg.max_batch = max_batch
+        self.config = cfg.validate()
         self.backbone = backbone
-        self.runner = BatchRunner(backbone)
+        self.runner = ModelRunner(backbone, cfg)
         self.sessions: dict[bytes, Session] = {}
-        self.max_sessions = max_sessions  # sane range 1–512 (KV memory bound)
-        self.max_batch = max_batch  # rows per forward; sane range 8–256
         self.steps = 0
+        self.longest_wait_steps = 0  # most steps a runnable session waited for its turn
+        self.longest_wait_s = 0.0  # … and in seconds
+
+    @property
+    def max_sessions(self) -> int:
+        return self.config.max_sessions
+
+    @property
+    def max_batch(self) -> int:
+        return self.config.max_batch
 
     def has_work(self) -> bool:
         return any(s.runnable for s in self.sessions.values())
@@ -38,104 +59,159 @@ class Scheduler:
     def handle(self, m: Message) -> list[Message]:
         """Apply one agent message; returns immediate answers (HIDDEN, DONE, ERROR)."""
         sid = m.session
-        if m.type == "OPEN":
+        if m.type == MsgType.OPEN:
             return self._open(m)
         s = self.sessions.get(sid)
         if s is None:
-            if m.type in ("ACK", "CLOSE"):  # late after a free: harmless
+            if m.type in (MsgType.ACK, MsgType.CLOSE):  # late after a free: harmless
                 return []
-            raise ProtocolError("UNKNOWN_SESSION", f"worker has no session {sid.hex()}", sid)
-        if m.type == "ACK":
+            raise ProtocolError(ErrorCode.UNKNOWN_SESSION, f"worker has no session {sid.hex()}", sid)
+        if m.type == MsgType.ACK:
+            if m["pos"] > len(s.seq):
+                raise ProtocolError(ErrorCode.BAD_POSITION, f"ACK session={sid.hex()} pos={m['pos']} "
+                                    f"past the sequence (len={len(s.seq)})", sid)
             s.ack(m["pos"])
-        elif m.type == "REQUEST":
+        elif m.type == MsgType.REQUEST:
             if m["epoch"] != s.epoch:
                 return []  # stale: the agent has moved to a newer epoch
             hidden = s.ring.get(m["pos"])
             if hidden is None:
-                raise ProtocolError("NO_STATE", f"no hidden states: session={sid.hex()} pos={m['pos']}"
-                                    f" epoch={s.epoch} ring={sorted(s.ring)}", sid)
-            return [msg("HIDDEN", [hidden], session=sid, pos=m["pos"], epoch=s.epoch)]
-        elif m.type == "CORRECT":
+                raise ProtocolError(ErrorCode.NO_STATE, f"no hidden states: session={sid.hex()} "
+                                    f"pos={m['pos']} epoch={s.epoch} ring={sorted(s.ring)}", sid)
+            return [msg(MsgType.HIDDEN, [hidden.cpu().numpy()], session=sid, pos=m["pos"], epoch=s.epoch)]
+        elif m.type == MsgType.CORRECT:
+            self._check_token(m, s)
             if m["epoch"] != s.epoch or not s.n_prompt <= m["pos"] < len(s.seq):
-                raise ProtocolError("BAD_POSITION", f"CORRECT session={sid.hex()} pos={m['pos']} "
+                raise ProtocolError(ErrorCode.BAD_POSITION, f"CORRECT session={sid.hex()} pos={m['pos']} "
                                     f"epoch={m['epoch']} (worker epoch={s.epoch} len={len(s.seq)})", sid)
             before = s.wasted
             s.rollback(m["pos"], m["token"])
             metrics.ROLLBACKS.inc()
             metrics.WASTED.inc(s.wasted - before)
-        elif m.type == "TOKEN":
-            if s.waiting != m["pos"]:
-                raise ProtocolError("BAD_POSITION", f"TOKEN session={sid.hex()} pos={m['pos']} but "
-                                    f"worker waits for {s.waiting}", sid)
-            s.seq.append(m["token"])
-            s.waiting = None
-            s.ack(m["pos"])
-        elif m.type == "CLOSE":
+        elif m.type == MsgType.TOKEN:
+            self._check_token(m, s)
+            if s.waiting is None or s.waiting != m["pos"] or m["epoch"] != s.epoch:
+                raise ProtocolError(ErrorCode.BAD_POSITION, f"TOKEN session={sid.hex()} pos={m['pos']} "
+                                    f"epoch={m['epoch']} but worker waits for {s.waiting} "
+                                    f"(epoch {s.epoch})", sid)
+            s.take_token(m["pos"], m["token"])
+        elif m.type == MsgType.CLOSE:
             return self.close(sid)
         else:
-            raise ProtocolError("BAD_MESSAGE", f"worker does not take {m.type}", sid)
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"worker does not take {m.type}", sid)
         return []
 
-    def _open(self, m: Message) -> list[Message]:
-        from routing.modes import Mode
-        from routing.sampling import Sampling
+    def _check_token(self, m: Message, s: Session) -> None:
+        V = self.backbone.vocab_size
+        if not isinstance(m["token"], int) or not 0 <= m["token"] < V:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{m.type} token {m['token']!r} outside [0, {V})", s.id)
 
+    def _open(self, m: Message) -> list[Message]:
         sid = m.session
         if m["fingerprint"] != self.backbone.fingerprint:
-            raise ProtocolError("BACKBONE_MISMATCH", f"session wants backbone {m['fingerprint'][:16]}…, "
+            raise ProtocolError(ErrorCode.BACKBONE_MISMATCH, f"session wants backbone {m['fingerprint'][:16]}…, "
                                 f"worker has {self.backbone.fingerprint[:16]}…", sid)
         if sid in self.sessions:
-            raise ProtocolError("DUPLICATE_SESSION", f"session {sid.hex()} is open already", sid)
+            raise ProtocolError(ErrorCode.DUPLICATE_SESSION, f"session {sid.hex()} is open already", sid)
         if len(self.sessions) >= self.max_sessions:
-            raise ProtocolError("BUSY", f"worker holds {len(self.sessions)} sessions (max)", sid)
+            raise ProtocolError(ErrorCode.BUSY, f"worker holds {len(self.sessions)} sessions (max)", sid)
         prompt = m["prompt"]
         V, L = self.backbone.vocab_size, self.backbone.n_layers
         if not prompt or not all(isinstance(t, int) and 0 <= t < V for t in prompt):
-            raise ProtocolError("BAD_MESSAGE", f"prompt must be 1+ token ids in [0, {V})", sid)
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"prompt must be 1+ token ids in [0, {V})", sid)
         if m["max_new_tokens"] < 1 or m["window"] < 1:
-            raise ProtocolError("BAD_MESSAGE", "max_new_tokens and window must be >= 1", sid)
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "max_new_tokens and window must be >= 1", sid)
         if not all(isinstance(i, int) and 0 <= i < L for i in m["wire_layers"]):
-            raise ProtocolError("BAD_MESSAGE", f"wire_layers must lie in 0..{L - 1}", sid)
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"wire_layers must lie in 0..{L - 1}", sid)
         try:
             mode, sampling = Mode.parse(m["mode"]), Sampling.from_dict(m["sampling"])
         except Exception as exc:
-            raise ProtocolError("BAD_MESSAGE", str(exc), sid) from None
-        self.sessions[sid] = Session(sid, list(prompt), len(prompt), m["max_new_tokens"], mode,
-                                     m["window"], sampling, m["eos"], list(m["wire_layers"]))
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, str(exc), sid) from None
+        need = len(prompt) + m["max_new_tokens"]
+        runner = self.runner
+        if need > runner.max_context:
+            raise ProtocolError(ErrorCode.TOO_LARGE, f"prompt {len(prompt)} + max_new_tokens "
+                                f"{m['max_new_tokens']} > context {runner.max_context}", sid)
+        if not runner.blocks.can_admit(need):
+            raise ProtocolError(ErrorCode.BUSY, f"KV cache full: {runner.blocks.free_tokens} tokens free, "
+                                f"session needs {need}", sid)
+        s = Session(sid, list(prompt), len(prompt), m["max_new_tokens"], mode, m["window"], sampling,
+                    m["eos"], list(m["wire_layers"]))
+        s.reservation = runner.blocks.admit(s.block_table, need)
+        self.sessions[sid] = s
         return []
 
     def close(self, sid: bytes) -> list[Message]:
-        s = self.sessions.pop(sid, None)  # frees KV and ring at once
-        return [] if s is None else [msg("DONE", session=sid, wasted=s.wasted)]
+        s = self.sessions.pop(sid, None)  # frees KV pages and ring at once
+        if s is None:
+            return []
+        self.runner.free(s)
+        s.ring.clear()
+        return [msg(MsgType.DONE, session=sid, wasted=s.wasted)]
 
     # ------------------------------------------------------------- compute
     def step(self) -> list[Message]:
-        """One batched forward over the runnable sessions; returns the FRAMEs it produced."""
-        batch = [s for s in self.sessions.values() if s.runnable][: self.max_batch]
-        if not batch:
+        """schedule → run → postprocess; returns the FRAMEs the step produced."""
+        rows = self.schedule()
+        if not rows:
             return []
         started = time.perf_counter()
-        results = self.runner.step([(s.kv, s.new_tokens()) for s in batch])
+        out = self.runner.run(rows)
         metrics.STEP.observe(time.perf_counter() - started)
-        metrics.BATCH.observe(len(batch))
-        metrics.ACTIVE_SESSIONS.labels("worker").set(len(self.sessions))
-        self.steps += 1
-        out = []
-        for s, r in zip(batch, results, strict=True):
-            s.kv, s.kv_len = r.kv, len(s.seq)
-            pos = len(s.seq)
-            token = pick_token(r.logits, s.sampling, pos)
-            z = r.z.to(torch.float16).cpu().numpy()
-            tensors = [z]
-            if s.wire_layers:
-                hidden = r.hidden[s.wire_layers].to(torch.float16).cpu().numpy()  # (k, d)
-                if s.mode.lockstep:
-                    tensors.append(hidden)
-                else:
-                    s.ring[pos] = hidden
-            out.append(msg("FRAME", tensors, session=s.id, pos=pos, epoch=s.epoch, token=token))
-            if s.mode.lockstep:
-                s.waiting = pos
+        metrics.BATCH.observe(len(rows))
+        return self.postprocess(out)
+
+    def schedule(self) -> list[Row]:
+        """Pick rows least-recently-run first; decodes take one token each, prefill chunks the rest
+        of the step's token budget."""
+        cfg, now = self.config, time.monotonic()
+        runnable = sorted((s for s in self.sessions.values() if s.runnable), key=lambda s: s.last_run)
+        chosen = runnable[: cfg.max_batch]
+        budget = cfg.chunk_tokens
+        prefill_need = sum(len(s.seq) - s.kv_len for s in chosen if len(s.seq) - s.kv_len > 1)
+        decode_cap = budget - min(prefill_need, budget // 4)  # keep room for a prompt chunk
+        rows: list[Row] = []
+        for s in chosen:
+            if len(s.seq) - s.kv_len == 1 and len(rows) < decode_cap:
+                rows.append((s, 1))
+        budget -= len(rows)
+        for s in chosen:
+            need = len(s.seq) - s.kv_len
+            if need > 1 and budget > 0:
+                n = min(need, budget)
+                rows.append((s, n))
+                budget -= n
+        ran = {id(s) for s, _ in rows}
+        for s in runnable:
+            if id(s) in ran:
+                self.longest_wait_steps = max(self.longest_wait_steps, s.waited)
+                if s.waited:
+                    self.longest_wait_s = max(self.longest_wait_s, now - s.wait_since)
+                s.waited = 0
             else:
-                s.seq.append(token)
-        return out
+                if not s.waited:
+                    s.wait_since = now
+                s.waited += 1
+        for s, n in rows:
+            self.runner.blocks.ensure(s.block_table, s.reservation, s.kv_len + n)
+        return rows
+
+    def postprocess(self, out: StepOutput) -> list[Message]:
+        """Each session takes its step's result: KV length, token, ring, FRAME."""
+        frames = []
+        for s, n in out.rows:
+            s.advance(n)
+            s.last_run = self.steps
+        for e, i in enumerate(out.emit):
+            s = out.rows[i][0]
+            pos = len(s.seq)
+            tensors = [out.z[e]]
+            if i in out.shipped:
+                tensors.append(out.shipped[i])
+            if i in out.ring:
+                s.ring[pos] = out.ring[i]
+            frames.append(msg(MsgType.FRAME, tensors, session=s.id, pos=pos, epoch=s.epoch,
+                              token=out.tokens[e]))
+            s.emit(out.tokens[e], pos)
+        self.steps += 1
+        return frames
