@@ -64,6 +64,7 @@ class ModelRunner:
         self.paged = cfg.engine != "hf" and why is None
         self.bs = cfg.block_size
         self.forwards = 0
+        self.last_rows: list[Row] = []  # the latest step's rows (tests, benchmarks)
         if self.paged:
             self.model = llama.LlamaModel(backbone.model, self.max_context)
             per_token = self.model.kv_bytes_per_token()
@@ -178,6 +179,7 @@ class ModelRunner:
     def run(self, rows: list[Row]) -> StepOutput:
         """forward, then tokens chosen on the device and one transfer to the host."""
         rows, logits, z, hidden = self.forward(rows)
+        self.last_rows = rows
         emit = [i for i, (s, n) in enumerate(rows) if s.kv_len + n == len(s.seq)]
         if not emit:
             return StepOutput(rows, [], [], np.zeros((0, z.shape[-1]), np.float16), {}, {})

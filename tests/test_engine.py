@@ -1,0 +1,232 @@
+"""The paged engine on the CPU: token for token equal to the single-sequence reference (fp32),
+rollback as a length change, chunked prefill mixed with decodes, fair turns beyond the batch
+limit, admission by the KV budget, and batched token choice equal to routing/sampling.py."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from cloud_worker.backbone import Backbone
+from cloud_worker.config import WorkerConfig
+from cloud_worker.scheduler import Scheduler
+from edge_agent.reference import ReferenceGenerator
+from routing.errors import InputError
+from routing.protocol import ProtocolError, msg
+from routing.sampling import Sampling, choose_tokens, noise_key, pick_token
+
+
+@pytest.fixture(scope="module")
+def tiny() -> Backbone:
+    """A random Llama (GQA, 3 layers) built from a config: nothing downloaded or trained."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      initializer_range=0.2, rope_theta=10000.0, tie_word_embeddings=False)
+    return Backbone(LlamaForCausalLM(cfg), None)
+
+
+def _open(bb, prompt, max_new=12, mode="base", window=64, wire_layers=(), sampling=None):
+    return msg("OPEN", session=os.urandom(16), prompt=list(prompt), max_new_tokens=max_new, mode=mode,
+               window=window, sampling=sampling or {}, fingerprint=bb.fingerprint,
+               wire_layers=list(wire_layers), eos=None)
+
+
+def _prompts(n, seed=1, lo=1, hi=40):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(0, 97, (int(torch.randint(lo, hi, (1,), generator=g)),), generator=g).tolist()
+            for _ in range(n)]
+
+
+def _drain(sched, limit=500):
+    frames = []
+    for _ in range(limit):
+        if not sched.has_work():
+            break
+        frames += sched.step()
+    return frames
+
+
+def _generated(sched, m):
+    s = sched.sessions[m.session]
+    return s.seq[s.n_prompt :]
+
+
+def test_paged_engine_equals_reference(tiny):
+    sched = Scheduler(tiny, config=WorkerConfig(chunk_tokens=24, block_size=8, cpu_kv_mb=16))
+    assert sched.runner.paged
+    prompts = _prompts(6)
+    opens = [_open(tiny, p) for p in prompts]
+    for m in opens[:3]:
+        sched.handle(m)
+    sched.step()
+    for m in opens[3:]:  # join between steps: prefill chunks ride with the others' decodes
+        sched.handle(m)
+    _drain(sched)
+    ref = ReferenceGenerator(tiny, None)
+    for m, p in zip(opens, prompts, strict=True):
+        assert _generated(sched, m) == ref.generate(p, 12, "base", stop_at_eos=False).tokens
+
+
+def test_hf_engine_path_equals_reference(tiny):
+    sched = Scheduler(tiny, config=WorkerConfig(engine="hf", chunk_tokens=16))
+    assert not sched.runner.paged
+    prompts = _prompts(3, seed=2)
+    opens = [_open(tiny, p, max_new=6) for p in prompts]
+    for m in opens:
+        sched.handle(m)
+    _drain(sched)
+    ref = ReferenceGenerator(tiny, None)
+    for m, p in zip(opens, prompts, strict=True):
+        assert _generated(sched, m) == ref.generate(p, 6, "base", stop_at_eos=False).tokens
+
+
+def test_chunked_prefill_never_stalls_decodes(tiny):
+    sched = Scheduler(tiny, config=WorkerConfig(chunk_tokens=16, block_size=8, cpu_kv_mb=16))
+    short = [_open(tiny, p, max_new=30) for p in _prompts(3, seed=3, hi=6)]
+    for m in short:
+        sched.handle(m)
+    sched.step()  # the short prompts are in: from here on they decode
+    long_prompt = _prompts(1, seed=4, lo=100, hi=101)[0]
+    big = _open(tiny, long_prompt, max_new=4)
+    sched.handle(big)
+    s_big = sched.sessions[big.session]
+    steps = 0
+    while s_big.kv_len < len(long_prompt):
+        frames = sched.step()
+        steps += 1
+        assert {f.session for f in frames} >= {m.session for m in short}  # every decode ran
+        assert sum(n for _, n in sched.runner.last_rows) <= 16
+    assert steps >= 100 // 16  # the prompt went in chunks
+    _drain(sched)
+    ref = ReferenceGenerator(tiny, None)
+    assert _generated(sched, big) == ref.generate(long_prompt, 4, "base", stop_at_eos=False).tokens
+    for m in short:
+        assert _generated(sched, m) == ref.generate(m["prompt"], 30, "base", stop_at_eos=False).tokens
+
+
+def test_fair_turns_beyond_the_batch_limit(tiny):
+    sched = Scheduler(tiny, config=WorkerConfig(max_batch=4, max_sessions=16, block_size=8, cpu_kv_mb=16))
+    opens = [_open(tiny, p, max_new=10) for p in _prompts(16, seed=5, hi=8)]
+    for m in opens:
+        sched.handle(m)
+    for _ in range(8):  # 4x more sessions than rows: two full rounds
+        assert len(sched.step()) <= 4
+    gen = [len(_generated(sched, m)) for m in opens]
+    assert min(gen) == 2 and max(gen) == 2  # every session advanced, none more than its share
+    assert sched.longest_wait_steps == 3  # each waited 3 steps for its turn
+    _drain(sched)
+    ref = ReferenceGenerator(tiny, None)
+    assert all(_generated(sched, m) == ref.generate(m["prompt"], 10, "base", stop_at_eos=False).tokens
+               for m in opens)
+
+
+def test_rollback_is_a_length_change(tiny):
+    sched = Scheduler(tiny, config=WorkerConfig(block_size=8, cpu_kv_mb=16))
+    prompt = _prompts(1, seed=6, lo=13, hi=14)[0]
+    m = _open(tiny, prompt, max_new=20, mode="spa", wire_layers=[0, 2])
+    sched.handle(m)
+    for _ in range(12):
+        sched.step()
+    s = sched.sessions[m.session]
+    n, table = s.n_prompt, list(s.block_table)
+    hidden = sched.handle(msg("REQUEST", session=m.session, pos=n + 9, epoch=0))[0]
+    assert hidden.tensors[0].shape == (2, tiny.d_model)
+    sched.handle(msg("CORRECT", session=m.session, pos=n + 3, epoch=0, token=5))
+    assert s.kv_len == n + 3 and s.block_table == table and s.epoch == 1 and s.wasted == 9
+    assert sorted(s.ring) == []
+    _drain(sched)
+    ref = ReferenceGenerator(tiny, None)
+    head = s.seq[: n + 4]  # prompt + 3 generated + the corrected token
+    assert s.seq[n + 4 :] == ref.generate(head, 16, "base", stop_at_eos=False).tokens
+    with pytest.raises(ProtocolError, match="BAD_MESSAGE"):
+        sched.handle(msg("CORRECT", session=m.session, pos=n + 5, epoch=1, token=97))
+    with pytest.raises(ProtocolError, match="BAD_POSITION"):
+        sched.handle(msg("CORRECT", session=m.session, pos=n + 5, epoch=0, token=1))
+    free = sched.runner.blocks.free_tokens
+    assert sched.handle(msg("CLOSE", session=m.session))[0].type == "DONE"
+    assert sched.runner.blocks.free_tokens > free and not sched.sessions
+
+
+def test_lockstep_ships_wire_layers_and_hidden_matches_reference(tiny):
+    sched = Scheduler(tiny, config=WorkerConfig(block_size=8, cpu_kv_mb=16))
+    prompt = _prompts(1, seed=7)[0]
+    m = _open(tiny, prompt, mode="full", wire_layers=[0, 1, 2])
+    sched.handle(m)
+    f = sched.step()[0]
+    out = tiny.forward(torch.tensor([prompt]))
+    want = torch.stack([out.hidden[i][0, -1] for i in (0, 1, 2)]).half().numpy()
+    assert f.tensors[1].shape == (3, tiny.d_model)
+    assert abs(f.tensors[1].astype("float32") - want.astype("float32")).max() < 1e-2
+    assert abs(f.tensors[0].astype("float32") - out.z[0, -1].half().float().numpy()).max() < 1e-2
+    assert not sched.has_work()
+    with pytest.raises(ProtocolError, match="BAD_POSITION"):
+        sched.handle(msg("TOKEN", session=m.session, pos=f["pos"] + 1, epoch=0, token=3))
+    sched.handle(msg("TOKEN", session=m.session, pos=f["pos"], epoch=0, token=3))
+    assert sched.step()[0]["pos"] == f["pos"] + 1
+
+
+def test_admission_by_kv_budget(tiny):
+    sched = Scheduler(tiny, config=WorkerConfig(block_size=8, kv_tokens=64))
+    sched.handle(_open(tiny, [1] * 20, max_new=20))  # 40 tokens = 5 blocks of 8 (of 8)
+    with pytest.raises(ProtocolError, match="BUSY"):
+        sched.handle(_open(tiny, [1] * 20, max_new=10))  # 30 more do not fit
+    sched.handle(_open(tiny, [1] * 10, max_new=14))  # 24 do
+    with pytest.raises(ProtocolError, match="TOO_LARGE"):
+        sched.handle(_open(tiny, [1] * 200, max_new=100))  # over the model's context
+
+
+def test_seeded_sampling_through_the_engine(tiny):
+    sched = Scheduler(tiny, config=WorkerConfig(block_size=8, cpu_kv_mb=16))
+    samplings = [Sampling(0.8, 0, 1), Sampling(1.2, 10, 7), Sampling()]
+    prompts = _prompts(3, seed=8)
+    opens = [_open(tiny, p, sampling=sp.to_dict()) for p, sp in zip(prompts, samplings, strict=True)]
+    for m in opens:
+        sched.handle(m)
+    _drain(sched)
+    ref = ReferenceGenerator(tiny, None)
+    for m, p, sp in zip(opens, prompts, samplings, strict=True):
+        assert _generated(sched, m) == ref.generate(p, 12, "base", sp, stop_at_eos=False).tokens
+
+
+def test_batched_token_choice_equals_pick_token():
+    torch.manual_seed(0)
+    logits = torch.randn(64, 501) * 3
+    samplings = [Sampling(), Sampling(0.7, 0, 3), Sampling(1.0, 20, 5), Sampling(1.5, 600, 2**40)] * 16
+    positions = list(range(100, 164))
+    want = [pick_token(lg, sp, p) for lg, sp, p in zip(logits, samplings, positions, strict=True)]
+    got = choose_tokens(logits, torch.tensor([s.temperature for s in samplings], dtype=torch.float64),
+                        torch.tensor([s.top_k for s in samplings]),
+                        torch.tensor([noise_key(s.seed, p) for s, p in zip(samplings, positions, strict=True)]))
+    assert got.tolist() == want
+    assert len(set(want[1::4])) > 8  # seeded rows really sample
+
+
+def test_config_ranges():
+    with pytest.raises(InputError, match="max_batch"):
+        WorkerConfig(max_batch=0)
+    with pytest.raises(InputError, match="power of two"):
+        WorkerConfig(block_size=24)
+    with pytest.raises(InputError, match="engine"):
+        WorkerConfig(engine="fast")
+
+
+def test_paged_decode_kernel_matches_reference():
+    attention = pytest.importorskip("cloud_worker.attention")
+    if attention.triton is None or not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET")):
+        pytest.skip("Triton kernel: needs cuda (or TRITON_INTERPRET=1)")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    for H, Hkv, D in [(4, 2, 32), (8, 8, 64)]:
+        bs, B = 8, 3
+        kc, vc = torch.randn(40 * bs, Hkv, D, device=dev), torch.randn(40 * bs, Hkv, D, device=dev)
+        bt = torch.randint(1, 40, (B, 10), dtype=torch.int32, device=dev)
+        lens = torch.tensor([1, 17, 70], dtype=torch.int32, device=dev)
+        q = torch.randn(B, H, D, device=dev)
+        got = attention.paged_decode(q, kc, vc, bt, lens, D**-0.5, bs)
+        want = attention.decode_reference(q.cpu(), kc.cpu(), vc.cpu(), bt.cpu(), lens.cpu(), bs, D**-0.5)
+        assert (got.cpu() - want).abs().max() < 1e-4
