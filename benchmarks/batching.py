@@ -42,7 +42,7 @@ def main() -> None:
     ps = prompts(a.sessions)
     with LocalStack(backbone, workers=1) as stack:
         async def run():
-            agent = EdgeAgent(edge, stack.agents_addr)
+            agent = EdgeAgent(edge, stack.agents_addr, keys=stack.agent_keys)
             await aggregate(agent, ps[:2], 8, a.mode)  # warm-up
             one, many = [], []
             for _ in range(a.repeats):  # interleaved, so drift hits both alike

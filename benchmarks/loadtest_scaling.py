@@ -31,7 +31,7 @@ def level(stack: LocalStack, bundle: Path, users: int, a, out: Path) -> dict:
         cmd = [sys.executable, "-m", "spa", "loadtest", "--broker", stack.agents_addr, "--bundle",
                str(bundle), "--modes", a.modes, "--concurrency", str(n), "--sessions",
                str(n * a.sessions_per_user), "--max-new-tokens", str(a.tokens), "--report", "0",
-               "--seed", str(1000 * k), "--json", f"{out}.{k}"]
+               "--seed", str(1000 * k), "--json", f"{out}.{k}", *stack.client_args]
         if a.prompts:
             cmd += ["--prompts", a.prompts]
         runs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

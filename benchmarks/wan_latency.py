@@ -47,7 +47,7 @@ def main() -> None:
             port = free_port()
             proxy = DelayProxy(port, "127.0.0.1", stack.agent_port, a.rtt_ms / 2000)
             await proxy.start()
-            agent = EdgeAgent(edge, f"tcp://127.0.0.1:{port}")
+            agent = EdgeAgent(edge, f"tcp://127.0.0.1:{port}", keys=stack.agent_keys)
             await run_mode(agent, ps[:2], 4, "spa")  # warm-up, connection set up
             res = {"spa": [], "lst": []}
             for _ in range(a.repeats):

@@ -27,11 +27,12 @@ import numpy as np
 from edge_agent.agent import EdgeAgent, SessionError
 from edge_agent.edge_model import EdgeModel
 from monitoring import metrics
-from routing.errors import InputError, SpaError, read_text
+from routing import security
+from routing.errors import ErrorCode, InputError, SpaError, read_text
 from routing.modes import Mode
 from routing.sampling import Sampling
 
-RETRYABLE = frozenset({"NO_WORKER", "BUSY", "WORKER_LOST", "TIMEOUT"})
+RETRYABLE = frozenset(c.value for c in ErrorCode if c.retryable)  # the job is handed out again
 
 
 @dataclass
@@ -51,6 +52,7 @@ class LoadConfig:
     top_k: int = 0
     seed: int = 0
     report_s: float = 5.0  # progress line interval (0 = none)
+    keys: security.ClientKeys | None = None  # CURVE; None = plaintext
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -186,14 +188,14 @@ class LoadTest:
                     async for _ in stream:
                         pass
             except (SessionError, TimeoutError) as e:
-                code = e.code if isinstance(e, SessionError) else "TIMEOUT"
+                code = e.code if isinstance(e, SessionError) else ErrorCode.TIMEOUT.value
                 self.report.add(mode, stream, finished=False)
                 if not self.report.errors[code]:  # the first of each code, with its detail
                     detail = e.detail if isinstance(e, SessionError) else f"no answer in {cfg.session_timeout_s:g}s"
                     print(f"loadtest: {code}: {detail}" + (" (retrying)" if code in RETRYABLE else ""),
                           file=sys.stderr, flush=True)
                 self.report.errors[code] += 1
-                if code == "TIMEOUT":
+                if code == ErrorCode.TIMEOUT:
                     metrics.ERRORS.labels("agent", code).inc()
                 if code not in RETRYABLE:
                     self.stopping = True
@@ -219,7 +221,7 @@ class LoadTest:
         tokens so far counted."""
         cfg, loop = self.cfg, asyncio.get_running_loop()
         self.report.started = time.monotonic()
-        agent = EdgeAgent(self.edge, cfg.broker, cfg.window)
+        agent = EdgeAgent(self.edge, cfg.broker, cfg.window, cfg.keys)
         progress = loop.create_task(self._progress())
         users = [loop.create_task(self._user(agent, k)) for k in range(cfg.concurrency)]
 
@@ -257,6 +259,7 @@ def main(args) -> None:
     from edge_agent.bundle import load_bundle
     from routing import aio
     from routing.modes import parse_modes
+    from spa.cli import _client_keys
 
     cfg = LoadConfig(broker=args.broker, modes=[Mode.parse(m) for m in parse_modes(args.modes)],
                      concurrency=args.concurrency, sessions=args.sessions,
@@ -266,17 +269,19 @@ def main(args) -> None:
                      top_k=args.top_k, seed=args.seed, report_s=args.report)
     edge = load_bundle(args.bundle)
     prompts = load_prompts(args.prompts, edge.tokenizer, args.max_prompt_tokens)
+    cfg.keys = _client_keys(args, "agent")
     test = LoadTest(edge, prompts, cfg)  # its series exist at 0 before the first scrape
-    metrics.serve(args.metrics_port)
+    metrics.serve(args.metrics_port, args.metrics_addr)
     print(f"loadtest: {cfg.concurrency} users, modes {','.join(m.value for m in cfg.modes)}, "
           f"broker {cfg.broker}" + (f", /metrics on :{args.metrics_port}" if args.metrics_port else ""),
           file=sys.stderr, flush=True)
     if args.delay:
         time.sleep(args.delay)
+    failure = None
     try:
         report = aio.run(test.run())
-    except SessionError as e:
-        raise SpaError(f"loadtest stopped: {e}") from None
+    except SessionError as e:  # the summary of what ran is still printed
+        failure, report = e, test.report
     d = report.to_dict()
     if args.json == "-":
         print(json.dumps(d), flush=True)
@@ -293,3 +298,5 @@ def main(args) -> None:
     if args.linger and args.metrics_port:
         print(f"serving /metrics for {args.linger:g}s more", file=sys.stderr, flush=True)
         time.sleep(args.linger)
+    if failure is not None:
+        raise SpaError(f"loadtest stopped: {failure}")

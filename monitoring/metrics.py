@@ -87,7 +87,7 @@ def init_agent_series(modes: list[str]) -> None:
             family.labels(mode)
 
 
-def serve(port: int, addr: str = "0.0.0.0") -> None:
-    """Serve /metrics on `port` (0 = off)."""
+def serve(port: int, addr: str = "127.0.0.1") -> None:
+    """Serve /metrics on `addr`:`port` (0 = off); loopback unless told otherwise."""
     if port:
         start_http_server(port, addr=addr, registry=REGISTRY)

@@ -1,62 +1,232 @@
 """Wire protocol (DESIGN.md §4): ZeroMQ multipart `[envelope…, header, tensor frames…]`.
 
-The header is a msgpack map {v, type, session, …, tensors: [{dtype, shape}]}; each tensor is
-one raw frame sent with copy=False. `decode` validates everything — protocol version, known
-type, required fields and their types, frame count, dtype allow-list,
-prod(shape)·itemsize == len(frame), size limits — and raises ProtocolError with a code the
-receiver answers in an ERROR. Nothing crashes, nothing is dropped silently.
+The header is a msgpack map {v, type, session, …, tensors: [{dtype, shape}]}; each tensor is one
+raw frame sent with copy=False. Every message type has ONE typed definition below (`SPECS`): its
+fields with their types and ranges (nested ones included), its tensor arity and who may send it.
+`decode` checks a message against it in full — version, type, sender, every field, no unknown
+field, frame count, dtype allow-list, prod(shape)·itemsize == len(frame), size limits — and raises
+ProtocolError with an `ErrorCode` the receiver answers in an ERROR. `check_limits` adds what only
+the worker knows (vocabulary, layers, context). Nothing crashes, nothing is dropped silently.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import msgpack
 import numpy as np
+
+from routing.errors import ErrorCode
+from routing.modes import Mode
 
 VERSION = 1
 MAX_HEADER_BYTES = 1 << 20  # 1 MiB: prompts of ~100k tokens; sane range 64 KiB – 16 MiB
 MAX_TENSOR_BYTES = 64 << 20  # one tensor frame; sane range 1 – 256 MiB
 MAX_TENSORS = 4
+MAX_PROMPT = 1 << 17  # prompt tokens; the worker's context is the real bound
+MAX_NEW = 1 << 20  # max_new_tokens before the context check
+MAX_WINDOW = 256  # tokens decoded past the last ACK; bounds the worker's ring; sane range 1–256
+MAX_WIRE_LAYERS = 256  # hidden states per position; the backbone's depth is the real bound
+MAX_POS = (1 << 31) - 1  # positions, epochs, token ids before the model's own bounds
+MAX_BATCH = 4096  # messages in one BATCH
+MAX_AGENT_SESSIONS = 1024  # sessions one agent heartbeat may list
+SESSION_BYTES = 16
 DTYPES = {"float16": np.float16, "float32": np.float32, "int32": np.int32, "int64": np.int64}
 _NP_DTYPES = {k: np.dtype(v) for k, v in DTYPES.items()}
 
-_INT, _STR, _BYTES, _LIST, _DICT, _OPT_INT = int, str, bytes, list, dict, (int, type(None))
-# type -> required fields (besides v/type/tensors) and their Python types
-SCHEMA: dict[str, dict[str, object]] = {
-    "OPEN": {"session": _BYTES, "prompt": _LIST, "max_new_tokens": _INT, "mode": _STR,
-             "window": _INT, "sampling": _DICT, "fingerprint": _STR, "wire_layers": _LIST,
-             "eos": _OPT_INT},
-    "FRAME": {"session": _BYTES, "pos": _INT, "epoch": _INT, "token": _INT},
-    "REQUEST": {"session": _BYTES, "pos": _INT, "epoch": _INT},
-    "HIDDEN": {"session": _BYTES, "pos": _INT, "epoch": _INT},
-    "CORRECT": {"session": _BYTES, "pos": _INT, "epoch": _INT, "token": _INT},
-    "ACK": {"session": _BYTES, "pos": _INT},
-    "TOKEN": {"session": _BYTES, "pos": _INT, "epoch": _INT, "token": _INT},
-    "DONE": {"session": _BYTES, "wasted": _INT},
-    "CLOSE": {"session": _BYTES},
-    "ERROR": {"code": _STR, "detail": _STR},
-    "READY": {"fingerprint": _STR, "capacity": _INT},
-    "HEARTBEAT": {"load": _INT},
-    "BATCH": {"counts": _LIST},  # broker→worker coalescing: several messages in one send
-}
-TENSORS = {"FRAME": (1, 2), "HIDDEN": (1, 1)}  # (min, max) tensor frames; others take none
-SESSION_BYTES = 16
-_MISSING = object()
+
+class MsgType(StrEnum):
+    OPEN = "OPEN"
+    FRAME = "FRAME"
+    REQUEST = "REQUEST"
+    HIDDEN = "HIDDEN"
+    CORRECT = "CORRECT"
+    ACK = "ACK"
+    TOKEN = "TOKEN"
+    DONE = "DONE"
+    CLOSE = "CLOSE"
+    ERROR = "ERROR"
+    READY = "READY"
+    HEARTBEAT = "HEARTBEAT"
+    RECONNECT = "RECONNECT"  # broker → worker: "I do not know you, send READY" (Majordomo)
+    BATCH = "BATCH"  # broker → worker coalescing: several messages in one send
+
+
+class Role(StrEnum):
+    AGENT = "agent"
+    WORKER = "worker"
+    BROKER = "broker"
 
 
 class ProtocolError(Exception):
     """A message that cannot be accepted; `code` goes into the ERROR answer."""
 
-    def __init__(self, code: str, detail: str, session: bytes | None = None) -> None:
+    def __init__(self, code: ErrorCode | str, detail: str, session: bytes | None = None) -> None:
         super().__init__(f"{code}: {detail}")
-        self.code, self.detail, self.session = code, detail, session
+        self.code, self.detail, self.session = ErrorCode(code), detail, session
+
+
+# ----------------------------------------------------------------------------- field kinds
+@dataclass(frozen=True)
+class Int:
+    lo: int = 0
+    hi: int = MAX_POS
+
+    def check(self, v: object) -> str | None:
+        if type(v) is not int:
+            return f"is {type(v).__name__}, expected int"
+        return None if self.lo <= v <= self.hi else f"= {v} outside [{self.lo}, {self.hi}]"
+
+
+@dataclass(frozen=True)
+class Float:
+    lo: float
+    hi: float
+
+    def check(self, v: object) -> str | None:
+        if type(v) not in (int, float):
+            return f"is {type(v).__name__}, expected a number"
+        return None if math.isfinite(v) and self.lo <= v <= self.hi else f"= {v} outside [{self.lo}, {self.hi}]"
+
+
+@dataclass(frozen=True)
+class Str:
+    max_len: int
+    choices: tuple[str, ...] = ()
+
+    def check(self, v: object) -> str | None:
+        if type(v) is not str:
+            return f"is {type(v).__name__}, expected str"
+        if len(v) > self.max_len:
+            return f"has {len(v)} characters > {self.max_len}"
+        return None if not self.choices or v in self.choices else f"= {v[:32]!r}, expected one of {self.choices}"
+
+
+@dataclass(frozen=True)
+class Bytes:
+    size: int
+
+    def check(self, v: object) -> str | None:
+        if type(v) is not bytes:
+            return f"is {type(v).__name__}, expected bytes"
+        return None if len(v) == self.size else f"has {len(v)} bytes, expected {self.size}"
+
+
+@dataclass(frozen=True)
+class IntList:
+    min_len: int
+    max_len: int
+    item: Int = Int()
+    unique: bool = False
+
+    def check(self, v: object) -> str | None:
+        if type(v) is not list:
+            return f"is {type(v).__name__}, expected a list"
+        if not self.min_len <= len(v) <= self.max_len:
+            return f"has {len(v)} items, allowed {self.min_len}–{self.max_len}"
+        lo, hi = self.item.lo, self.item.hi
+        for i, x in enumerate(v):
+            if type(x) is not int or not lo <= x <= hi:
+                return f"[{i}] = {x!r:.32} is not an int in [{lo}, {hi}]"
+        if self.unique and len(set(v)) != len(v):
+            return "has repeated items"
+        return None
+
+
+@dataclass(frozen=True)
+class SessionList:
+    max_len: int
+
+    def check(self, v: object) -> str | None:
+        if type(v) is not list:
+            return f"is {type(v).__name__}, expected a list"
+        if len(v) > self.max_len:
+            return f"has {len(v)} items > {self.max_len}"
+        bad = next((x for x in v if type(x) is not bytes or len(x) != SESSION_BYTES), None)
+        return None if bad is None else f"holds {bad!r:.40}, not a {SESSION_BYTES}-byte session id"
+
+
+@dataclass(frozen=True)
+class Map:
+    """A nested map with fixed keys (all optional), each of its own kind."""
+
+    fields: dict
+
+    def check(self, v: object) -> str | None:
+        if type(v) is not dict:
+            return f"is {type(v).__name__}, expected a map"
+        for k, x in v.items():
+            kind = self.fields.get(k) if type(k) is str else None
+            if kind is None:
+                return f"has unknown key {k!r:.40}"
+            if (why := kind.check(x)) is not None:
+                return f".{k} {why}"
+        return None
+
+
+@dataclass(frozen=True)
+class Optional:
+    kind: object
+
+    def check(self, v: object) -> str | None:
+        return None if v is None else self.kind.check(v)
+
+
+SESSION = Bytes(SESSION_BYTES)
+POS, EPOCH, TOKEN_ID = Int(), Int(), Int()
+SAMPLING = Map({"temperature": Float(0.0, 100.0), "top_k": Int(0, 1 << 20), "seed": Int(0, (1 << 63) - 1)})
+FINGERPRINT = Str(128)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One message type: required and optional fields with their kinds, tensor arity, senders."""
+
+    fields: dict
+    senders: frozenset
+    tensors: tuple[int, int] = (0, 0)
+    optional: dict = field(default_factory=dict)
+
+
+A, W, B = Role.AGENT, Role.WORKER, Role.BROKER
+SPECS: dict[MsgType, Spec] = {
+    MsgType.OPEN: Spec({"session": SESSION, "prompt": IntList(1, MAX_PROMPT),
+                        "max_new_tokens": Int(1, MAX_NEW), "mode": Str(16, tuple(m.value for m in Mode)),
+                        "window": Int(1, MAX_WINDOW), "sampling": SAMPLING, "fingerprint": FINGERPRINT,
+                        "wire_layers": IntList(0, MAX_WIRE_LAYERS, Int(0, MAX_WIRE_LAYERS), unique=True),
+                        "eos": Optional(TOKEN_ID)}, frozenset({A})),
+    MsgType.FRAME: Spec({"session": SESSION, "pos": POS, "epoch": EPOCH, "token": TOKEN_ID},
+                        frozenset({W}), (1, 2)),
+    MsgType.REQUEST: Spec({"session": SESSION, "pos": POS, "epoch": EPOCH}, frozenset({A})),
+    MsgType.HIDDEN: Spec({"session": SESSION, "pos": POS, "epoch": EPOCH}, frozenset({W}), (1, 1)),
+    MsgType.CORRECT: Spec({"session": SESSION, "pos": POS, "epoch": EPOCH, "token": TOKEN_ID},
+                          frozenset({A})),
+    MsgType.ACK: Spec({"session": SESSION, "pos": POS}, frozenset({A})),
+    MsgType.TOKEN: Spec({"session": SESSION, "pos": POS, "epoch": EPOCH, "token": TOKEN_ID},
+                        frozenset({A})),
+    MsgType.DONE: Spec({"session": SESSION, "wasted": Int()}, frozenset({W})),
+    MsgType.CLOSE: Spec({"session": SESSION}, frozenset({A, B})),
+    MsgType.ERROR: Spec({"code": Str(64), "detail": Str(4096)}, frozenset({W, B}),
+                        optional={"session": SESSION}),
+    MsgType.READY: Spec({"fingerprint": FINGERPRINT, "capacity": Int(1, 1 << 16)}, frozenset({W})),
+    # Both ways: worker → broker (load), agent → broker (the sessions it still holds: their
+    # leases are renewed, a session the broker does not know is answered UNKNOWN_SESSION),
+    # broker → both (its instance id: a new id means it restarted and forgot every session).
+    MsgType.HEARTBEAT: Spec({}, frozenset({A, W, B}),
+                            optional={"load": Int(0, 1 << 20), "broker": Bytes(8),
+                                      "sessions": SessionList(MAX_AGENT_SESSIONS)}),
+    MsgType.RECONNECT: Spec({}, frozenset({B}), optional={"broker": Bytes(8)}),
+    MsgType.BATCH: Spec({"counts": IntList(1, MAX_BATCH, Int(1, MAX_TENSORS + 1))}, frozenset({B})),
+}
+SESSION_TYPES = frozenset(t for t, s in SPECS.items() if "session" in s.fields)
+_TYPES = {t.value: t for t in MsgType}
 
 
 @dataclass
 class Message:
-    type: str
+    type: MsgType
     fields: dict = field(default_factory=dict)
     tensors: list[np.ndarray] = field(default_factory=list)
 
@@ -67,103 +237,169 @@ class Message:
     def __getitem__(self, key: str):
         return self.fields[key]
 
+    def get(self, key: str, default=None):
+        return self.fields.get(key, default)
 
-def msg(type_: str, tensors: list[np.ndarray] | None = None, **fields) -> Message:
-    return Message(type_, fields, tensors or [])
+
+def msg(type_: MsgType | str, tensors: list[np.ndarray] | None = None, **fields) -> Message:
+    return Message(MsgType(type_), fields, tensors or [])
+
+
+def error(code: ErrorCode, detail: str, session: bytes | None = None) -> Message:
+    return msg(MsgType.ERROR, code=code.value, detail=detail[:4096],
+               **({"session": session} if session else {}))
 
 
 def encode(m: Message) -> list:
-    header = {"v": VERSION, "type": m.type, **m.fields,
+    header = {"v": VERSION, "type": m.type.value, **m.fields,
               "tensors": [{"dtype": t.dtype.name, "shape": list(t.shape)} for t in m.tensors]}
     return [msgpack.packb(header, use_bin_type=True)] + [np.ascontiguousarray(t).data for t in m.tensors]
 
 
-def decode(frames: list, tensors: bool = True) -> Message:
-    """frames: [header, tensor…] (envelope already stripped). With tensors=False (a router
-    that forwards the frames as they are) tensor frames are validated but not wrapped."""
+def _buffer(frame) -> memoryview | bytes:
+    return frame.buffer if hasattr(frame, "buffer") else frame
+
+
+def _header(frames: list) -> dict:
     if not frames:
-        raise ProtocolError("BAD_MESSAGE", "no frames")
-    raw = frames[0].buffer if hasattr(frames[0], "buffer") else frames[0]
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "no frames")
+    raw = _buffer(frames[0])
     if len(raw) > MAX_HEADER_BYTES:
-        raise ProtocolError("TOO_LARGE", f"header of {len(raw)} bytes > {MAX_HEADER_BYTES}")
-    try:
-        h = msgpack.unpackb(raw, raw=False)
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"header of {len(raw)} bytes > {MAX_HEADER_BYTES}")
+    try:  # limits keep a tiny header from expanding into a huge structure
+        h = msgpack.unpackb(raw, raw=False, strict_map_key=True, max_bin_len=MAX_HEADER_BYTES,
+                            max_str_len=MAX_HEADER_BYTES, max_array_len=MAX_PROMPT,
+                            max_map_len=64, max_ext_len=0)
     except Exception as exc:  # msgpack raises several types for garbage
-        raise ProtocolError("BAD_MESSAGE", f"header is not msgpack: {exc}") from None
-    if not isinstance(h, dict):
-        raise ProtocolError("BAD_MESSAGE", "header is not a map")
-    session = h.get("session") if isinstance(h.get("session"), bytes) else None
-    if h.get("v") != VERSION:
-        raise ProtocolError("BAD_VERSION", f"protocol version {h.get('v')!r}, expected {VERSION}", session)
-    t = h.get("type")
-    if t not in SCHEMA:
-        raise ProtocolError("UNKNOWN_TYPE", f"unknown message type {t!r}", session)
-    for name, typ in SCHEMA[t].items():
-        value = h.get(name, _MISSING)
-        if value is _MISSING:
-            raise ProtocolError("BAD_MESSAGE", f"{t} is missing field '{name}'", session)
-        if not isinstance(value, typ) or value is True or value is False:
-            raise ProtocolError("BAD_MESSAGE", f"{t}.{name} has type {type(value).__name__}", session)
-    if session is not None and len(session) != SESSION_BYTES:
-        raise ProtocolError("BAD_MESSAGE", f"session id of {len(session)} bytes, expected {SESSION_BYTES}")
-    specs = h.pop("tensors", [])
-    if not isinstance(specs, list):
-        raise ProtocolError("BAD_MESSAGE", "tensors is not a list", session)
-    lo, hi = TENSORS.get(t, (0, 0)) if t != "BATCH" else (0, 1 << 30)
-    if t != "BATCH":
-        if not lo <= len(specs) <= hi or len(specs) > MAX_TENSORS:
-            raise ProtocolError("BAD_MESSAGE", f"{t} carries {len(specs)} tensors, allowed {lo}–{hi}", session)
-        if len(frames) != 1 + len(specs):
-            raise ProtocolError("BAD_MESSAGE", f"{t}: {len(frames) - 1} tensor frames for {len(specs)} specs", session)
-    arrays = [] if t == "BATCH" else [_tensor(s, f, session, tensors)
-                                      for s, f in zip(specs, frames[1:], strict=True)]
-    h.pop("v")
-    h.pop("type")
-    return Message(t, h, arrays if tensors else [])
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"header is not msgpack: {str(exc)[:200]}") from None
+    if type(h) is not dict:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"header is a {type(h).__name__}, not a map")
+    return h
 
 
-def peek(frames: list) -> tuple[str, bytes | None]:
+def decode(frames: list, tensors: bool = True, sender: Role | None = None) -> Message:
+    """frames: [header, tensor…] (envelope already stripped). With tensors=False (a router that
+    forwards the frames as they are) tensor frames are validated but not wrapped. With `sender`,
+    a type that role may not send is refused."""
+    h = _header(frames)
+    sid = h.get("session")
+    session = sid if type(sid) is bytes and len(sid) == SESSION_BYTES else None
+    if h.get("v") != VERSION or type(h.get("v")) is not int:
+        raise ProtocolError(ErrorCode.BAD_VERSION, f"protocol version {h.get('v')!r:.40}, expected {VERSION}", session)
+    raw_type = h.get("type")
+    t = _TYPES.get(raw_type) if type(raw_type) is str else None
+    if t is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {raw_type!r:.40}", session)
+    spec = SPECS[t]
+    if sender is not None and sender not in spec.senders:
+        raise ProtocolError(ErrorCode.FORBIDDEN, f"{sender.value}s may not send {t.value}", session)
+    fields = {}
+    for name, value in h.items():
+        if name in ("v", "type", "tensors"):
+            continue
+        kind = spec.fields.get(name) or spec.optional.get(name)
+        if kind is None:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{t.value} has unknown field {name!r:.40}", session)
+        if (why := kind.check(value)) is not None:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{t.value}.{name} {why}", session)
+        fields[name] = value
+    for name in spec.fields:
+        if name not in fields:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{t.value} is missing field '{name}'", session)
+    specs = h.get("tensors", [])
+    if type(specs) is not list:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, "tensors is not a list", session)
+    if t is MsgType.BATCH:
+        if specs:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, "BATCH carries no tensors of its own")
+        return Message(t, fields, [])
+    lo, hi = spec.tensors
+    if not lo <= len(specs) <= min(hi, MAX_TENSORS):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{t.value} carries {len(specs)} tensors, allowed {lo}–{hi}", session)
+    if len(frames) != 1 + len(specs):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{t.value}: {len(frames) - 1} tensor frames for "
+                            f"{len(specs)} specs", session)
+    arrays = [_tensor(s, f, session, tensors) for s, f in zip(specs, frames[1:], strict=True)]
+    return Message(t, fields, arrays if tensors else [])
+
+
+def peek(frames: list) -> tuple[MsgType, bytes | None]:
     """(type, session) of a message to forward unchanged, for the broker's hot path from its own
-    workers: the header is parsed, the rest is left to the receiving agent, which validates
-    everything with `decode`. Raises ProtocolError on anything unparseable."""
-    try:
-        h = msgpack.unpackb(frames[0], raw=False)
-        t, session = h["type"], h.get("session")
-    except Exception:
-        raise ProtocolError("BAD_MESSAGE", "unparseable header") from None
-    if t not in SCHEMA or (session is not None and not isinstance(session, bytes)):
-        raise ProtocolError("BAD_MESSAGE", f"bad type or session in {t!r}")
+    (authenticated) workers: the header is parsed, the rest is left to the receiving agent, which
+    validates everything with `decode`. Raises ProtocolError on anything unparseable."""
+    h = _header(frames)
+    raw_type, session = h.get("type"), h.get("session")
+    t = _TYPES.get(raw_type) if type(raw_type) is str else None
+    if t is None or (session is not None and (type(session) is not bytes or len(session) != SESSION_BYTES)):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"bad type or session in {raw_type!r:.40}")
     return t, session
 
 
 def _tensor(spec: object, frame, session: bytes | None, wrap: bool = True) -> np.ndarray | None:
-    if not isinstance(spec, dict) or spec.get("dtype") not in DTYPES or not isinstance(spec.get("shape"), list):
-        raise ProtocolError("BAD_TENSOR", f"bad tensor spec {spec!r} (dtypes: {sorted(DTYPES)})", session)
+    if type(spec) is not dict or set(spec) != {"dtype", "shape"} or type(spec["dtype"]) is not str \
+            or spec["dtype"] not in DTYPES or type(spec["shape"]) is not list:
+        raise ProtocolError(ErrorCode.BAD_TENSOR, f"bad tensor spec {spec!r:.80} (dtypes: {sorted(DTYPES)})", session)
     shape = spec["shape"]
-    if not all(isinstance(n, int) and 0 <= n for n in shape) or len(shape) > 4:
-        raise ProtocolError("BAD_TENSOR", f"bad tensor shape {shape!r}", session)
+    if len(shape) > 4 or not all(type(n) is int and 0 <= n < 1 << 40 for n in shape):
+        raise ProtocolError(ErrorCode.BAD_TENSOR, f"bad tensor shape {shape!r:.80}", session)
     dtype = _NP_DTYPES[spec["dtype"]]
-    buf = frame.buffer if hasattr(frame, "buffer") else memoryview(frame)
+    buf = _buffer(frame)
     want = math.prod(shape) * dtype.itemsize
     if want > MAX_TENSOR_BYTES:
-        raise ProtocolError("TOO_LARGE", f"tensor of {want} bytes > {MAX_TENSOR_BYTES}", session)
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"tensor of {want} bytes > {MAX_TENSOR_BYTES}", session)
     if len(buf) != want:
-        raise ProtocolError("BAD_TENSOR", f"tensor frame has {len(buf)} bytes, shape {shape} "
+        raise ProtocolError(ErrorCode.BAD_TENSOR, f"tensor frame has {len(buf)} bytes, shape {shape} "
                             f"{dtype.name} needs {want}", session)
     return np.frombuffer(buf, dtype=dtype).reshape(shape) if wrap else None  # a view: no copy
 
 
+# ----------------------------------------------------------------------------- model limits
+@dataclass(frozen=True)
+class Limits:
+    """What only the worker knows: its backbone's vocabulary, depth and context."""
+
+    vocab: int
+    n_layers: int
+    context: int
+
+    def check(self, m: Message) -> None:
+        """Raise BAD_MESSAGE/TOO_LARGE for a value the backbone cannot take."""
+        sid = m.session
+        if m.type is MsgType.OPEN:
+            prompt, new = m["prompt"], m["max_new_tokens"]
+            if len(prompt) + new > self.context:
+                raise ProtocolError(ErrorCode.TOO_LARGE, f"prompt of {len(prompt)} tokens + max_new_tokens "
+                                    f"{new} > context {self.context}", sid)
+            bad = next((x for x in prompt if x >= self.vocab), None)
+            if bad is not None:
+                raise ProtocolError(ErrorCode.BAD_MESSAGE, f"prompt token {bad} outside the vocabulary "
+                                    f"[0, {self.vocab})", sid)
+            if m["eos"] is not None and m["eos"] >= self.vocab:
+                raise ProtocolError(ErrorCode.BAD_MESSAGE, f"eos {m['eos']} outside [0, {self.vocab})", sid)
+            if any(i >= self.n_layers for i in m["wire_layers"]):
+                raise ProtocolError(ErrorCode.BAD_MESSAGE, f"wire_layers must lie in 0..{self.n_layers - 1}", sid)
+            return
+        if m.type in (MsgType.CORRECT, MsgType.TOKEN) and m["token"] >= self.vocab:
+            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{m.type.value} token {m['token']} outside "
+                                f"[0, {self.vocab})", sid)
+        if "pos" in m.fields and m["pos"] >= self.context:
+            raise ProtocolError(ErrorCode.BAD_POSITION, f"{m.type.value} pos {m['pos']} >= context "
+                                f"{self.context}", sid)
+
+
+# ----------------------------------------------------------------------------- coalescing
 def encode_batch(messages: list[list]) -> list:
     """Coalesce already-encoded messages (lists of frames) into one BATCH send."""
-    head = msgpack.packb({"v": VERSION, "type": "BATCH", "counts": [len(m) for m in messages],
-                          "tensors": []}, use_bin_type=True)
+    head = msgpack.packb({"v": VERSION, "type": MsgType.BATCH.value,
+                          "counts": [len(m) for m in messages], "tensors": []}, use_bin_type=True)
     return [head] + [f for m in messages for f in m]
 
 
 def split_batch(m: Message, frames: list) -> list[list]:
     counts = m["counts"]
-    if not all(isinstance(c, int) and c >= 1 for c in counts) or sum(counts) != len(frames) - 1:
-        raise ProtocolError("BAD_MESSAGE", f"BATCH counts {counts} do not match {len(frames) - 1} frames")
+    if sum(counts) != len(frames) - 1:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"BATCH counts sum to {sum(counts)}, "
+                            f"{len(frames) - 1} frames follow")
     out, i = [], 1
     for c in counts:
         out.append(frames[i : i + c])

@@ -87,7 +87,7 @@ def run_demo(args) -> None:
                 p = subprocess.Popen(
                     [sys.executable, "-m", "spa", "agent", "--broker", stack.agents_addr, "--bundle",
                      str(bundle_dir), "--prompt", prompts[i], "--mode", mode, "--json",
-                     "--max-new-tokens", str(args.max_new_tokens)],
+                     "--max-new-tokens", str(args.max_new_tokens), *stack.client_args],
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
                 agents.append(p)

@@ -101,10 +101,11 @@ def test_loadtest_counts_and_retries_refusals(bundle_dir, tmp_path):
 
     port = free_port()
     broker = subprocess.Popen([sys.executable, "-m", "spa", "broker", "--agents",
-                               f"tcp://127.0.0.1:{port}", "--workers", f"tcp://127.0.0.1:{free_port()}"])
+                               f"tcp://127.0.0.1:{port}", "--workers", f"tcp://127.0.0.1:{free_port()}",
+                               "--plaintext"])
     try:
         res = spa("loadtest", "--broker", f"tcp://127.0.0.1:{port}", "--bundle", str(bundle_dir),
-                  "--concurrency", "2", "--duration", "3", "--json", "-", "--report", "0")
+                  "--concurrency", "2", "--duration", "3", "--json", "-", "--report", "0", "--plaintext")
     finally:
         broker.terminate()
         broker.wait(10)

@@ -41,7 +41,7 @@ def run(backbone_dir, bundle_dir, tasks_file, backbone, tmp_path_factory):
     before = (_total(metrics.BLOCKING), _total(metrics.TOKENS))
     with LocalStack(backbone_dir, workers=1, metrics=True, log_dir=tmp_path_factory.mktemp("m")) as stack:
         async def go():
-            agent = EdgeAgent(edge, stack.agents_addr)
+            agent = EdgeAgent(edge, stack.agents_addr, keys=stack.agent_keys)
             streams = [agent.generate(p, 12, m) for p in prompts for m in ("spa", "full", "base")]
 
             async def consume(s):

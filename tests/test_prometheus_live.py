@@ -85,7 +85,7 @@ def live(backbone_dir, bundle_dir, tasks_file, prometheus_bin, tmp_path_factory)
                  "--bundle", str(bundle_dir), "--prompts", str(tasks_file), "--modes", ",".join(MODES),
                  "--concurrency", "6", "--sessions", str(SESSIONS), "--max-new-tokens", "16",
                  "--delay", "3", "--linger", "60", "--report", "0", "--json", str(summary),
-                 "--metrics-port", str(lt_port)],
+                 "--metrics-port", str(lt_port), *stack.client_args],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
             deadline = time.monotonic() + 180
             while not summary.exists():

@@ -42,7 +42,7 @@ async def _run(agent, prompt, mode, max_new):
 
 
 async def _run_all(stack, edge, jobs, max_new=16):
-    agent = EdgeAgent(edge, stack.agents_addr)
+    agent = EdgeAgent(edge, stack.agents_addr, keys=stack.agent_keys)
     try:
         return await asyncio.wait_for(
             asyncio.gather(*(_run(agent, p, m, max_new) for p, m in jobs)), 120)
@@ -86,9 +86,12 @@ def test_mixed_modes_concurrently(stack, backbone, edge, prompts):
         assert s.tokens == ref.generate(p, 16, m).tokens
 
 
-def _raw(stack) -> zmq.Socket:
+def _raw(stack, key: str = "agent") -> zmq.Socket:
+    from routing.security import ClientKeys, connect_as
+
     s = zmq.Context.instance().socket(zmq.DEALER)
     s.setsockopt(zmq.LINGER, 0)
+    connect_as(s, ClientKeys.from_dir(stack.key_dir, "agent", key))
     s.connect(stack.agents_addr)
     return s
 
@@ -99,7 +102,7 @@ def _answer(sock) -> object:
 
 
 def test_bad_messages_get_errors_and_service_goes_on(stack, backbone, edge, prompts):
-    a, b = _raw(stack), _raw(stack)
+    a, b = _raw(stack), _raw(stack, "probe")  # two agents, two keys
     a.send_multipart(encode(msg("ACK", session=os.urandom(16), pos=3)))
     assert _answer(a)["code"] == "UNKNOWN_SESSION"
     a.send_multipart([b"\xc1 not msgpack"])
@@ -107,7 +110,7 @@ def test_bad_messages_get_errors_and_service_goes_on(stack, backbone, edge, prom
     a.send_multipart([b"x" * (2 << 20)])
     assert _answer(a)["code"] == "TOO_LARGE"
     a.send_multipart(encode(msg("FRAME", session=os.urandom(16), pos=1, epoch=0, token=1)))
-    assert _answer(a)["code"] == "BAD_MESSAGE"  # agents may not send FRAME (and it lacks z)
+    assert _answer(a)["code"] == "FORBIDDEN"  # agents may not send FRAME
     # a session of a's, spoken for by b
     sid = os.urandom(16)
     a.send_multipart(encode(msg("OPEN", session=sid, prompt=prompts[0], max_new_tokens=2, mode="base",
@@ -132,7 +135,7 @@ def test_bad_messages_get_errors_and_service_goes_on(stack, backbone, edge, prom
 
 def test_agent_errors_are_raised(stack, edge, prompts):
     async def go():
-        agent = EdgeAgent(edge, stack.agents_addr)
+        agent = EdgeAgent(edge, stack.agents_addr, keys=stack.agent_keys)
         edge.fingerprint, saved = "0" * 64, edge.fingerprint
         try:
             with pytest.raises(SessionError, match="NO_WORKER"):
@@ -151,7 +154,7 @@ def test_worker_lost_replays_on_another_worker(backbone_dir, backbone, edge, pro
 
     with LocalStack(backbone_dir, workers=2, log_dir=tmp_path) as stack:
         async def go():
-            agent = EdgeAgent(edge, stack.agents_addr, window=2)
+            agent = EdgeAgent(edge, stack.agents_addr, window=2, keys=stack.agent_keys)
             streams = [agent.generate(p, 40, "spa") for p in prompts[:6]]
             seen = [0]
 

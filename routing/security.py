@@ -1,0 +1,115 @@
+"""Who gets in (DESIGN.md §5): ZeroMQ CURVE on both broker sockets, ZAP allow-lists.
+
+Key files are pyzmq's certificates: `NAME.key` (public) and `NAME.key_secret` (both halves).
+`spa keys DIR` lays them out as
+
+    DIR/broker.key, DIR/broker.key_secret      the broker's pair (its public half goes to everyone)
+    DIR/workers/NAME.key[_secret]              workers: the broker allows the public keys here
+    DIR/agents/NAME.key[_secret]               agents: a separate allow-list
+
+The broker authenticates every connection through ZAP (domain "agents" or "workers"); ZeroMQ then
+stamps each message with its sender's public key (`User-Id`), and a session belongs to that key.
+Plaintext exists only behind an explicit `--plaintext` flag (local demos and tests).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
+
+from routing.errors import InputError
+
+AGENTS, WORKERS = "agents", "workers"  # ZAP domains, one allow-list each
+
+
+@dataclass(frozen=True)
+class ServerKeys:
+    """The broker's side: its own secret certificate and the two allow-list directories."""
+
+    secret: Path
+    agents: Path
+    workers: Path
+
+    @classmethod
+    def from_dir(cls, keys: str | Path) -> ServerKeys:
+        d = Path(keys)
+        return cls(d / "broker.key_secret", d / AGENTS, d / WORKERS)
+
+
+@dataclass(frozen=True)
+class ClientKeys:
+    """A worker's or an agent's side: its own secret certificate and the broker's public key."""
+
+    secret: Path
+    broker: Path
+
+    @classmethod
+    def from_dir(cls, keys: str | Path, role: str, name: str | None = None) -> ClientKeys:
+        d = Path(keys)
+        folder = d / (WORKERS if role == "worker" else AGENTS)
+        if name is None:
+            found = sorted(folder.glob("*.key_secret"))
+            if not found:
+                raise InputError(f"no {role} key in {folder} (create one with `spa keys {d}`)")
+            return cls(found[0], d / "broker.key")
+        return cls(folder / f"{name}.key_secret", d / "broker.key")
+
+
+def _load(path: Path, secret: bool) -> tuple[bytes, bytes | None]:
+    if not path.is_file():
+        raise InputError(f"key file {path} does not exist (create keys with `spa keys DIR`)")
+    try:
+        public, private = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read key file {path}: {exc}") from None
+    if secret and not private:
+        raise InputError(f"{path} holds no secret key (give the .key_secret file)")
+    return public, private
+
+
+def serve(sock: zmq.Socket, keys: ServerKeys, domain: str) -> None:
+    """Make a broker socket a CURVE server in ZAP `domain` (call before bind)."""
+    public, private = _load(keys.secret, secret=True)
+    sock.curve_server = True
+    sock.curve_publickey, sock.curve_secretkey = public, private
+    sock.zap_domain = domain.encode()
+
+
+def connect_as(sock: zmq.Socket, keys: ClientKeys) -> None:
+    """Make a worker's or agent's socket a CURVE client of the broker (call before connect)."""
+    public, private = _load(keys.secret, secret=True)
+    broker_public, _ = _load(keys.broker, secret=False)
+    sock.curve_publickey, sock.curve_secretkey = public, private
+    sock.curve_serverkey = broker_public
+
+
+def start_authenticator(ctx: zmq.Context, keys: ServerKeys) -> ThreadAuthenticator:
+    """ZAP handler with one allow-list per domain; connections with other keys are refused."""
+    for folder in (keys.agents, keys.workers):
+        if not folder.is_dir():
+            raise InputError(f"allow-list directory {folder} does not exist")
+    auth = ThreadAuthenticator(ctx)
+    auth.start()
+    auth.configure_curve(domain=AGENTS, location=str(keys.agents))
+    auth.configure_curve(domain=WORKERS, location=str(keys.workers))
+    return auth
+
+
+def create_keys(out: str | Path, agents: list[str], workers: list[str]) -> list[Path]:
+    """`spa keys`: the broker's pair (kept if present) and one pair per named agent and worker."""
+    d = Path(out)
+    made = []
+    for folder, names in ((d, ["broker"]), (d / AGENTS, agents), (d / WORKERS, workers)):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            if not name.replace("-", "").replace("_", "").isalnum():
+                raise InputError(f"key name {name!r}: use letters, digits, '-' and '_'")
+            if not (folder / f"{name}.key_secret").is_file():
+                zmq.auth.create_certificates(folder, name)
+                (folder / f"{name}.key_secret").chmod(0o600)
+                made.append(folder / f"{name}.key_secret")
+    return made
