@@ -23,11 +23,13 @@ def free_port() -> int:
 class LocalStack:
     def __init__(self, backbone: str | Path, workers: int = 1, max_sessions: int = 64,
                  log_dir: str | Path | None = None, agent_port: int | None = None,
-                 metrics: bool = False, device: str = "cpu", secure: bool = True) -> None:
+                 metrics: bool = False, device: str = "cpu", secure: bool = True,
+                 broker_args: tuple[str, ...] = (), worker_args: tuple[str, ...] = ()) -> None:
         """secure: CURVE with keys made for this stack (`agent_keys` for in-process agents,
         `client_args` for spawned ones); False: --plaintext."""
         self.backbone, self.device = str(backbone), device
         self.n_workers = workers
+        self.broker_args, self.worker_args = tuple(broker_args), tuple(worker_args)
         self.max_sessions = max_sessions
         self.agent_port = agent_port or free_port()
         self.worker_port = free_port()
@@ -96,11 +98,12 @@ class LocalStack:
         mp = self.metrics_ports
         self._spawn("broker", "broker", "--agents", f"tcp://127.0.0.1:{self.agent_port}",
                     "--workers", f"tcp://127.0.0.1:{self.worker_port}",
-                    "--metrics-port", str(mp.get("broker", 0)), *self.client_args)
+                    "--metrics-port", str(mp.get("broker", 0)), *self.client_args, *self.broker_args)
         for i in range(self.n_workers):
             self._spawn(f"worker{i}", "worker", "--broker", self.workers_addr, "--backbone",
                         self.backbone, "--device", self.device, "--max-sessions", str(self.max_sessions),
-                        "--metrics-port", str(mp.get(f"worker{i}", 0)), *self.client_args)
+                        "--metrics-port", str(mp.get(f"worker{i}", 0)), *self.client_args,
+                        *self.worker_args)
         self.wait_ready(timeout)
         return self
 
