@@ -230,3 +230,32 @@ def test_paged_decode_kernel_matches_reference():
         got = attention.paged_decode(q, kc, vc, bt, lens, D**-0.5, bs)
         want = attention.decode_reference(q.cpu(), kc.cpu(), vc.cpu(), bt.cpu(), lens.cpu(), bs, D**-0.5)
         assert (got.cpu() - want).abs().max() < 1e-4
+
+
+def test_decode_graph_buffers_equal_reference(tiny):
+    """The CUDA-graph path (static buffers, bucketed batch sizes, padded rows writing the scratch
+    slot) with the graph replaced by a plain call: runs on cuda, or with TRITON_INTERPRET=1."""
+    attention = pytest.importorskip("cloud_worker.attention")
+    if attention.triton is None or not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET")):
+        pytest.skip("Triton kernel: needs cuda (or TRITON_INTERPRET=1)")
+    import copy
+
+    bb = Backbone(copy.deepcopy(tiny.model).cuda(), None) if torch.cuda.is_available() else tiny
+    sched = Scheduler(bb, config=WorkerConfig(chunk_tokens=24, block_size=8, cpu_kv_mb=16, max_batch=8,
+                                              graph_max_batch=6))
+    runner = sched.runner
+    if not runner.cuda:
+        runner.decode_kernel = True
+        runner._capture()
+    assert sorted(runner.graphs) == [1, 2, 4, 6]
+    prompts = _prompts(7)
+    opens = [_open(bb, p, max_new=10, mode="spa", wire_layers=[0, 2]) for p in prompts]
+    for m in opens[:2]:
+        sched.handle(m)
+    sched.step()
+    for m in opens[2:]:
+        sched.handle(m)
+    _drain(sched)
+    ref = ReferenceGenerator(bb, None)
+    for m, p in zip(opens, prompts, strict=True):
+        assert _generated(sched, m) == ref.generate(p, 10, "base", stop_at_eos=False).tokens
