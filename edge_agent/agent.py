@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -20,8 +21,8 @@ import torch
 import zmq
 import zmq.asyncio
 
+from edge_agent.decoding import Act, Decoder, check_request
 from edge_agent.edge_model import EdgeModel
-from edge_agent.reference import check_request
 from monitoring import metrics
 from routing.errors import SpaError
 from routing.modes import Mode
@@ -30,7 +31,10 @@ from routing.sampling import Sampling
 from routing.transmissions import Transmissions
 
 WINDOW = 8  # tokens the worker may decode past the last ACK; sane range 1–64
-MAX_REPLAYS = 3  # re-opens after WORKER_LOST before giving up; sane range 0–10
+# Error codes after which a session is replayed on another worker (until routing/errors.py
+# says which codes are retryable); BUSY only while a replay is under way.
+RETRYABLE = frozenset({"WORKER_LOST", "UNKNOWN_SESSION", "BROKER_RESTARTED"})
+RETRYABLE_IN_REPLAY = frozenset({"BUSY"})
 
 
 class SessionError(SpaError):
@@ -56,106 +60,158 @@ class SessionStats(Transmissions):
     bytes_up: int = 0
     bytes_down: int = 0
     stale_frames: int = 0
-    replays: int = 0  # re-opens on another worker after WORKER_LOST
+    replays: int = 0  # re-opens after a retryable error or silence (RetryPolicy)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When and how a session is replayed (re-OPENed with prompt + accepted tokens)."""
+
+    first_delay_s: float = 0.05  # first back-off; sane range 0.01–0.5
+    max_delay_s: float = 2.0  # back-off doubles up to this; sane range 0.5–10
+    max_attempts: int = 8  # replays in a row without a new token; sane range 0–20
+    deadline_s: float = 30.0  # give up a failure streak after this long; sane range 5–120
+    silence_s: float = 10.0  # nothing received this long: the worker may be dead; 2–60
+
+    def delay(self, attempt: int) -> float:
+        """Jittered exponential back-off before replay `attempt` (1-based)."""
+        cap = min(self.max_delay_s, self.first_delay_s * 2 ** (attempt - 1))
+        return cap * (0.5 + 0.5 * random.random())
+
+
+RETRY = RetryPolicy()  # EdgeAgent may carry its own as `agent.retry`
+
+
+class _Silence:
+    """Stands in for a message when a session heard nothing for `silence_s`."""
+
+    type = "SILENCE"
+    session = None
+
+
+def retryable(code: str, replaying: bool) -> bool:
+    return code in RETRYABLE or (replaying and code in RETRYABLE_IN_REPLAY)
 
 
 class Stream:
-    """One generation: iterate for pieces; `tokens` and `stats` fill in as it goes."""
+    """One generation: iterate for pieces; `tokens` and `stats` fill in as it goes.
+
+    The per-token logic is `Decoder`'s; this class only does the I/O: frames in, REQUEST /
+    CORRECT / TOKEN / ACK out, and replays after retryable errors or silence."""
 
     def __init__(self, agent: EdgeAgent, prompt_ids: list[int], max_new: int, mode: Mode,
                  sampling: Sampling, window: int) -> None:
         self.agent, self.prompt_ids, self.max_new = agent, prompt_ids, max_new
         self.mode, self.sampling, self.window = mode, sampling, window
         self.id = os.urandom(16)
-        self.tokens: list[int] = []
-        self.paths: list[str] = []
         self.stats = SessionStats()
+        self.decoder = Decoder(mode, max_new, agent.edge.eos_token_id, len(prompt_ids), self.stats)
+        self.tokens: list[int] = self.decoder.tokens
+        self.paths: list[str] = self.decoder.paths
         self.queue: asyncio.Queue = asyncio.Queue()
         self._emitted = 0  # tokens already turned into text
 
     def __aiter__(self):
         return self._run()
 
+    async def _open(self, close_old: bool = False) -> None:
+        """OPEN, or on a replay re-OPEN with prompt + accepted tokens under a new id
+        (Petals-style): the new worker continues at the same position, the output is the same."""
+        agent, edge = self.agent, self.agent.edge
+        old, self.id = self.id, os.urandom(16)
+        agent.sessions.pop(old, None)
+        if close_old:
+            await agent.send(msg("CLOSE", session=old), None)
+        agent.sessions[self.id] = self
+        await agent.send(msg("OPEN", session=self.id, prompt=self.prompt_ids + self.tokens,
+                             max_new_tokens=self.max_new - len(self.tokens), mode=self.mode.value,
+                             window=self.window, sampling=self.sampling.to_dict(),
+                             fingerprint=edge.fingerprint, wire_layers=edge.wire_layers(self.mode),
+                             eos=edge.eos_token_id), self)
+
+    async def _get(self, silence_s: float):
+        """The next message of this session (or a connection-wide one), or _Silence."""
+        while True:
+            try:
+                m = await asyncio.wait_for(self.queue.get(), silence_s)
+            except TimeoutError:
+                return _Silence()
+            if m.session is None or m.session == self.id:
+                return m  # messages of a session replaced by a replay are dropped
+
     async def _run(self):
-        agent, edge, mode = self.agent, self.agent.edge, self.mode
-        eos = edge.eos_token_id
-        epoch, pos = 0, len(self.prompt_ids)
+        agent, edge, mode, dec = self.agent, self.agent.edge, self.mode, self.decoder
+        policy: RetryPolicy = getattr(agent, "retry", None) or RETRY
         outcome = "cancelled"  # a consumer that stops iterating early
-        wire_layers = edge.wire_layers(mode)
         backlog: deque = deque()
         t0 = last = time.perf_counter()
-        replays = 0
+        failures, streak_t0 = 0, 0.0  # replays since the last new token
 
-        async def open_session() -> bytes:
-            """OPEN, or after WORKER_LOST re-OPEN with prompt + accepted tokens (Petals-style
-            replay): the new worker continues at the same position, so the output is the same."""
-            new = os.urandom(16)
-            agent.sessions.pop(self.id, None)
-            self.id = new
-            agent.sessions[new] = self
-            await agent.send(msg("OPEN", session=new, prompt=self.prompt_ids + self.tokens,
-                                 max_new_tokens=self.max_new - len(self.tokens), mode=mode.value,
-                                 window=self.window, sampling=self.sampling.to_dict(),
-                                 fingerprint=edge.fingerprint, wire_layers=wire_layers, eos=eos), self)
-            return new
-
-        sid = await open_session()
+        await self._open()
         metrics.ACTIVE_SESSIONS.labels("agent").inc()
         try:
             while True:
-                m = backlog.popleft() if backlog else await self.queue.get()
+                m = backlog.popleft() if backlog else await self._get(policy.silence_s)
+                if m.type == "SILENCE" or (m.type == "ERROR" and retryable(m["code"], failures > 0)):
+                    code = "TIMEOUT" if m.type == "SILENCE" else m["code"]
+                    failures += 1
+                    if failures == 1:
+                        streak_t0 = time.monotonic()
+                    if (failures > policy.max_attempts
+                            or time.monotonic() - streak_t0 > policy.deadline_s):
+                        metrics.ERRORS.labels("agent", code).inc()
+                        detail = m["detail"] if m.type == "ERROR" else f"silent {policy.silence_s}s"
+                        raise SessionError(code, f"{detail}; gave up after {failures - 1} replays "
+                                           f"at pos={dec.pos}", self.id)
+                    await asyncio.sleep(policy.delay(failures))
+                    self.stats.replays += 1
+                    metrics.REPLAYS.inc()
+                    dec.reopen()
+                    backlog.clear()
+                    await self._open(close_old=m.type == "SILENCE")
+                    continue
                 if m.type == "ERROR":
-                    if m["code"] == "WORKER_LOST" and replays < MAX_REPLAYS:
-                        replays += 1
-                        self.stats.replays += 1
-                        metrics.REPLAYS.inc()
-                        sid, epoch, backlog = await open_session(), 0, deque()
-                        continue
                     metrics.ERRORS.labels("agent", m["code"]).inc()
-                    raise SessionError(m["code"], m["detail"], sid)
+                    raise SessionError(m["code"], m["detail"], self.id)
                 if m.type != "FRAME":
                     continue  # a HIDDEN for an abandoned request, a DONE, …
-                if m["epoch"] != epoch or m["pos"] != pos:
+                if not dec.current(m["pos"], m["epoch"]):
                     self.stats.stale_frames += 1
                     metrics.STALE_FRAMES.labels(mode.value).inc()
                     continue
-                base_tok, token, path = m["token"], m["token"], "base"
-                fire = mode.gate == "always"
-                if fire or mode.gate == "classifier":
+                fire, g, z = False, 0.0, None
+                if mode.gate != "never":
                     z = torch.from_numpy(np.array(m.tensors[0]))  # (d,) fp16, as the wire brings it
-                    fire, _ = edge.gate(mode, z)
-                if fire:
-                    path = "side"
-                    self.stats.side_used += 1
-                    if mode.lockstep:
-                        wire = torch.from_numpy(np.array(m.tensors[1]))
-                    else:
-                        await agent.send(msg("REQUEST", session=sid, pos=pos, epoch=epoch), self)
-                        self.stats.requests += 1
+                    fire, g = edge.gate(mode, z)
+                step = dec.frame(m["token"], fire, g)
+                if step.act is Act.REQUEST:
+                    await agent.send(msg("REQUEST", session=self.id, pos=step.pos,
+                                         epoch=step.epoch), self)
+                    if step.counted:
                         metrics.BLOCKING.labels(mode.value, "request").inc()
-                        asked = time.perf_counter()
-                        hidden = await self._await_hidden(pos, epoch, backlog)
-                        if hidden is None:
-                            continue
-                        metrics.EDGE_RTT.observe(time.perf_counter() - asked)
-                        wire = torch.from_numpy(np.array(hidden.tensors[0]))
+                    asked = time.perf_counter()
+                    hidden = await self._await_hidden(step.pos, step.epoch, backlog, policy)
+                    if hidden is None:
+                        continue  # an error or silence: the loop replays or raises
+                    metrics.EDGE_RTT.observe(time.perf_counter() - asked)
+                    wire = torch.from_numpy(np.array(hidden.tensors[0]))
+                elif step.act is Act.SIDE:
+                    wire = torch.from_numpy(np.array(m.tensors[1]))
+                if step.act is not Act.EMIT:
                     started = time.perf_counter()
-                    token = edge.side_token(mode, z, wire, self.sampling, pos)
+                    step = dec.side(edge.side_token(mode, z, wire, self.sampling, step.pos))
                     metrics.SIDE_COMPUTE.labels(mode.value).observe(time.perf_counter() - started)
-                if mode.lockstep:
-                    self.stats.lockstep += 1
+                if step.send == "TOKEN":
                     metrics.BLOCKING.labels(mode.value, "lockstep").inc()
-                    await agent.send(msg("TOKEN", session=sid, pos=pos, epoch=epoch, token=token), self)
-                elif token != base_tok:
-                    self.stats.corrections += 1
+                    await agent.send(msg("TOKEN", session=self.id, pos=step.pos, epoch=step.epoch,
+                                         token=step.token), self)
+                elif step.send == "CORRECT":
                     metrics.BLOCKING.labels(mode.value, "correct").inc()
-                    await agent.send(msg("CORRECT", session=sid, pos=pos, epoch=epoch, token=token), self)
-                    epoch += 1
+                    await agent.send(msg("CORRECT", session=self.id, pos=step.pos,
+                                         epoch=step.epoch, token=step.token), self)
                     backlog = deque(x for x in backlog if x.type == "ERROR")
-                self.tokens.append(token)
-                self.paths.append(path)
-                self.stats.tokens += 1
-                metrics.TOKENS.labels(mode.value, path).inc()
+                failures = 0
+                metrics.TOKENS.labels(mode.value, step.path).inc()
                 now = time.perf_counter()
                 if len(self.tokens) == 1:
                     self.stats.ttft_s = now - t0
@@ -164,13 +220,11 @@ class Stream:
                     self.stats.inter_token_s.append(now - last)
                     metrics.ITL.labels(mode.value).observe(now - last)
                 last = now
-                pos += 1
-                done = token == eos or len(self.tokens) >= self.max_new
-                if not done and not mode.lockstep and self.queue.empty() and not backlog:
-                    await agent.send(msg("ACK", session=sid, pos=pos - 1), self)  # cumulative
-                yield Piece(self._detokenize(), token, path, pos - 1)
-                if done:
-                    outcome = "eos" if token == eos else "length"
+                if not step.done and not mode.lockstep and self.queue.empty() and not backlog:
+                    await agent.send(msg("ACK", session=self.id, pos=step.pos), self)  # cumulative
+                yield Piece(self._detokenize(), step.token, step.path, step.pos)
+                if step.done:
+                    outcome = dec.finished_by
                     break
         except (GeneratorExit, asyncio.CancelledError):
             raise  # the consumer stopped early or was cancelled: 'cancelled'
@@ -195,12 +249,12 @@ class Stream:
         self._emitted = len(self.tokens)
         return full[len(prefix):] if full.startswith(prefix) else full
 
-    async def _await_hidden(self, pos: int, epoch: int, backlog: deque):
+    async def _await_hidden(self, pos: int, epoch: int, backlog: deque, policy: RetryPolicy):
         while True:
-            m = await self.queue.get()
+            m = await self._get(policy.silence_s)
             if m.type == "HIDDEN" and m["pos"] == pos and m["epoch"] == epoch:
                 return m
-            if m.type == "ERROR":  # handled by the main loop (a replay, or raised)
+            if m.type in ("ERROR", "SILENCE"):  # handled by the main loop (a replay, or raised)
                 backlog.appendleft(m)
                 return None
             backlog.append(m)  # frames decoded ahead meanwhile

@@ -32,7 +32,8 @@ def save_bundle(edge: EdgeModel, out: str | Path, record: dict | None = None) ->
             tensors[f"{combine}.side.{k}"] = v.detach().contiguous()
         for k, v in head.classifier.state_dict().items():
             tensors[f"{combine}.classifier.{k}"] = v.detach().contiguous()
-        heads[combine] = {"side": head.side.cfg.to_dict(), "threshold": head.threshold,
+        heads[combine] = {"side": head.side.cfg.to_dict(), "classifier": head.classifier.cfg,
+                          "threshold": head.threshold,
                           "tau": head.tau, "info": head.info}
     save_file(tensors, str(out / "weights.safetensors"))
     meta = {
@@ -85,7 +86,7 @@ def load_bundle(path: str | Path, expected_fingerprint: str | None = None) -> Ed
     for combine, h in meta["heads"].items():
         side = SideNetwork(SideConfig(**h["side"]))
         side.load_state_dict(_sub(tensors, f"{combine}.side."))
-        clf = Classifier(meta["d_model"])
+        clf = Classifier(meta["d_model"], **h.get("classifier", {}))
         clf.load_state_dict(_sub(tensors, f"{combine}.classifier."))
         edge.set_head(Head(combine, side.eval(), clf.eval(), float(h["threshold"]), h.get("info", {})))
     edge.record = meta.get("record", {})

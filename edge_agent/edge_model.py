@@ -105,8 +105,17 @@ class EdgeModel(nn.Module):
         if mode.gate == "always":
             return True, 1.0
         head = self.head_for(mode)
-        logit = float(head.classifier.logit(z.float()[None])[0])
+        logit = float(head.classifier.logit(z.float()[None], self.lm_head)[0])
         return logit > head.threshold, 1.0 / (1.0 + math.exp(-max(-700.0, min(700.0, logit))))
+
+    @torch.inference_mode()
+    def gate_batch(self, mode: Mode, z: Tensor) -> tuple[list[bool], list[float]]:
+        """`gate` for many positions at once. z: (N, d) wire dtype -> (fire, g) per row."""
+        if mode.gate != "classifier":
+            return [mode.gate == "always"] * len(z), [float(mode.gate == "always")] * len(z)
+        head = self.head_for(mode)
+        logit = head.classifier.logit(z.float(), self.lm_head).double()  # (N,)
+        return (logit > head.threshold).tolist(), torch.sigmoid(logit).tolist()
 
     def side_logits(self, mode: Mode, z: Tensor, wire: Tensor) -> Tensor:
         """z: (N, d); wire: (N, len(wire_layers), d) -> logits (N, V)."""

@@ -1,7 +1,9 @@
-"""`spa eval`: Rouge-L, M, side usage, corrections and tokens/s per mode, plus Rouge-L vs M.
+"""`spa eval`: Rouge-L with a 95% bootstrap interval, M, side usage, corrections and tokens/s per
+mode; paired bootstraps of spa against the other modes; Rouge-L against M as τ sweeps.
 
-Every generation comes from the reference generator (the oracle the distributed system is
-checked against), greedy, so the figures are reproducible.
+Every generation comes from the batched generator (which equals the reference generator, the
+oracle the distributed system is checked against, token for token on CPU in fp32), greedy,
+so the figures are reproducible.
 """
 
 from __future__ import annotations
@@ -9,17 +11,44 @@ from __future__ import annotations
 import json
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from cloud_worker.backbone import Backbone
+from edge_agent.batched import BatchConfig, BatchedGenerator
 from edge_agent.data import Example
 from edge_agent.edge_model import EdgeModel
-from edge_agent.reference import ReferenceGenerator
 from edge_agent.training import NEVER
 from routing.errors import InputError
 from routing.modes import Mode
 from routing.transmissions import Transmissions
+
+BOOTSTRAP = 10_000  # resamples for intervals; sane range 1k–100k
+CONFIDENCE = 0.95
+
+
+def bootstrap_ci(scores: list[float], n: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean over records."""
+    x = torch.tensor(scores, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    means = x[torch.randint(0, len(x), (n, len(x)), generator=g)].mean(1)
+    a = (1 - CONFIDENCE) / 2
+    return float(torch.quantile(means, a)), float(torch.quantile(means, 1 - a))
+
+
+def paired_bootstrap(a: list[float], b: list[float], n: int = BOOTSTRAP, seed: int = 0) -> dict:
+    """Mean of a − b over the same records, its percentile interval, and the share of
+    resamples where a − b ≤ 0 (a one-sided p-value for 'a is better')."""
+    if len(a) != len(b):
+        raise InputError(f"paired bootstrap needs the same records: {len(a)} vs {len(b)}")
+    d = torch.tensor(a, dtype=torch.float64) - torch.tensor(b, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    means = d[torch.randint(0, len(d), (n, len(d)), generator=g)].mean(1)
+    al = (1 - CONFIDENCE) / 2
+    return {"diff": float(d.mean()), "lo": float(torch.quantile(means, al)),
+            "hi": float(torch.quantile(means, 1 - al)), "p_le_0": float((means <= 0).double().mean())}
 
 
 @dataclass
@@ -30,65 +59,86 @@ class ModeResult:
     tokens_per_s: float
     tau: float | None = None
     examples: int = 0
+    scores: list[float] = field(default_factory=list, repr=False)  # per record, × 100
+    ci: tuple[float, float] = (0.0, 0.0)
+    seconds: float = 0.0
 
     def row(self) -> dict:
-        return {"mode": self.mode, "rouge_l": round(self.rouge_l, 2), "m": round(self.stats.m, 4),
+        return {"mode": self.mode, "rouge_l": round(self.rouge_l, 2),
+                "ci95": [round(self.ci[0], 2), round(self.ci[1], 2)], "m": round(self.stats.m, 4),
                 "side_rate": round(self.stats.side_rate, 4),
                 "correction_rate": round(self.stats.correction_rate, 4),
                 "tokens": self.stats.tokens, "tokens_per_s": round(self.tokens_per_s, 1),
-                "tau": self.tau, "examples": self.examples}
+                "seconds": round(self.seconds, 2), "tau": self.tau, "examples": self.examples}
 
 
 class Evaluator:
     def __init__(self, backbone: Backbone, edge: EdgeModel | None, max_prompt_tokens: int = 384,
-                 max_new_tokens: int = 48) -> None:
+                 max_new_tokens: int = 48, batch_size: int = 64, progress: bool = True) -> None:
         from rouge_score import rouge_scorer
 
-        self.ref = ReferenceGenerator(backbone, edge)
+        if edge is not None:
+            edge.to(backbone.device)
+        self.gen = BatchedGenerator(backbone, edge, BatchConfig(batch_size, progress=progress))
         self.edge = edge
         self.tok = backbone.tokenizer
         self.max_prompt_tokens = max_prompt_tokens
         self.max_new_tokens = max_new_tokens
         self.scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+        self._prompts: dict[int, list[int]] = {}
+
+    def prompt(self, ex: Example) -> list[int]:
+        if id(ex) not in self._prompts:
+            self._prompts[id(ex)] = ex.prompt_ids(self.tok, self.max_prompt_tokens)
+        return self._prompts[id(ex)]
 
     def run_mode(self, mode: Mode, examples: list[Example], threshold: float | None = None,
-                 progress: bool = True) -> ModeResult:
-        from tqdm import tqdm
-
+                 ci: bool = True) -> ModeResult:
         head = self.edge.head_for(mode) if mode.gate == "classifier" else None
         saved = head.threshold if head else None
         if head is not None and threshold is not None:
             head.threshold = threshold
         try:
-            stats, scores, seconds = Transmissions(), [], 0.0
-            for ex in tqdm(examples, desc=f"eval {mode.value}", disable=not progress, leave=False):
-                gen = self.ref.generate(ex.prompt_ids(self.tok, self.max_prompt_tokens),
-                                        self.max_new_tokens, mode)
+            started = time.perf_counter()
+            gens = self.gen.generate([self.prompt(ex) for ex in examples], self.max_new_tokens,
+                                     mode, desc=f"eval {mode.value}")
+            seconds = time.perf_counter() - started
+            stats, scores = Transmissions(), []
+            for ex, gen in zip(examples, gens, strict=True):
                 text = self.tok.decode(gen.tokens, skip_special_tokens=True).strip()
-                scores.append(self.scorer.score(ex.answer.strip(), text)["rougeL"].fmeasure)
+                scores.append(100 * self.scorer.score(ex.answer.strip(), text)["rougeL"].fmeasure)
                 stats += gen.stats
-                seconds += gen.seconds
-            return ModeResult(mode.value, 100 * statistics.fmean(scores), stats,
+            return ModeResult(mode.value, statistics.fmean(scores), stats,
                               stats.tokens / max(seconds, 1e-9), head.tau if head else None,
-                              len(examples))
+                              len(examples), scores, bootstrap_ci(scores) if ci else (0.0, 0.0),
+                              seconds)
         finally:
             if head is not None:
                 head.threshold = saved
 
 
 def markdown_table(results: list[ModeResult]) -> str:
-    lines = ["| mode | Rouge-L | M | side usage | corrections | tokens/s | τ |",
+    lines = ["| mode | Rouge-L [95% CI] | M | side usage | corrections / token | tokens/s | τ |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         tau = "—" if r.tau is None else f"{r.tau:.3f}"
-        lines.append(f"| {r.mode} | {r.rouge_l:.2f} | {r.stats.m:.3f} | {r.stats.side_rate:.3f} | "
-                     f"{r.stats.correction_rate:.3f} | {r.tokens_per_s:.0f} | {tau} |")
+        lines.append(f"| {r.mode} | {r.rouge_l:.2f} [{r.ci[0]:.2f}, {r.ci[1]:.2f}] | {r.stats.m:.3f} | "
+                     f"{r.stats.side_rate:.3f} | {r.stats.correction_rate:.3f} | "
+                     f"{r.tokens_per_s:.0f} | {tau} |")
+    return "\n".join(lines)
+
+
+def paired_table(pairs: dict[str, dict]) -> str:
+    lines = ["| comparison | Δ Rouge-L | 95% CI | P(Δ ≤ 0) |", "|---|---:|---:|---:|"]
+    for name, p in pairs.items():
+        lines.append(f"| {name} | {p['diff']:+.2f} | [{p['lo']:+.2f}, {p['hi']:+.2f}] | "
+                     f"{p['p_le_0']:.4f} |")
     return "\n".join(lines)
 
 
 def sweep_thresholds(edge: EdgeModel, mode: Mode) -> list[float]:
-    """Thresholds from never-fire to always-fire: dev-set quantiles recorded at training, and
-    the calibrated one."""
+    """Thresholds from never-fire to always-fire: on-policy dev quantiles recorded at training,
+    and the calibrated one."""
     head = edge.head_for(mode)
     table = head.info.get("calibration", {}).get("sweep_thresholds") or [NEVER, 0.0, -NEVER]
     return sorted(set(table + [head.threshold]), reverse=True)
@@ -100,50 +150,66 @@ def plot(points: dict[str, list[tuple[float, float]]], fixed: list[ModeResult], 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for mode, pts in points.items():
         pts = sorted(pts)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{mode} (τ sweep)")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=4, label=f"{mode} (τ sweep)")
     for r in fixed:
-        ax.scatter([r.stats.m], [r.rouge_l], marker="s", s=50, zorder=3)
-        ax.annotate(r.mode, (r.stats.m, r.rouge_l), textcoords="offset points", xytext=(5, 5))
+        ax.errorbar([r.stats.m], [r.rouge_l], yerr=[[r.rouge_l - r.ci[0]], [r.ci[1] - r.rouge_l]],
+                    marker="s", ms=6, capsize=3, zorder=3, ls="none")
+        ax.annotate(r.mode, (r.stats.m, r.rouge_l), textcoords="offset points", xytext=(6, 4))
     ax.set_xlabel("M (blocking transmissions per token)")
     ax.set_ylabel("Rouge-L")
-    ax.set_title("Rouge-L vs M")
+    ax.set_title("Rouge-L vs M (squares: fixed modes, 95% CI)")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out)
     plt.close(fig)
     return out
 
 
 def run_eval(backbone: Backbone, edge: EdgeModel | None, examples: list[Example], modes: list[Mode],
-             json_out: Path | None, plot_out: Path | None, sweep_limit: int = 40,
-             max_new_tokens: int = 48, max_prompt_tokens: int = 384, progress: bool = True) -> dict:
+             json_out: Path | None, plot_out: Path | None, sweep_limit: int = 0,
+             max_new_tokens: int = 48, max_prompt_tokens: int = 384, progress: bool = True,
+             batch_size: int = 64) -> dict:
+    """All `modes` on `examples`, the paired comparisons of spa, and (with a plot path) the τ
+    sweep on the first `sweep_limit` examples (0 = all)."""
     for m in modes:
         if m is not Mode.BASE and (edge is None or not edge.supports(m)):
             raise InputError(f"mode {m.value} is not supported by this bundle")
-    ev = Evaluator(backbone, edge, max_prompt_tokens, max_new_tokens)
+    ev = Evaluator(backbone, edge, max_prompt_tokens, max_new_tokens, batch_size, progress)
     started = time.time()
-    results = [ev.run_mode(m, examples, progress=progress) for m in modes]
+    results = [ev.run_mode(m, examples) for m in modes]
+    by = {r.mode: r for r in results}
     print(markdown_table(results), flush=True)
+    pairs = {f"spa − {o}": paired_bootstrap(by["spa"].scores, by[o].scores)
+             for o in ("full", "lst", "choice", "base") if "spa" in by and o in by}
+    if "full" in by and "spa" in by:
+        pairs["spa − 0.97 × full"] = paired_bootstrap(by["spa"].scores,
+                                                      [0.97 * s for s in by["full"].scores])
+    if pairs:
+        print(paired_table(pairs), flush=True)
     sweeps: dict[str, list[tuple[float, float]]] = {}
     sweep_rows = []
     gated = [m for m in modes if m.gate == "classifier"]
     if plot_out is not None and gated:
-        sub = examples[:sweep_limit]
+        sub = examples[: sweep_limit or None]
         for m in gated:
             for thr in sweep_thresholds(edge, m):
-                r = ev.run_mode(m, sub, threshold=thr, progress=False)
+                r = ev.run_mode(m, sub, threshold=thr)
                 sweeps.setdefault(m.value, []).append((r.stats.m, r.rouge_l))
-                sweep_rows.append(r.row())
-        fixed = [ev.run_mode(m, sub, progress=False) for m in modes if m.gate != "classifier"]
-        plot(sweeps, fixed, plot_out)
-        print(f"plot: {plot_out}")
-    report = {"results": [r.row() for r in results], "sweep": sweep_rows,
+                sweep_rows.append({**r.row(), "threshold": thr})
+        fixed = (results if len(sub) == len(examples) else
+                 [ev.run_mode(m, sub) for m in modes if m.gate != "classifier"])
+        plot(sweeps, [r for r in fixed if r.mode not in sweeps], plot_out)
+        print(f"plot: {plot_out}", flush=True)
+    report = {"results": [r.row() for r in results], "paired": pairs, "sweep": sweep_rows,
+              "scores": {r.mode: [round(s, 3) for s in r.scores] for r in results},
               "examples": len(examples), "max_new_tokens": max_new_tokens,
-              "backbone": backbone.source, "backbone_fingerprint": backbone.fingerprint,
+              "max_prompt_tokens": max_prompt_tokens, "backbone": backbone.source,
+              "backbone_fingerprint": backbone.fingerprint, "device": str(backbone.device),
               "seconds": round(time.time() - started, 1)}
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

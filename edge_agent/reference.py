@@ -1,31 +1,37 @@
 """The single-process reference generator: the oracle of DESIGN.md §2.
 
-All five modes, greedy and seeded sampling, EOS and max_new_tokens. Per token it records which
-path produced it (base or side) and whether it corrected the backbone; M and the side-usage and
-correction counts follow DESIGN.md §4. The edge-side arithmetic is `EdgeModel`, the code the
-edge agent runs, fed with z and hidden states cast to the wire dtype as the agent receives them.
+All five modes, greedy and seeded sampling, EOS and max_new_tokens, one sequence and one
+backbone call per token. The per-token logic is `edge_agent.decoding.Decoder`, the state
+machine the edge agent drives too; the edge-side arithmetic is `EdgeModel`, fed with z and
+hidden states cast to the wire dtype as the agent receives them.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
-from cloud_worker.backbone import Backbone
+from edge_agent.decoding import Act, Decoder, check_request
 from edge_agent.edge_model import WIRE_DTYPE, EdgeModel
-from routing.errors import InputError
+from routing.errors import FingerprintMismatch, InputError
 from routing.modes import Mode
 from routing.sampling import Sampling, pick_token
 from routing.transmissions import Transmissions
+
+if TYPE_CHECKING:
+    from cloud_worker.backbone import Backbone
+
+__all__ = ["Generation", "ReferenceGenerator", "check_request"]
 
 
 @dataclass
 class Generation:
     tokens: list[int] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)  # 'base' or 'side' per token
-    corrected: list[bool] = field(default_factory=list)  # side token ≠ backbone token
+    corrected: list[bool] = field(default_factory=list)  # side token ≠ backbone token (CORRECT)
     gates: list[float] = field(default_factory=list)  # classifier probability g_t
     differs: list[bool] = field(default_factory=list)  # side consulted and disagreed (any mode)
     z: list[torch.Tensor] | None = None  # per token z_t (wire dtype), with keep_z
@@ -33,19 +39,22 @@ class Generation:
     seconds: float = 0.0
     finished_by: str = "length"  # 'eos' or 'length'
 
+    @classmethod
+    def of(cls, dec: Decoder, z: list[torch.Tensor] | None, seconds: float) -> Generation:
+        return cls(dec.tokens, dec.paths, dec.corrected, dec.gates, dec.differs, z, dec.stats,
+                   seconds, dec.finished_by or "length")
 
-def check_request(prompt_ids: list[int], max_new_tokens: int) -> None:
-    if not prompt_ids:
-        raise InputError("empty prompt: give at least one token")
-    if max_new_tokens < 1:
-        raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+
+def check_modes(edge: EdgeModel | None, mode: Mode) -> None:
+    if mode is not Mode.BASE:
+        if edge is None:
+            raise InputError(f"mode {mode.value} needs an edge bundle")
+        edge.head_for(mode)  # raises with the reason when the bundle lacks it
 
 
 class ReferenceGenerator:
     def __init__(self, backbone: Backbone, edge: EdgeModel | None) -> None:
         if edge is not None and edge.fingerprint != backbone.fingerprint:
-            from routing.errors import FingerprintMismatch
-
             raise FingerprintMismatch(edge.fingerprint, backbone.fingerprint)
         self.backbone = backbone
         self.edge = edge
@@ -61,51 +70,27 @@ class ReferenceGenerator:
     ) -> Generation:
         mode = Mode.parse(mode)
         check_request(prompt_ids, max_new_tokens)
+        check_modes(self.edge, mode)
         sampling = sampling or Sampling()
         edge = self.edge
-        if mode is not Mode.BASE:
-            if edge is None:
-                raise InputError(f"mode {mode.value} needs an edge bundle")
-            wire_layers = edge.wire_layers(mode)
-        eos = self.backbone.eos_token_id
-        gen = Generation(z=[] if keep_z else None)
+        wire_layers = edge.wire_layers(mode) if mode is not Mode.BASE else []
+        eos = self.backbone.eos_token_id if stop_at_eos else None
+        dec = Decoder(mode, max_new_tokens, eos, len(prompt_ids))
+        zs: list[torch.Tensor] | None = [] if keep_z else None
         start = time.perf_counter()
-        ids = torch.tensor([prompt_ids])
-        out = self.backbone.forward(ids, use_cache=True, logits_last_only=True)
-        pos = len(prompt_ids)  # the position the next token will take
-        for _ in range(max_new_tokens):
-            base_tok = pick_token(out.logits[0, -1], sampling, pos)
-            token, path, corrected, g = base_tok, "base", False, 0.0
+        out = self.backbone.forward(torch.tensor([prompt_ids]), use_cache=True, logits_last_only=True)
+        while True:
+            base_tok = pick_token(out.logits[0, -1], sampling, dec.pos)
             z = out.z[0, -1].to(WIRE_DTYPE).cpu()  # (d,) as a FRAME carries it
-            if keep_z:
-                gen.z.append(z.cpu())
-            if mode is not Mode.BASE:
-                fire, g = edge.gate(mode, z)
-                if fire:
-                    wire = torch.stack([out.hidden[i][0, -1] for i in wire_layers]).to(WIRE_DTYPE)
-                    token = edge.side_token(mode, z, wire.cpu(), sampling, pos)
-                    path = "side"
-                    gen.stats.side_used += 1
-                    if mode.lockstep:
-                        gen.stats.lockstep += 1  # the worker waits for every TOKEN
-                    else:
-                        gen.stats.requests += 1  # REQUEST → HIDDEN
-                        corrected = token != base_tok
-                        gen.stats.corrections += int(corrected)  # CORRECT → rollback
-            gen.tokens.append(token)
-            gen.paths.append(path)
-            gen.corrected.append(corrected)
-            gen.gates.append(g)
-            gen.differs.append(path == "side" and token != base_tok)
-            gen.stats.tokens += 1
-            if stop_at_eos and token == eos:
-                gen.finished_by = "eos"
+            if zs is not None:
+                zs.append(z)
+            fire, g = edge.gate(mode, z) if mode is not Mode.BASE else (False, 0.0)
+            step = dec.frame(base_tok, fire, g)
+            if step.act is not Act.EMIT:  # REQUEST → HIDDEN, or lockstep states in the frame
+                wire = torch.stack([out.hidden[i][0, -1] for i in wire_layers]).to(WIRE_DTYPE).cpu()
+                step = dec.side(edge.side_token(mode, z, wire, sampling, step.pos))
+            if step.done:
                 break
-            if len(gen.tokens) == max_new_tokens:
-                break
-            out = self.backbone.forward(
-                torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True
-            )
-            pos += 1
-        gen.seconds = time.perf_counter() - start
-        return gen
+            out = self.backbone.forward(torch.tensor([[step.token]]),
+                                        past_key_values=out.past_key_values, use_cache=True)
+        return Generation.of(dec, zs, time.perf_counter() - start)

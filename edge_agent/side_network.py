@@ -36,6 +36,7 @@ class SideConfig:
     act: str = "gelu"
     gates: bool = False  # LST-style learned gates
     gate_temperature: float = 0.1
+    dropout: float = 0.0  # on the side state x while training; sane range 0–0.5
 
     def __post_init__(self) -> None:
         if self.width <= 0:
@@ -74,6 +75,7 @@ class SideNetwork(nn.Module):
             nn.Sequential(nn.Linear(r, r), _ACTS[cfg.act](), nn.Linear(r, r)) for _ in cfg.layers
         )
         self.act = _ACTS[cfg.act]()
+        self.drop = nn.Dropout(cfg.dropout)
         self.alpha = nn.Parameter(torch.zeros(len(cfg.layers))) if cfg.gates else None
         self.w_out = nn.Linear(r, d, bias=False)
         nn.init.zeros_(self.w_out.weight)  # Δ = 0 at start: 'add' starts as the backbone
@@ -88,9 +90,9 @@ class SideNetwork(nn.Module):
     def forward(self, states: Tensor) -> Tensor:
         """states: (N, 1 + len(layers), d) ordered [h0, h_layers…] -> Δ (N, d)."""
         states = states.to(self.w_in.weight.dtype)
-        x = self.w_in(states[:, 0])  # (N, r)
+        x = self.drop(self.w_in(states[:, 0]))  # (N, r)
         for j in range(len(self.cfg.layers)):
-            x = self.act(x)
+            x = self.drop(self.act(x))
             skip = self.down[j](F.rms_norm(states[:, j + 1], (states.shape[-1],)))  # (N, r)
             if self.alpha is not None:
                 mu = torch.sigmoid(self.alpha[j] / self.cfg.gate_temperature)
@@ -100,15 +102,54 @@ class SideNetwork(nn.Module):
         return self.w_out(x)  # (N, d)
 
 
+N_STATS = 3  # entropy, top-1 log-probability, top-1 − top-2 logit margin of P_base
+
+
+def base_stats(z: Tensor, lm_head: nn.Module) -> Tensor:
+    """What the backbone's own distribution says about its confidence. z: (N, d) -> (N, 3)."""
+    logits = lm_head(z.to(lm_head.weight.dtype)).float()  # (N, V)
+    logp = logits.log_softmax(-1)
+    top = logits.topk(2, dim=-1).values  # (N, 2)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return torch.stack([entropy, logp.max(-1).values, top[:, 0] - top[:, 1]], dim=-1)
+
+
 class Classifier(nn.Module):
-    """`C`: linear on z_t -> probability g_t that the side network is needed."""
+    """`C`: z_t (and optionally the backbone distribution's confidence, from the edge's own
+    lm_head copy) -> probability g_t that the side network is needed. Linear, or an MLP."""
 
-    def __init__(self, d_model: int) -> None:
+    def __init__(self, d_model: int, features: str = "z", hidden: int = 0) -> None:
         super().__init__()
-        self.linear = nn.Linear(d_model, 1)
+        if features not in ("z", "z+stats"):
+            raise InputError(f"classifier: unknown features {features!r}: expected z or z+stats")
+        self.cfg = {"features": features, "hidden": int(hidden)}
+        d_in = d_model + (N_STATS if features == "z+stats" else 0)
+        if hidden > 0:
+            self.linear = nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        else:
+            self.linear = nn.Linear(d_in, 1)
 
-    def forward(self, z: Tensor) -> Tensor:  # (N, d) -> (N,)
-        return torch.sigmoid(self.linear(z.to(self.linear.weight.dtype)).squeeze(-1))
+    @property
+    def uses_stats(self) -> bool:
+        return self.cfg["features"] == "z+stats"
 
-    def logit(self, z: Tensor) -> Tensor:
-        return self.linear(z.to(self.linear.weight.dtype)).squeeze(-1)
+    def features(self, z: Tensor, lm_head: nn.Module | None) -> Tensor:
+        """z: (N, d) -> (N, d_in)."""
+        z = z.float()
+        if not self.uses_stats:
+            return z
+        if lm_head is None:
+            raise InputError("classifier with z+stats features needs the lm_head")
+        return torch.cat([z, base_stats(z, lm_head)], dim=-1)
+
+    def forward(self, z: Tensor, lm_head: nn.Module | None = None) -> Tensor:  # (N, d) -> (N,)
+        return torch.sigmoid(self.logit(z, lm_head))
+
+    def logit(self, z: Tensor, lm_head: nn.Module | None = None) -> Tensor:
+        x = self.features(z, lm_head)
+        return self.head(x)
+
+    def head(self, x: Tensor) -> Tensor:
+        """Features (N, d_in) -> logit (N,)."""
+        w = next(self.linear.parameters())
+        return self.linear(x.to(w.dtype)).squeeze(-1)

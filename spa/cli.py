@@ -23,15 +23,25 @@ def cmd_pretrain(args) -> None:
     pretrain(args.corpus, args.out, args.preset, args.steps, args.seed, args.device, _progress(args))
 
 
+# TrainConfig fields whose flags default to None (= TrainConfig's own default, one place)
+_TRAIN_TUNABLES = ("dropout", "weight_decay", "patience", "schedule", "clf_features", "clf_hidden",
+                   "clf_objective", "rollout_prompts", "gen_batch", "dev_fraction", "rollout_tokens",
+                   "calib_steps", "calib_prompts", "batch")
+
+
 def cmd_train(args) -> None:
     from cloud_worker.backbone import Backbone
     from edge_agent.bundle import save_bundle
     from edge_agent.data import load_examples, split
-    from edge_agent.training import TrainConfig, train_bundle
+    from edge_agent.training import TrainConfig, parse_overrides, train_bundle
 
+    layers = [int(x) for x in args.layers.split(",") if x.strip()] if args.layers else []
     cfg = TrainConfig(mode=args.mode, target_m=args.target_m, lam=args.lam, epochs=args.epochs,
                       clf_epochs=args.clf_epochs, lr=args.lr, width=args.width, every=args.every,
-                      gates=args.gates, seed=args.seed, max_prompt_tokens=args.max_prompt_tokens)
+                      gates=args.gates, seed=args.seed, max_prompt_tokens=args.max_prompt_tokens,
+                      layers=layers, warm_start=not args.no_warm_start,
+                      overrides=parse_overrides(args.side_overrides),
+                      **{k: getattr(args, k) for k in _TRAIN_TUNABLES if getattr(args, k) is not None})
     examples = split(load_examples(args.data), args.split)
     backbone = Backbone.load(args.backbone, args.device)
     edge, record = train_bundle(backbone, examples, cfg, _progress(args))
@@ -55,7 +65,7 @@ def cmd_eval(args) -> None:
     json_out = Path(args.json) if args.json else None
     plot_out = Path(args.plot) if args.plot else (json_out.with_suffix(".png") if json_out else None)
     run_eval(backbone, edge, examples, modes, json_out, plot_out, args.sweep_limit,
-             args.max_new_tokens, args.max_prompt_tokens, _progress(args))
+             args.max_new_tokens, args.max_prompt_tokens, _progress(args), args.batch_size)
 
 
 def cmd_generate(args) -> None:
@@ -203,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--split", default="")
     q.add_argument("--modes", default="base,lst,full,choice,spa")
     q.add_argument("--limit", type=int, default=0)
-    q.add_argument("--sweep-limit", type=int, default=40, help="examples per τ in the sweep")
+    q.add_argument("--sweep-limit", type=int, default=0, help="examples per τ in the sweep (0 = all)")
+    q.add_argument("--batch-size", type=int, default=64, help="sequences per backbone forward")
     q.add_argument("--max-new-tokens", type=int, default=48)
     q.add_argument("--max-prompt-tokens", type=int, default=384)
     q.add_argument("--json")
@@ -242,6 +253,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("agent", help="an edge agent: stream one generation")
     q.add_argument("--broker", default="tcp://127.0.0.1:5555")
+    q.add_argument("--layers", default="", help="backbone layers the side reads, e.g. 6,12,18,24,30")
+    q.add_argument("--dropout", type=float, default=None)
+    q.add_argument("--weight-decay", type=float, default=None)
+    q.add_argument("--patience", type=int, default=None,
+                   help="epochs without a better dev NLL before stopping")
+    q.add_argument("--schedule", default=None, choices=["onecycle", "cosine", "constant"])
+    q.add_argument("--clf-features", default=None, choices=["z", "z+stats"])
+    q.add_argument("--clf-hidden", type=int, default=None, help="0 = linear")
+    q.add_argument("--clf-objective", default=None,
+                   choices=["onpolicy", "mixture", "both"])
+    q.add_argument("--no-warm-start", action="store_true", help="no BCE warm start of the classifier")
+    q.add_argument("--rollout-prompts", type=int, default=None,
+                   help="training prompts for on-policy classifier data (0 = all)")
+    q.add_argument("--gen-batch", type=int, default=None,
+                   help="sequences per backbone forward in rollouts and calibration")
+    q.add_argument("--dev-fraction", type=float, default=None)
+    q.add_argument("--rollout-tokens", type=int, default=None,
+                   help="tokens per rollout and per calibration generation")
+    q.add_argument("--calib-steps", type=int, default=None, help="bisection steps for τ")
+    q.add_argument("--calib-prompts", type=int, default=None, help="dev prompts for τ (0 = all)")
+    q.add_argument("--batch", type=int, default=None, help="positions per side-training step")
+    q.add_argument("--side-overrides", default="",
+                   help="per combine, e.g. 'replace:width=144,dropout=0.1;add:every=2'")
     q.add_argument("--bundle", required=True)
     q.add_argument("--prompt", required=True)
     q.add_argument("--mode", default="spa")

@@ -1,0 +1,79 @@
+"""The SPA result on XSum, end to end, in one process: (1) optionally a model-selection sweep on
+the dev split, (2) `spa train` on :800, (3) `spa eval` on 800: in all five modes plus the τ sweep,
+with bootstrap intervals and paired bootstraps. Prints the tables and the wall-clock times.
+
+    python benchmarks/spa_xsum.py --backbone DIR --data xsum_1000.jsonl --out runs/spa \
+        --device cuda [--select] [--train-args "--dropout 0.2 …"]
+
+--select runs `benchmarks/spa_select.py`'s sweep first and trains with what it chose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", default="runs/spa_xsum")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--train-split", default=":800")
+    p.add_argument("--eval-split", default="800:")
+    p.add_argument("--limit", type=int, default=0, help="evaluation records (0 = all)")
+    p.add_argument("--target-m", type=float, default=0.47)
+    p.add_argument("--train-args", default="", help="more `spa train` flags")
+    p.add_argument("--eval-args", default="", help="more `spa eval` flags")
+    p.add_argument("--select", action="store_true", help="run the dev-split model selection first")
+    p.add_argument("--select-args", default="", help="flags for spa_select.py")
+    args = p.parse_args()
+
+    import torch
+
+    from spa.cli import main as spa
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[str, float] = {}
+    extra = shlex.split(args.train_args)
+    if args.select:
+        from benchmarks.spa_select import main as select
+
+        t = time.time()
+        chosen = select(["--backbone", args.backbone, "--data", args.data, "--split", args.train_split,
+                         "--device", args.device, "--out", str(out / "select.json"),
+                         "--target-m", str(args.target_m)] + shlex.split(args.select_args))
+        times["select_s"] = round(time.time() - t, 1)
+        extra = chosen + extra
+    common = ["--backbone", args.backbone, "--data", args.data, "--device", args.device]
+    train_cmd = (["train"] + common + ["--split", args.train_split, "--out", str(out / "bundle"),
+                                       "--target-m", str(args.target_m), "--quiet"] + extra)
+    eval_cmd = (["eval"] + common + ["--bundle", str(out / "bundle"), "--split", args.eval_split,
+                                     "--limit", str(args.limit), "--json", str(out / "eval.json"),
+                                     "--plot", str(out / "rouge_vs_m.png"), "--quiet"]
+                + shlex.split(args.eval_args))
+    for name, cmd in (("train", train_cmd), ("eval", eval_cmd)):
+        print("$ spa " + shlex.join(cmd), flush=True)
+        t = time.time()
+        if spa(cmd) != 0:
+            raise SystemExit(f"spa {name} failed")
+        times[f"{name}_s"] = round(time.time() - t, 1)
+        print(f"[{name}] {times[f'{name}_s']} s", flush=True)
+    times["train_plus_eval_s"] = round(times["train_s"] + times["eval_s"], 1)
+    dev = torch.cuda.get_device_name() if torch.cuda.is_available() and "cuda" in args.device else "cpu"
+    summary = {"times": times, "device": dev, "torch": torch.__version__,
+               "train": shlex.join(train_cmd), "eval": shlex.join(eval_cmd)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2), flush=True)
+
+
+if __name__ == "__main__":
+    main()

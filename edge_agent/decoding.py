@@ -1,0 +1,135 @@
+"""The per-token state machine of DESIGN.md §4, written once.
+
+The edge agent's `Stream` (over sockets), the single-process reference generator and the
+batched generator all drive one `Decoder` per sequence; none of them repeats its logic:
+
+    frame(pos, epoch, base token, gate decision) ──▶ EMIT    accept the backbone token
+                                                 ──▶ REQUEST ask for HIDDEN(pos, epoch), then side()
+                                                 ──▶ SIDE    lockstep: the frame carries the states
+    side(side token)                             ──▶ EMIT    with send = None | CORRECT | TOKEN
+
+The decoder owns the position, the epoch, the tokens and their paths, and the transmission
+counts (M). It computes nothing itself: the gate decision and the side token come from
+`EdgeModel`, one sequence at a time or batched, so the arithmetic stays with its callers.
+
+M counts each exchange once: a session re-opened after a failure (`reopen`, Petals-style
+replay) re-fires the same position, and its REQUEST is sent again but not counted again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from routing.errors import InputError
+from routing.modes import Mode
+from routing.transmissions import Transmissions
+
+
+class Act(StrEnum):
+    EMIT = "emit"  # a token is out; `send` names the message that goes with it
+    REQUEST = "request"  # send REQUEST(pos, epoch), await HIDDEN, then call side()
+    SIDE = "side"  # lockstep: the frame carried the states; compute and call side()
+
+
+@dataclass(frozen=True)
+class Step:
+    act: Act
+    pos: int
+    epoch: int
+    token: int = -1  # EMIT: the token accepted at `pos`
+    path: str = "base"  # EMIT: 'base' or 'side'
+    send: str | None = None  # EMIT: None, 'CORRECT' (rollback) or 'TOKEN' (lockstep)
+    counted: bool = False  # REQUEST: counted in M (False for a replay's repeat)
+    done: bool = False  # EMIT: the sequence ended (EOS or max_new_tokens)
+
+
+def check_request(prompt_ids: list[int], max_new_tokens: int) -> None:
+    if not prompt_ids:
+        raise InputError("empty prompt: give at least one token")
+    if max_new_tokens < 1:
+        raise InputError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+
+
+@dataclass
+class Decoder:
+    """One sequence's decoding state. `pos` is the position the next token takes."""
+
+    mode: Mode
+    max_new: int
+    eos: int | None  # None: run to max_new
+    pos: int  # = len(prompt) at the start
+    stats: Transmissions = field(default_factory=Transmissions)
+    epoch: int = 0
+    tokens: list[int] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # 'base' or 'side' per token
+    corrected: list[bool] = field(default_factory=list)  # a CORRECT was sent for the token
+    gates: list[float] = field(default_factory=list)  # classifier probability g_t per token
+    differs: list[bool] = field(default_factory=list)  # side consulted and disagreed (any mode)
+    finished_by: str = ""  # '' while running, then 'eos' or 'length'
+    _base: int = -1  # the backbone token of the frame in hand
+    _gate: float = 0.0
+    _pending: Act | None = None  # REQUEST or SIDE awaiting side()
+    _requested: set[int] = field(default_factory=set)  # positions whose REQUEST was counted
+
+    @property
+    def done(self) -> bool:
+        return bool(self.finished_by)
+
+    def current(self, pos: int, epoch: int) -> bool:
+        """Is a frame for (pos, epoch) the one this decoder waits for? Others are stale."""
+        return not self.done and self._pending is None and pos == self.pos and epoch == self.epoch
+
+    def frame(self, base_token: int, fire: bool, g: float = 0.0) -> Step:
+        """The backbone's token for `pos` and the gate's decision on its z_t."""
+        if self.done or self._pending is not None:
+            raise RuntimeError(f"decoder not ready for a frame: pos={self.pos} done={self.done} "
+                               f"pending={self._pending}")
+        self._base, self._gate = base_token, g
+        if not fire or self.mode.gate == "never":
+            return self._emit(base_token, "base", None)
+        if self.mode.lockstep:
+            self._pending = Act.SIDE
+            return Step(Act.SIDE, self.pos, self.epoch)
+        self._pending = Act.REQUEST
+        counted = self.pos not in self._requested
+        if counted:
+            self._requested.add(self.pos)
+            self.stats.requests += 1  # REQUEST → HIDDEN
+        return Step(Act.REQUEST, self.pos, self.epoch, counted=counted)
+
+    def side(self, side_token: int) -> Step:
+        """The side-augmented token for the position in hand."""
+        if self._pending is None:
+            raise RuntimeError(f"side token without a pending request: pos={self.pos}")
+        lockstep, self._pending = self._pending is Act.SIDE, None
+        if lockstep:
+            self.stats.lockstep += 1  # the worker waits for every TOKEN
+            return self._emit(side_token, "side", "TOKEN")
+        if side_token != self._base:
+            self.stats.corrections += 1  # CORRECT → rollback, a new epoch
+            step = self._emit(side_token, "side", "CORRECT")
+            self.epoch += 1
+            return step
+        return self._emit(side_token, "side", None)
+
+    def reopen(self) -> None:
+        """The session was re-opened with prompt + accepted tokens: a new worker, epoch 0, and
+        the position in hand (if any) comes again."""
+        self.epoch, self._pending = 0, None
+
+    def _emit(self, token: int, path: str, send: str | None) -> Step:
+        step_epoch = self.epoch
+        self.tokens.append(token)
+        self.paths.append(path)
+        self.corrected.append(send == "CORRECT")
+        self.gates.append(self._gate)
+        self.differs.append(path == "side" and token != self._base)
+        self.stats.tokens += 1
+        self.stats.side_used += path == "side"
+        pos, self.pos = self.pos, self.pos + 1
+        if self.eos is not None and token == self.eos:
+            self.finished_by = "eos"
+        elif len(self.tokens) >= self.max_new:
+            self.finished_by = "length"
+        return Step(Act.EMIT, pos, step_epoch, token, path, send, done=self.done)
