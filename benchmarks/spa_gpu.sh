@@ -2,15 +2,17 @@
 # The issue-11 XSum run on a device machine where only ~64 MiB travel per call: the GGUF backbone
 # comes in two parts over two calls (carry runs/spa_gpu/p1, then runs/spa_gpu/p2), wheels for
 # gguf / rouge-score / nltk, the tokenizer files and the data come with the first.
-#   bash benchmarks/spa_gpu.sh stage1      # carry: runs/spa_gpu/{p1,whl,tok,data}
+#   bash benchmarks/spa_gpu.sh stage1      # carry: runs/spa_gpu/{p1,whl,tok,data,src}
 #   bash benchmarks/spa_gpu.sh stage2      # carry: runs/spa_gpu/p2 — joins, converts, starts the run
 #   bash benchmarks/spa_gpu.sh wait [S]    # polls the log for up to S seconds (default 560)
-# Prepare here: split -b 50000000 SmolLM2-135M-Instruct.Q4_1.gguf part_ (see RESULTS.md §1).
+# Prepare here: split -b 50000000 SmolLM2-135M-Instruct.Q4_1.gguf part_ (see RESULTS.md §1), and
+# runs/spa_gpu/src = `git archive HEAD edge_agent cloud_worker routing spa monitoring benchmarks`
+# (a committed snapshot, not a working tree others are editing).
 set -uo pipefail
 W=/root/spa
 case "${1:-}" in
 stage1)
-  mkdir -p $W && cp runs/spa_gpu/p1/part_aa $W/ && cp -r runs/spa_gpu/whl runs/spa_gpu/tok runs/spa_gpu/data $W/
+  mkdir -p $W && cp runs/spa_gpu/p1/part_aa $W/ && cp -r runs/spa_gpu/whl runs/spa_gpu/tok runs/spa_gpu/data runs/spa_gpu/src $W/
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /root/site $W/whl/*.whl
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   PYTHONPATH=/root/site python3 -c "import torch, transformers, gguf, rouge_score; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name())"
@@ -19,7 +21,7 @@ stage2)
   cat $W/part_aa runs/spa_gpu/p2/part_ab > $W/model.gguf && md5sum $W/model.gguf
   export PYTHONPATH=/root/site HF_HUB_OFFLINE=1
   [ -d /root/smollm2 ] || python3 benchmarks/spa_gguf_to_hf.py $W/model.gguf /root/smollm2 --tokenizer $W/tok
-  rm -rf /root/repo && mkdir -p /root/repo && cp -r benchmarks edge_agent cloud_worker routing spa monitoring /root/repo/
+  rm -rf /root/repo && cp -r $W/src /root/repo
   cd /root/repo && setsid nohup bash -c "PYTHONUNBUFFERED=1 python3 benchmarks/spa_xsum.py --backbone /root/smollm2 \
     --data $W/data/xsum_1000.jsonl --out /root/spa/run --device cuda ${SPA_ARGS:-} > $W/log 2>&1; echo EXIT \$? >> $W/log" \
     > /dev/null 2>&1 < /dev/null &

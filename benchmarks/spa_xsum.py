@@ -44,13 +44,19 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     times: dict[str, float] = {}
     extra = shlex.split(args.train_args)
+    eval_extra = shlex.split(args.eval_args)
+    select_extra = shlex.split(args.select_args)
+    if "cuda" in args.device:  # many sequences per backbone forward, all training prompts
+        extra = ["--gen-batch", "256", "--rollout-prompts", "0"] + extra
+        eval_extra = ["--batch-size", "256"] + eval_extra
+        select_extra = ["--gen-batch", "256"] + select_extra
     if args.select:
         from benchmarks.spa_select import main as select
 
         t = time.time()
         chosen = select(["--backbone", args.backbone, "--data", args.data, "--split", args.train_split,
                          "--device", args.device, "--out", str(out / "select.json"),
-                         "--target-m", str(args.target_m)] + shlex.split(args.select_args))
+                         "--target-m", str(args.target_m)] + select_extra)
         times["select_s"] = round(time.time() - t, 1)
         extra = chosen + extra
     common = ["--backbone", args.backbone, "--data", args.data, "--device", args.device]
@@ -59,7 +65,7 @@ def main() -> None:
     eval_cmd = (["eval"] + common + ["--bundle", str(out / "bundle"), "--split", args.eval_split,
                                      "--limit", str(args.limit), "--json", str(out / "eval.json"),
                                      "--plot", str(out / "rouge_vs_m.png"), "--quiet"]
-                + shlex.split(args.eval_args))
+                + eval_extra)
     for name, cmd in (("train", train_cmd), ("eval", eval_cmd)):
         print("$ spa " + shlex.join(cmd), flush=True)
         t = time.time()
