@@ -120,6 +120,57 @@ if triton is not None:
             m = m_new
         tl.store(o_ptr + (b * H + h) * D + d, (acc / lsum).to(o_ptr.dtype.element_ty))
 
+    @triton.jit
+    def _paged_decode_split_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, len_ptr, acc_ptr, ml_ptr, scale,
+                                   bt_stride, H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
+                                   BS: tl.constexpr, BLOCK_N: tl.constexpr, SPLITS: tl.constexpr):
+        """FlashDecoding: split s of the row's context -> unnormalised acc, running max, sum."""
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        sp = tl.program_id(2)
+        kvh = h // (H // HKV)
+        n = tl.load(len_ptr + b)
+        part = tl.cdiv(tl.cdiv(n, SPLITS), BLOCK_N) * BLOCK_N
+        lo = sp * part
+        hi = tl.minimum(lo + part, n)
+        d = tl.arange(0, D)
+        q = tl.load(q_ptr + (b * H + h) * D + d).to(tl.float32) * scale
+        m = tl.max(tl.full([BLOCK_N], float("-inf"), tl.float32), 0)
+        lsum = tl.sum(tl.zeros([BLOCK_N], tl.float32), 0)
+        acc = tl.zeros([D], tl.float32)
+        for start in range(lo, hi, BLOCK_N):
+            t = start + tl.arange(0, BLOCK_N)
+            valid = t < hi
+            page = tl.load(bt_ptr + b * bt_stride + t // BS, mask=valid, other=0)
+            off = ((page.to(tl.int64) * BS + t % BS) * HKV + kvh) * D
+            k = tl.load(k_ptr + off[:, None] + d[None, :], mask=valid[:, None], other=0.0)
+            s = tl.sum(k.to(tl.float32) * q[None, :], 1)
+            s = tl.where(valid, s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, 0))
+            p = tl.exp(s - m_new)
+            alpha = tl.exp(m - m_new)
+            v = tl.load(v_ptr + off[:, None] + d[None, :], mask=valid[:, None], other=0.0)
+            acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), 0)
+            lsum = lsum * alpha + tl.sum(p, 0)
+            m = m_new
+        i = (b * H + h) * SPLITS + sp
+        tl.store(acc_ptr + i * D + d, acc)
+        tl.store(ml_ptr + i * 2, m)
+        tl.store(ml_ptr + i * 2 + 1, lsum)
+
+    @triton.jit
+    def _split_reduce_kernel(acc_ptr, ml_ptr, o_ptr, D: tl.constexpr, SPLITS: tl.constexpr):
+        row = tl.program_id(0)  # b * H + h
+        s = tl.arange(0, SPLITS)
+        d = tl.arange(0, D)
+        m = tl.load(ml_ptr + (row * SPLITS + s) * 2)  # (SPLITS,), -inf for empty splits
+        lsum = tl.load(ml_ptr + (row * SPLITS + s) * 2 + 1)
+        mx = tl.max(m, 0)
+        w = tl.where(m > float("-inf"), tl.exp(m - mx), 0.0)
+        acc = tl.load(acc_ptr + (row * SPLITS + s)[:, None] * D + d[None, :])  # (SPLITS, D)
+        out = tl.sum(acc * w[:, None], 0) / tl.sum(lsum * w, 0)
+        tl.store(o_ptr + row * D + d, out.to(o_ptr.dtype.element_ty))
+
 
 def paged_decode_available(head_dim: int) -> bool:
     return triton is not None and head_dim & (head_dim - 1) == 0 and head_dim >= 16
@@ -130,9 +181,28 @@ def paged_decode(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tens
     """q (B, H, hd), one query per row at the end of its context -> (B, H, hd)."""
     B, H, D = q.shape
     HKV = k_cache.shape[1]
+    q = q.contiguous()
     out = torch.empty_like(q)
-    _paged_decode_kernel[(B, H)](q.contiguous(), k_cache, v_cache, block_tables, ctx_lens, out,
-                                 scale, block_tables.stride(0), H=H, HKV=HKV, D=D, BS=block_size,
-                                 BLOCK_N=64, num_warps=4)
+    splits = decode_splits(B, H)
+    if splits == 1:
+        _paged_decode_kernel[(B, H)](q, k_cache, v_cache, block_tables, ctx_lens, out, scale,
+                                     block_tables.stride(0), H=H, HKV=HKV, D=D, BS=block_size,
+                                     BLOCK_N=64, num_warps=4)
+        return out
+    acc = torch.empty((B, H, splits, D), dtype=torch.float32, device=q.device)
+    ml = torch.empty((B, H, splits, 2), dtype=torch.float32, device=q.device)
+    _paged_decode_split_kernel[(B, H, splits)](q, k_cache, v_cache, block_tables, ctx_lens, acc, ml,
+                                               scale, block_tables.stride(0), H=H, HKV=HKV, D=D,
+                                               BS=block_size, BLOCK_N=64, SPLITS=splits, num_warps=4)
+    _split_reduce_kernel[(B * H,)](acc, ml, out, D=D, SPLITS=splits, num_warps=4)
     return out
+
+
+def decode_splits(B: int, H: int) -> int:
+    """Context splits per (row, head) so a small batch still fills the GPU (~1024 programs); a
+    power of two, at most 16. Fixed per batch size, so each captured graph has its own."""
+    s = 1
+    while s < 16 and B * H * s * 2 <= 1024:
+        s *= 2
+    return s
 

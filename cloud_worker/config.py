@@ -38,6 +38,7 @@ class WorkerConfig:
     cpu_kv_mb: int = 1024  # cpu: KV cache size (pages are touched only when used); 16–262144
     kv_tokens: int = 0  # fixed KV budget in tokens; 0 = from memory as above; 0–2^26
     cuda_graphs: bool = True  # capture decode steps as CUDA graphs (cuda only)
+    fused_kernels: bool = True  # Triton add+RMSNorm, RoPE+KV store, SiLU·up (cuda only)
     graph_max_batch: int = 256  # largest captured decode batch (buckets 1,2,4,8,16,32,…); 0–1024
     max_context: int = 0  # longest session (prompt + new tokens); 0 = the model's; 0–2^20
     engine: str = "auto"  # 'auto' (paged engine for Llama-family models, else 'hf'), 'paged', 'hf'

@@ -95,6 +95,7 @@ class LlamaModel:
             cos, sin = dec.rotary_emb(w.new_zeros(1, 1, self.head_dim), pos)  # (1, T, hd)
         self.cos, self.sin = cos[0].to(w.dtype).contiguous(), sin[0].to(w.dtype).contiguous()
         self.kv: Tensor | None = None
+        self.fused = False  # Triton kernels (fused.py): set by the model runner on cuda
 
     @property
     def dtype(self) -> torch.dtype:
@@ -118,6 +119,8 @@ class LlamaModel:
                 hidden: Tensor) -> Tensor:
         """ids, positions (N,); last (B,) index of each row's last token (None: every token is a
         row's last); hidden (L+1, B, d) is filled in place. Returns z (B, d)."""
+        if self.fused:
+            return self._forward_fused(ids, positions, a, last, hidden)
         H, Hkv, hd = self.n_heads, self.n_kv, self.head_dim
         N = ids.shape[0]
         x = F.embedding(ids, self.embed)  # (N, d)
@@ -139,6 +142,40 @@ class LlamaModel:
                 hidden[i + 1].copy_(x if last is None else x[last])
         z = rms_norm(x if last is None else x[last], self.norm, self.eps)  # (B, d)
         hidden[self.n_layers].copy_(z)
+        return z
+
+    def _forward_fused(self, ids: Tensor, positions: Tensor, a: AttnBatch, last: Tensor | None,
+                       hidden: Tensor) -> Tensor:
+        """The same computation with fused kernels. With last=None (decode) the residual stream
+        lives in `hidden` itself: layer i reads hidden[i] and writes hidden[i+1] (hidden[L] is
+        scratch until z lands there), no copies."""
+        from cloud_worker import fused
+
+        H, Hkv, hd, L = self.n_heads, self.n_kv, self.head_dim, self.n_layers
+        N = ids.shape[0]
+        x = F.embedding(ids, self.embed)  # (N, d)
+        if last is None:
+            hidden[0].copy_(x)
+            x = hidden[0]
+        else:
+            hidden[0].copy_(x[last])
+        _, h = fused.add_rms_norm(x, None, self.layers[0].w_in, self.eps)
+        for i, la in enumerate(self.layers):
+            qkv = F.linear(h, la.qkv, la.qkv_b)  # (N, (H + 2·Hkv)·hd)
+            kc, vc = self.kv[i, 0], self.kv[i, 1]
+            q = fused.rope_store(qkv, positions, self.cos, self.sin, a.slots, kc, vc, H, Hkv, hd)
+            o = attention(q, kc, vc, a, self.scale)  # (N, H, hd)
+            attn = F.linear(o.view(N, H * hd), la.o, la.o_b)
+            x, h = fused.add_rms_norm(x, attn, la.w_post, self.eps, hidden[i + 1] if last is None else None)
+            mlp = F.linear(fused.silu_mul(F.linear(h, la.gate_up, la.gate_up_b)), la.down, la.down_b)
+            if i < L - 1:
+                x, h = fused.add_rms_norm(x, mlp, self.layers[i + 1].w_in, self.eps)  # in place
+                if last is not None:
+                    hidden[i + 1].copy_(x[last])
+            else:
+                x = x + mlp
+        z = rms_norm(x if last is None else x[last], self.norm, self.eps)  # (B, d)
+        hidden[L].copy_(z)
         return z
 
     def logits(self, z: Tensor) -> Tensor:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cloud_worker import fused
 from cloud_worker.attention import AttnBatch, paged_decode_available
 from cloud_worker.backbone import Backbone
 from cloud_worker.block_manager import SCRATCH_SLOT, ZERO_SLOT, BlockManager
@@ -81,6 +82,7 @@ class ModelRunner:
                                         dtype=m.dtype, device=self.device)
             self.model.kv[:, :, : self.bs].zero_()  # block 0: the zero / scratch page
             self.decode_kernel = self.cuda and paged_decode_available(m.head_dim)
+            m.fused = self.decode_kernel and cfg.fused_kernels and fused.AVAILABLE
             log.info("paged engine: KV %d tokens (%.2f GiB), block %d", self.blocks.capacity_tokens,
                      self.model.kv.numel() * self.model.kv.element_size() / 2**30, self.bs)
         else:

@@ -221,11 +221,11 @@ def test_paged_decode_kernel_matches_reference():
         pytest.skip("Triton kernel: needs cuda (or TRITON_INTERPRET=1)")
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    for H, Hkv, D in [(4, 2, 32), (8, 8, 64)]:
-        bs, B = 8, 3
+    for H, Hkv, D, B in [(4, 2, 32, 3), (8, 8, 64, 3), (4, 2, 32, 1)]:  # the last one splits
+        bs = 8
         kc, vc = torch.randn(40 * bs, Hkv, D, device=dev), torch.randn(40 * bs, Hkv, D, device=dev)
         bt = torch.randint(1, 40, (B, 10), dtype=torch.int32, device=dev)
-        lens = torch.tensor([1, 17, 70], dtype=torch.int32, device=dev)
+        lens = torch.tensor([1, 17, 70][-B:], dtype=torch.int32, device=dev)
         q = torch.randn(B, H, D, device=dev)
         got = attention.paged_decode(q, kc, vc, bt, lens, D**-0.5, bs)
         want = attention.decode_reference(q.cpu(), kc.cpu(), vc.cpu(), bt.cpu(), lens.cpu(), bs, D**-0.5)
@@ -233,8 +233,9 @@ def test_paged_decode_kernel_matches_reference():
 
 
 def test_decode_graph_buffers_equal_reference(tiny):
-    """The CUDA-graph path (static buffers, bucketed batch sizes, padded rows writing the scratch
-    slot) with the graph replaced by a plain call: runs on cuda, or with TRITON_INTERPRET=1."""
+    """The cuda path — fused Triton kernels, split-K paged decode, CUDA graphs (static buffers,
+    bucketed batch sizes, padded rows writing the scratch slot) — equals the reference in fp32.
+    Runs on cuda, or on the CPU with TRITON_INTERPRET=1 (graphs replaced by plain calls)."""
     attention = pytest.importorskip("cloud_worker.attention")
     if attention.triton is None or not (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET")):
         pytest.skip("Triton kernel: needs cuda (or TRITON_INTERPRET=1)")
@@ -245,9 +246,9 @@ def test_decode_graph_buffers_equal_reference(tiny):
                                               graph_max_batch=6))
     runner = sched.runner
     if not runner.cuda:
-        runner.decode_kernel = True
+        runner.decode_kernel = runner.model.fused = True
         runner._capture()
-    assert sorted(runner.graphs) == [1, 2, 4, 6]
+    assert sorted(runner.graphs) == [1, 2, 4, 6] and runner.model.fused
     prompts = _prompts(7)
     opens = [_open(bb, p, max_new=10, mode="spa", wire_layers=[0, 2]) for p in prompts]
     for m in opens[:2]:
@@ -259,3 +260,9 @@ def test_decode_graph_buffers_equal_reference(tiny):
     ref = ReferenceGenerator(bb, None)
     for m, p in zip(opens, prompts, strict=True):
         assert _generated(sched, m) == ref.generate(p, 10, "base", stop_at_eos=False).tokens
+    s = sched.sessions[opens[3].session]  # the ring holds what HF computes at each position
+    out = bb.forward(torch.tensor([s.seq[:-1]], device=bb.device))
+    assert len(s.ring) == 10
+    for pos, hid in s.ring.items():
+        want = torch.stack([out.hidden[i][0, pos - 1] for i in (0, 2)]).half()
+        assert (hid.float() - want.float()).abs().max() < 1e-2
