@@ -24,17 +24,29 @@ import zmq.asyncio
 from edge_agent.decoding import Act, Decoder, check_request
 from edge_agent.edge_model import EdgeModel
 from monitoring import metrics
-from routing.errors import SpaError
+from routing import security
+from routing.errors import ErrorCode, SpaError
 from routing.modes import Mode
-from routing.protocol import ProtocolError, decode, encode, msg
+from routing.protocol import (
+    MAX_AGENT_SESSIONS,
+    MsgType,
+    ProtocolError,
+    decode,
+    encode,
+    error,
+    msg,
+)
 from routing.sampling import Sampling
 from routing.transmissions import Transmissions
 
 WINDOW = 8  # tokens the worker may decode past the last ACK; sane range 1–64
-# Error codes after which a session is replayed on another worker (until routing/errors.py
-# says which codes are retryable); BUSY only while a replay is under way.
-RETRYABLE = frozenset({"WORKER_LOST", "UNKNOWN_SESSION", "BROKER_RESTARTED"})
-RETRYABLE_IN_REPLAY = frozenset({"BUSY"})
+HEARTBEAT_S = 1.0  # agent → broker lease renewal; sane range 0.2–10 s (well under the lease)
+TO_AGENT = frozenset({MsgType.FRAME, MsgType.HIDDEN, MsgType.DONE, MsgType.ERROR, MsgType.HEARTBEAT})
+HWM = 100_000  # ZeroMQ high-water marks of the agent's socket (messages); sane range 1k–1M
+# Error codes after which a session is replayed (ErrorCode.retryable); refusals of an OPEN
+# (BUSY, NO_WORKER) only while a replay is under way: a new session's refusal is the caller's.
+RETRYABLE_IN_REPLAY = frozenset({ErrorCode.BUSY, ErrorCode.NO_WORKER})
+RETRYABLE = frozenset(c for c in ErrorCode if c.retryable) - RETRYABLE_IN_REPLAY
 
 
 class SessionError(SpaError):
@@ -261,21 +273,35 @@ class Stream:
 
 
 class EdgeAgent:
-    """One process's connection to the broker, shared by all its sessions."""
+    """One process's connection to the broker, shared by all its sessions.
 
-    def __init__(self, edge: EdgeModel, broker: str, window: int = WINDOW) -> None:
+    A receive task hands each message to its session's queue (a message that fails validation
+    is counted and dropped: it cannot end the task). A heartbeat task lists the sessions this
+    agent holds every `heartbeat_s`: the broker renews their leases, moves them to our current
+    routing id (a reconnect keeps them) and answers UNKNOWN_SESSION for any it lost; a new
+    broker instance id in its answer means it restarted, and every session replays."""
+
+    def __init__(self, edge: EdgeModel, broker: str, window: int = WINDOW,
+                 keys: security.ClientKeys | None = None, heartbeat_s: float = HEARTBEAT_S) -> None:
         if edge.tokenizer is None:
             raise SpaError("the edge bundle has no tokenizer")
         self.edge, self.tokenizer, self.window = edge, edge.tokenizer, window
+        self.heartbeat_s = heartbeat_s
         self.ctx = zmq.asyncio.Context.instance()
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.SNDHWM, 0)
-        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.setsockopt(zmq.SNDHWM, HWM)
+        self.sock.setsockopt(zmq.RCVHWM, HWM)
+        if keys is not None:
+            security.connect_as(self.sock, keys)  # the session owner is our key
+        else:  # plaintext: a random, stable routing id, so a reconnect keeps our sessions
+            self.sock.setsockopt(zmq.IDENTITY, os.urandom(16))
         self.sock.connect(broker)
         self.sessions: dict[bytes, Stream] = {}
         self.bad_messages = 0
-        self._reader: asyncio.Task | None = None
+        self.broker_id: bytes | None = None
+        self.broker_restarts = 0
+        self._tasks: list[asyncio.Task] = []
 
     async def send(self, m, stream: Stream | None) -> None:
         frames = encode(m)
@@ -289,20 +315,43 @@ class EdgeAgent:
         while True:
             frames = await self.sock.recv_multipart(copy=False)
             try:
-                m = decode(frames)
+                self._deliver(frames)
             except ProtocolError as e:
                 self.bad_messages += 1
                 metrics.ERRORS.labels("agent", e.code).inc()
-                continue
-            n = sum(len(f.buffer) for f in frames)
-            metrics.count_message("agent", m.type, "in", n)
-            s = self.sessions.get(m.session) if m.session else None
-            if s is not None:
-                s.stats.bytes_down += n
+            except Exception:  # nothing a message holds may end the receive task
+                self.bad_messages += 1
+                metrics.ERRORS.labels("agent", ErrorCode.INTERNAL).inc()
+
+    def _deliver(self, frames: list) -> None:
+        m = decode(frames)
+        if m.type not in TO_AGENT:
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"an agent does not take {m.type.value}")
+        n = sum(len(f.buffer) for f in frames)
+        metrics.count_message("agent", m.type, "in", n)
+        if m.type is MsgType.HEARTBEAT:
+            instance = m.get("broker")
+            if instance is not None and self.broker_id not in (None, instance):
+                self._broadcast(ErrorCode.BROKER_RESTARTED, "the broker restarted")
+            self.broker_id = instance or self.broker_id
+            return
+        s = self.sessions.get(m.session) if m.session else None
+        if s is not None:
+            s.stats.bytes_down += n
+            s.queue.put_nowait(m)
+        elif m.type is MsgType.ERROR and m.session is None:
+            for s in list(self.sessions.values()):  # a connection-wide error reaches everyone
                 s.queue.put_nowait(m)
-            elif m.type == "ERROR" and m.session is None:
-                for s in self.sessions.values():  # a connection-wide error reaches everyone
-                    s.queue.put_nowait(m)
+
+    def _broadcast(self, code: ErrorCode, detail: str) -> None:
+        self.broker_restarts += code is ErrorCode.BROKER_RESTARTED
+        for sid, s in list(self.sessions.items()):
+            s.queue.put_nowait(error(code, detail, sid))
+
+    async def _beat(self) -> None:
+        while True:
+            await self.send(msg(MsgType.HEARTBEAT, sessions=list(self.sessions)[:MAX_AGENT_SESSIONS]), None)
+            await asyncio.sleep(self.heartbeat_s)
 
     def generate(self, prompt: str | list[int], max_new_tokens: int = 48, mode: str | Mode = "spa",
                  sampling: Sampling | None = None, window: int | None = None) -> Stream:
@@ -311,11 +360,14 @@ class EdgeAgent:
         check_request(ids, max_new_tokens)
         if not self.edge.supports(mode):
             self.edge.head_for(mode)  # raises with the reason
-        if self._reader is None or self._reader.done():
-            self._reader = asyncio.get_running_loop().create_task(self._read())
+        if not self._tasks or any(t.done() for t in self._tasks):
+            for t in self._tasks:
+                t.cancel()
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._read()), loop.create_task(self._beat())]
         return Stream(self, ids, max_new_tokens, mode, sampling or Sampling(), window or self.window)
 
     async def close(self) -> None:
-        if self._reader is not None:
-            self._reader.cancel()
+        for t in self._tasks:
+            t.cancel()
         self.sock.close(0)
