@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from edge_agent.agent import EdgeAgent, RetryPolicy
+from edge_agent.agent import EdgeAgent, RetryPolicy, SessionError
 from edge_agent.bundle import load_bundle
 from edge_agent.data import load_examples
 from edge_agent.reference import ReferenceGenerator
@@ -19,6 +19,7 @@ from spa.stack import LocalStack
 
 MODES = ("spa", "base", "full", "choice")
 USERS, MAX_NEW, FAULTS = 12, 40, 5
+CAPACITY = 8  # per worker: with one worker down, 12 users do not fit: replays meet BUSY
 
 
 @pytest.fixture(scope="module")
@@ -33,17 +34,24 @@ def test_chaos_every_session_equals_the_reference(backbone_dir, backbone, bundle
     rng = random.Random(7)
     faults: list[str] = []
     finished: list[tuple] = []  # (prompt index, mode, stream, pieces)
+    refused: list[str] = []  # new sessions refused (BUSY, NO_WORKER): the user tries again
 
-    with LocalStack(backbone_dir, workers=2, log_dir=tmp_path, worker_args=("--max-sessions", "16")) as stack:
+    with LocalStack(backbone_dir, workers=2, log_dir=tmp_path, worker_args=("--max-sessions", str(CAPACITY))) as stack:
         async def user(agent, k: int, stop: asyncio.Event) -> None:
             n = 0
             while not stop.is_set():
                 i, mode = (k + n) % len(prompts), MODES[(k + n) % len(MODES)]
                 n += 1
                 stream, pieces = agent.generate(prompts[i], MAX_NEW, mode), []
-                async for piece in stream:
-                    pieces.append(piece)
-                    await asyncio.sleep(0.01)  # a device that reads at its own pace
+                try:
+                    async for piece in stream:
+                        pieces.append(piece)
+                        await asyncio.sleep(0.01)  # a device that reads at its own pace
+                except SessionError as e:
+                    assert e.code in ("BUSY", "NO_WORKER") and not pieces, e  # only a new one's refusal
+                    refused.append(e.code)
+                    await asyncio.sleep(0.2)
+                    continue
                 finished.append((i, mode, stream, pieces))
 
         async def chaos(stop: asyncio.Event) -> None:
@@ -89,6 +97,7 @@ def test_chaos_every_session_equals_the_reference(backbone_dir, backbone, bundle
         replays += stream.stats.replays
     print(f"\nchaos: {len(finished)} sessions, faults: {', '.join(faults)}; {replays} replays, "
           f"{sum(len(s.tokens) for _, _, s, _ in finished)} tokens, {lost} tokens lost, "
+          f"{len(refused)} new sessions refused and retried, "
           f"{time.monotonic() - started:.0f}s")
     assert len(faults) == FAULTS and replays > 0 and lost == 0
     assert len(finished) >= USERS * 2
