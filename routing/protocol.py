@@ -115,10 +115,12 @@ class Bytes:
 
 
 @dataclass(frozen=True)
-class IntList:
+class ListOf:
+    """A list of `item`s, its length within [min_len, max_len]."""
+
+    item: object
     min_len: int
     max_len: int
-    item: Int = Int()
     unique: bool = False
 
     def check(self, v: object) -> str | None:
@@ -126,26 +128,13 @@ class IntList:
             return f"is {type(v).__name__}, expected a list"
         if not self.min_len <= len(v) <= self.max_len:
             return f"has {len(v)} items, allowed {self.min_len}–{self.max_len}"
-        lo, hi = self.item.lo, self.item.hi
+        check = self.item.check
         for i, x in enumerate(v):
-            if type(x) is not int or not lo <= x <= hi:
-                return f"[{i}] = {x!r:.32} is not an int in [{lo}, {hi}]"
+            if (why := check(x)) is not None:
+                return f"[{i}] {why}"
         if self.unique and len(set(v)) != len(v):
             return "has repeated items"
         return None
-
-
-@dataclass(frozen=True)
-class SessionList:
-    max_len: int
-
-    def check(self, v: object) -> str | None:
-        if type(v) is not list:
-            return f"is {type(v).__name__}, expected a list"
-        if len(v) > self.max_len:
-            return f"has {len(v)} items > {self.max_len}"
-        bad = next((x for x in v if type(x) is not bytes or len(x) != SESSION_BYTES), None)
-        return None if bad is None else f"holds {bad!r:.40}, not a {SESSION_BYTES}-byte session id"
 
 
 @dataclass(frozen=True)
@@ -192,10 +181,10 @@ class Spec:
 
 A, W, B = Role.AGENT, Role.WORKER, Role.BROKER
 SPECS: dict[MsgType, Spec] = {
-    MsgType.OPEN: Spec({"session": SESSION, "prompt": IntList(1, MAX_PROMPT),
+    MsgType.OPEN: Spec({"session": SESSION, "prompt": ListOf(TOKEN_ID, 1, MAX_PROMPT),
                         "max_new_tokens": Int(1, MAX_NEW), "mode": Str(16, tuple(m.value for m in Mode)),
                         "window": Int(1, MAX_WINDOW), "sampling": SAMPLING, "fingerprint": FINGERPRINT,
-                        "wire_layers": IntList(0, MAX_WIRE_LAYERS, Int(0, MAX_WIRE_LAYERS), unique=True),
+                        "wire_layers": ListOf(Int(0, MAX_WIRE_LAYERS), 0, MAX_WIRE_LAYERS, unique=True),
                         "eos": Optional(TOKEN_ID)}, frozenset({A})),
     MsgType.FRAME: Spec({"session": SESSION, "pos": POS, "epoch": EPOCH, "token": TOKEN_ID},
                         frozenset({W}), (1, 2)),
@@ -216,9 +205,9 @@ SPECS: dict[MsgType, Spec] = {
     # broker → both (its instance id: a new id means it restarted and forgot every session).
     MsgType.HEARTBEAT: Spec({}, frozenset({A, W, B}),
                             optional={"load": Int(0, 1 << 20), "broker": Bytes(8),
-                                      "sessions": SessionList(MAX_AGENT_SESSIONS)}),
+                                      "sessions": ListOf(SESSION, 0, MAX_AGENT_SESSIONS)}),
     MsgType.RECONNECT: Spec({}, frozenset({B}), optional={"broker": Bytes(8)}),
-    MsgType.BATCH: Spec({"counts": IntList(1, MAX_BATCH, Int(1, MAX_TENSORS + 1))}, frozenset({B})),
+    MsgType.BATCH: Spec({"counts": ListOf(Int(1, MAX_TENSORS + 1), 1, MAX_BATCH)}, frozenset({B})),
 }
 SESSION_TYPES = frozenset(t for t, s in SPECS.items() if "session" in s.fields)
 _TYPES = {t.value: t for t in MsgType}
