@@ -262,7 +262,21 @@ def test_fuzzed_messages_are_answered_and_nothing_dies(stack, backbone, edge, pr
         assert got.type is MsgType.ERROR and got["code"] == expected, (header, got.fields)
         sent["answered"] += 1
 
+    import threading
+
+    errors: list[BaseException] = []
+
+    def valid_sessions_meanwhile():
+        try:
+            assert_serving(stack, backbone, edge, prompts)
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    serving = threading.Thread(target=valid_sessions_meanwhile)
+    serving.start()
     fuzz()
+    serving.join(180)
+    assert not serving.is_alive() and not errors, errors
     # the harmful values of old, now refused before use
     sid = os.urandom(16)
     fuzzer.send_multipart(encode(open_msg(prompts[0], backbone.fingerprint, sid, max_new_tokens=3)))
@@ -327,6 +341,29 @@ def test_worker_survives_fuzzing_from_its_broker_side(backbone_dir, backbone, tm
                   msg(MsgType.TOKEN, session=sid, pos=n, epoch=0, token=2**40)):
             assert ask(encode(m))["code"] == ErrorCode.BAD_MESSAGE
         assert proc.poll() is None, "the worker died"
+        templates = [encode(open_msg([1, 2, 3], fp)), encode(msg(MsgType.ACK, session=sid, pos=n)),
+                     encode(msg(MsgType.REQUEST, session=sid, pos=n, epoch=0)),
+                     encode(msg(MsgType.CORRECT, session=sid, pos=n, epoch=0, token=1))]
+        answered = [0]
+
+        @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(i=st.integers(0, len(templates) - 1),
+               key=st.sampled_from(["v", "type", "session", "pos", "prompt", "token", "wire_layers",
+                                    "sampling", "tensors", "x"]), value=_values)
+        def fuzz(i, key, value):
+            header = msgpack.unpackb(bytes(templates[i][0]), raw=False)
+            header[key] = value
+            frames_ = [msgpack.packb(header, use_bin_type=True)]
+            try:
+                decode(frames_)
+                return
+            except ProtocolError as e:
+                expected = e.code
+            assert ask(frames_)["code"] == expected
+            answered[0] += 1
+
+        fuzz()
+        assert answered[0] > 20 and proc.poll() is None, "the worker died"
         sid2 = os.urandom(16)  # and it still serves
         first = ask(encode(open_msg(backbone.encode("hello"), fp, sid2, max_new_tokens=2)), MsgType.FRAME)
         assert first.session == sid2
