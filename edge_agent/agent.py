@@ -94,10 +94,13 @@ class RetryPolicy:
 RETRY = RetryPolicy()  # EdgeAgent may carry its own as `agent.retry`
 
 
+SILENCE = "SILENCE"  # not a wire type: what _get returns when a session heard nothing
+
+
 class _Silence:
     """Stands in for a message when a session heard nothing for `silence_s`."""
 
-    type = "SILENCE"
+    type = SILENCE
     session = None
 
 
@@ -133,9 +136,9 @@ class Stream:
         old, self.id = self.id, os.urandom(16)
         agent.sessions.pop(old, None)
         if close_old:
-            await agent.send(msg("CLOSE", session=old), None)
+            await agent.send(msg(MsgType.CLOSE, session=old), None)
         agent.sessions[self.id] = self
-        await agent.send(msg("OPEN", session=self.id, prompt=self.prompt_ids + self.tokens,
+        await agent.send(msg(MsgType.OPEN, session=self.id, prompt=self.prompt_ids + self.tokens,
                              max_new_tokens=self.max_new - len(self.tokens), mode=self.mode.value,
                              window=self.window, sampling=self.sampling.to_dict(),
                              fingerprint=edge.fingerprint, wire_layers=edge.wire_layers(self.mode),
@@ -164,15 +167,15 @@ class Stream:
         try:
             while True:
                 m = backlog.popleft() if backlog else await self._get(policy.silence_s)
-                if m.type == "SILENCE" or (m.type == "ERROR" and retryable(m["code"], failures > 0)):
-                    code = "TIMEOUT" if m.type == "SILENCE" else m["code"]
+                if m.type is SILENCE or (m.type is MsgType.ERROR and retryable(m["code"], failures > 0)):
+                    code = ErrorCode.TIMEOUT if m.type is SILENCE else m["code"]
                     failures += 1
                     if failures == 1:
                         streak_t0 = time.monotonic()
                     if (failures > policy.max_attempts
                             or time.monotonic() - streak_t0 > policy.deadline_s):
                         metrics.ERRORS.labels("agent", code).inc()
-                        detail = m["detail"] if m.type == "ERROR" else f"silent {policy.silence_s}s"
+                        detail = m["detail"] if m.type is MsgType.ERROR else f"silent {policy.silence_s}s"
                         raise SessionError(code, f"{detail}; gave up after {failures - 1} replays "
                                            f"at pos={dec.pos}", self.id)
                     await asyncio.sleep(policy.delay(failures))
@@ -180,12 +183,12 @@ class Stream:
                     metrics.REPLAYS.inc()
                     dec.reopen()
                     backlog.clear()
-                    await self._open(close_old=m.type == "SILENCE")
+                    await self._open(close_old=True)  # harmless if gone, frees it if not
                     continue
-                if m.type == "ERROR":
+                if m.type is MsgType.ERROR:
                     metrics.ERRORS.labels("agent", m["code"]).inc()
                     raise SessionError(m["code"], m["detail"], self.id)
-                if m.type != "FRAME":
+                if m.type is not MsgType.FRAME:
                     continue  # a HIDDEN for an abandoned request, a DONE, …
                 if not dec.current(m["pos"], m["epoch"]):
                     self.stats.stale_frames += 1
@@ -197,7 +200,7 @@ class Stream:
                     fire, g = edge.gate(mode, z)
                 step = dec.frame(m["token"], fire, g)
                 if step.act is Act.REQUEST:
-                    await agent.send(msg("REQUEST", session=self.id, pos=step.pos,
+                    await agent.send(msg(MsgType.REQUEST, session=self.id, pos=step.pos,
                                          epoch=step.epoch), self)
                     if step.counted:
                         metrics.BLOCKING.labels(mode.value, "request").inc()
@@ -213,15 +216,15 @@ class Stream:
                     started = time.perf_counter()
                     step = dec.side(edge.side_token(mode, z, wire, self.sampling, step.pos))
                     metrics.SIDE_COMPUTE.labels(mode.value).observe(time.perf_counter() - started)
-                if step.send == "TOKEN":
+                if step.send is MsgType.TOKEN:
                     metrics.BLOCKING.labels(mode.value, "lockstep").inc()
-                    await agent.send(msg("TOKEN", session=self.id, pos=step.pos, epoch=step.epoch,
+                    await agent.send(msg(MsgType.TOKEN, session=self.id, pos=step.pos, epoch=step.epoch,
                                          token=step.token), self)
-                elif step.send == "CORRECT":
+                elif step.send is MsgType.CORRECT:
                     metrics.BLOCKING.labels(mode.value, "correct").inc()
-                    await agent.send(msg("CORRECT", session=self.id, pos=step.pos,
+                    await agent.send(msg(MsgType.CORRECT, session=self.id, pos=step.pos,
                                          epoch=step.epoch, token=step.token), self)
-                    backlog = deque(x for x in backlog if x.type == "ERROR")
+                    backlog = deque(x for x in backlog if x.type is MsgType.ERROR)
                 failures = 0
                 metrics.TOKENS.labels(mode.value, step.path).inc()
                 now = time.perf_counter()
@@ -233,7 +236,7 @@ class Stream:
                     metrics.ITL.labels(mode.value).observe(now - last)
                 last = now
                 if not step.done and not mode.lockstep and self.queue.empty() and not backlog:
-                    await agent.send(msg("ACK", session=self.id, pos=step.pos), self)  # cumulative
+                    await agent.send(msg(MsgType.ACK, session=self.id, pos=step.pos), self)  # cumulative
                 yield Piece(self._detokenize(), step.token, step.path, step.pos)
                 if step.done:
                     outcome = dec.finished_by
@@ -247,7 +250,7 @@ class Stream:
             metrics.SESSIONS_FINISHED.labels(mode.value, outcome).inc()
             metrics.ACTIVE_SESSIONS.labels("agent").dec()
             agent.sessions.pop(self.id, None)
-            await agent.send(msg("CLOSE", session=self.id), None)
+            await agent.send(msg(MsgType.CLOSE, session=self.id), None)
 
     def _detokenize(self) -> str:
         """Incremental detokenization: the text the last token adds, from a short tail (byte-level
@@ -264,9 +267,9 @@ class Stream:
     async def _await_hidden(self, pos: int, epoch: int, backlog: deque, policy: RetryPolicy):
         while True:
             m = await self._get(policy.silence_s)
-            if m.type == "HIDDEN" and m["pos"] == pos and m["epoch"] == epoch:
+            if m.type is MsgType.HIDDEN and m["pos"] == pos and m["epoch"] == epoch:
                 return m
-            if m.type in ("ERROR", "SILENCE"):  # handled by the main loop (a replay, or raised)
+            if m.type in (MsgType.ERROR, SILENCE):  # handled by the main loop (a replay, or raised)
                 backlog.appendleft(m)
                 return None
             backlog.append(m)  # frames decoded ahead meanwhile

@@ -23,6 +23,7 @@ from enum import StrEnum
 
 from routing.errors import InputError
 from routing.modes import Mode
+from routing.protocol import MsgType
 from routing.transmissions import Transmissions
 
 
@@ -39,7 +40,7 @@ class Step:
     epoch: int
     token: int = -1  # EMIT: the token accepted at `pos`
     path: str = "base"  # EMIT: 'base' or 'side'
-    send: str | None = None  # EMIT: None, 'CORRECT' (rollback) or 'TOKEN' (lockstep)
+    send: MsgType | None = None  # EMIT: None, CORRECT (rollback) or TOKEN (lockstep)
     counted: bool = False  # REQUEST: counted in M (False for a replay's repeat)
     done: bool = False  # EMIT: the sequence ended (EOS or max_new_tokens)
 
@@ -105,10 +106,10 @@ class Decoder:
         lockstep, self._pending = self._pending is Act.SIDE, None
         if lockstep:
             self.stats.lockstep += 1  # the worker waits for every TOKEN
-            return self._emit(side_token, "side", "TOKEN")
+            return self._emit(side_token, "side", MsgType.TOKEN)
         if side_token != self._base:
             self.stats.corrections += 1  # CORRECT → rollback, a new epoch
-            step = self._emit(side_token, "side", "CORRECT")
+            step = self._emit(side_token, "side", MsgType.CORRECT)
             self.epoch += 1
             return step
         return self._emit(side_token, "side", None)
@@ -118,11 +119,11 @@ class Decoder:
         the position in hand (if any) comes again."""
         self.epoch, self._pending = 0, None
 
-    def _emit(self, token: int, path: str, send: str | None) -> Step:
+    def _emit(self, token: int, path: str, send: MsgType | None) -> Step:
         step_epoch = self.epoch
         self.tokens.append(token)
         self.paths.append(path)
-        self.corrected.append(send == "CORRECT")
+        self.corrected.append(send is MsgType.CORRECT)
         self.gates.append(self._gate)
         self.differs.append(path == "side" and token != self._base)
         self.stats.tokens += 1

@@ -111,7 +111,7 @@ class LocalStack:
         """Until the broker has every worker registered (asked over a probe socket)."""
         import zmq
 
-        from routing.protocol import decode, encode, msg
+        from routing.protocol import MsgType, decode, encode, msg
 
         ctx = zmq.Context.instance()
         deadline = time.monotonic() + timeout
@@ -127,7 +127,7 @@ class LocalStack:
 
                 connect_as(s, ClientKeys.from_dir(self.key_dir, "agent", "probe"))
             s.connect(self.agents_addr)
-            s.send_multipart(encode(msg("OPEN", session=os.urandom(16), prompt=[0], max_new_tokens=1,
+            s.send_multipart(encode(msg(MsgType.OPEN, session=os.urandom(16), prompt=[0], max_new_tokens=1,
                                         mode="base", window=1, sampling={}, fingerprint="probe",
                                         wire_layers=[], eos=None)))
             if s.poll(500):
