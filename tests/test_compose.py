@@ -63,8 +63,12 @@ def test_services_profiles_and_dependencies():
         assert deps["broker"]["condition"] == "service_healthy"
         assert deps["model-builder"]["condition"] == "service_completed_successfully"
     assert SERVICES["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+    assert SERVICES["broker"]["depends_on"]["keygen"]["condition"] == "service_completed_successfully"
+    for name in ("broker", "cloud-worker", "cloud-worker-gpu", "edge-agent"):  # no plaintext
+        cmd = SERVICES[name]["command"]
+        assert "--plaintext" not in cmd and cmd[cmd.index("--keys") + 1] == KEYS
     for name, svc in SERVICES.items():
-        if name != "model-builder":
+        if name not in ("model-builder", "keygen"):
             assert "healthcheck" in svc, f"{name} has no healthcheck"
 
 
@@ -116,6 +120,9 @@ def test_committed_dashboard_is_the_generated_one():
 
 
 # ---------------------------------------------------------------- the stack, as processes
+KEYS = "/run/secrets/spa-keys"
+
+
 class LocalCompose:
     """compose.yaml's commands as local processes: hosts -> 127.0.0.1, each port -> a free one
     (the same everywhere it appears), /models -> a directory, /etc/prometheus -> a copy."""
@@ -136,7 +143,7 @@ class LocalCompose:
         for host in self.hosts:
             arg = arg.replace(f"//{host}:", "//127.0.0.1:")
         arg = re.sub(r":(\d{4,5})\b", lambda m: f":{self.ports.get(int(m[1]), int(m[1]))}", arg)
-        return arg.replace("/models", str(self.models))
+        return arg.replace("/models", str(self.models)).replace(KEYS, str(self.tmp / "keys"))
 
     def argv(self, words: list[str]) -> list[str]:
         assert words[0] == "spa", words
@@ -212,6 +219,9 @@ def test_compose_services_run_as_local_processes(tmp_path, backbone_dir, bundle_
     shutil.copytree(bundle_dir, models / "bundle")
     shutil.copy(tasks_file, models / "tasks.jsonl")
     stack = LocalCompose(tmp_path, models)
+    keygen = subprocess.run(stack.argv(SERVICES["keygen"]["command"]), capture_output=True, text=True,
+                            timeout=60)
+    assert keygen.returncode == 0 and (tmp_path / "keys" / "broker.key_secret").is_file(), keygen.stderr
 
     builder = subprocess.run(stack.argv(SERVICES["model-builder"]["command"]), capture_output=True,
                              text=True, timeout=120)
