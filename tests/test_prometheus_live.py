@@ -72,7 +72,10 @@ def live(backbone_dir, bundle_dir, tasks_file, prometheus_bin, tmp_path_factory)
                 assert time.monotonic() < deadline, prom.targets_up()
                 time.sleep(0.2)
             # one malformed message: the errors panel has something to show
+            from routing.security import connect_as
+
             s = zmq.Context.instance().socket(zmq.DEALER)
+            connect_as(s, stack.agent_keys)
             s.connect(stack.agents_addr)
             s.send_multipart([b"not msgpack"])
             assert s.poll(5000), "the broker did not answer a malformed message"
