@@ -3,7 +3,10 @@
 # comes in two parts over two calls (carry runs/spa_gpu/p1, then runs/spa_gpu/p2), wheels for
 # gguf / rouge-score / nltk, the tokenizer files and the data come with the first.
 #   bash benchmarks/spa_gpu.sh stage1      # carry: runs/spa_gpu/{p1,whl,tok,data,src}
-#   bash benchmarks/spa_gpu.sh stage2      # carry: runs/spa_gpu/p2 — joins, converts, starts the run
+#   bash benchmarks/spa_gpu.sh stage2 fg   # carry: runs/spa_gpu/p2 — joins, converts, runs train +
+#                                          # eval in this call (about 3-4 min on an H200)
+#   bash benchmarks/spa_gpu.sh stage2      # the same, in the background (SPA_ARGS=--select: with
+#                                          # the dev-split selection first, about 12 min), then:
 #   bash benchmarks/spa_gpu.sh wait [S]    # polls the log for up to S seconds (default 560)
 # Prepare here: split -b 50000000 SmolLM2-135M-Instruct.Q4_1.gguf part_ (see RESULTS.md §1), and
 # runs/spa_gpu/src = `git archive HEAD edge_agent cloud_worker routing spa monitoring benchmarks`
@@ -21,8 +24,15 @@ stage2)
   cat $W/part_aa runs/spa_gpu/p2/part_ab > $W/model.gguf && md5sum $W/model.gguf
   export PYTHONPATH=/root/site HF_HUB_OFFLINE=1
   [ -d /root/smollm2 ] || python3 benchmarks/spa_gguf_to_hf.py $W/model.gguf /root/smollm2 --tokenizer $W/tok
-  rm -rf /root/repo && cp -r $W/src /root/repo
-  cd /root/repo && setsid nohup bash -c "PYTHONUNBUFFERED=1 python3 benchmarks/spa_xsum.py --backbone /root/smollm2 \
+  rm -rf /root/repo && cp -r $W/src /root/repo && cd /root/repo
+  if [ "${2:-}" = fg ]; then  # in this call: no third call needed (the machine may be gone by then)
+    mkdir -p "${OUT:-/tmp/out}"
+    PYTHONUNBUFFERED=1 timeout ${FG_TIMEOUT:-540} python3 benchmarks/spa_xsum.py --backbone /root/smollm2 \
+      --data $W/data/xsum_1000.jsonl --out /root/spa/run --device cuda ${SPA_ARGS:-} 2>&1 | tee $W/log
+    cp $W/run/*.json $W/run/*.png $W/run/bundle/bundle.json "${OUT:-/tmp/out}/" 2>/dev/null
+    exit 0
+  fi
+  setsid nohup bash -c "PYTHONUNBUFFERED=1 python3 benchmarks/spa_xsum.py --backbone /root/smollm2 \
     --data $W/data/xsum_1000.jsonl --out /root/spa/run --device cuda ${SPA_ARGS:-} > $W/log 2>&1; echo EXIT \$? >> $W/log" \
     > /dev/null 2>&1 < /dev/null &
   sleep 5; cat $W/log ;;

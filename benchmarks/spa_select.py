@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> list[str]:
     backbone = Backbone.load(args.backbone, args.device)
     base = TrainConfig(target_m=args.target_m, max_prompt_tokens=args.max_prompt_tokens,
                        gen_batch=args.gen_batch, rollout_prompts=args.rollout_prompts,
-                       rollout_tokens=args.rollout_tokens, width=backbone.d_model // 8)
+                       rollout_tokens=args.rollout_tokens, width=backbone.d_model // 8,
+                       dropout=0.0, weight_decay=0.05, lr=2e-3, overrides={})  # issue 11's start
     train_ex, dev_ex = split_dev(split(load_examples(args.data), args.split), base)
     f_train = extract_features(backbone, train_ex, None, base, progress=False)
     f_dev = extract_features(backbone, dev_ex, None, base, progress=False)

@@ -40,7 +40,7 @@ def cmd_train(args) -> None:
                       clf_epochs=args.clf_epochs, lr=args.lr, width=args.width, every=args.every,
                       gates=args.gates, seed=args.seed, max_prompt_tokens=args.max_prompt_tokens,
                       layers=layers, warm_start=not args.no_warm_start,
-                      overrides=parse_overrides(args.side_overrides),
+                      **({"overrides": parse_overrides(args.side_overrides)} if args.side_overrides else {}),
                       **{k: getattr(args, k) for k in _TRAIN_TUNABLES if getattr(args, k) is not None})
     examples = split(load_examples(args.data), args.split)
     backbone = Backbone.load(args.backbone, args.device)
@@ -196,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--lambda", dest="lam", type=float, default=0.05)
     q.add_argument("--epochs", type=int, default=10)
     q.add_argument("--clf-epochs", type=int, default=6)
-    q.add_argument("--lr", type=float, default=2e-3)
+    q.add_argument("--lr", type=float, default=1e-3)
     q.add_argument("--width", type=int, default=0, help="side width r (0 = d/8)")
     q.add_argument("--every", type=int, default=1, help="use every k-th backbone layer")
     q.add_argument("--gates", action="store_true", help="LST-style learned gates")

@@ -1,0 +1,69 @@
+"""Batched generator against the one-sequence reference generator, side by side in one run:
+tokens per second (median of --reps) and whether every sequence is token-for-token the same.
+
+    python benchmarks/spa_batched_speed.py --backbone DIR [--bundle DIR] --data xsum_1000.jsonl \
+        --prompts 16 --max-new-tokens 32 --modes base,full,spa [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", required=True)
+    p.add_argument("--bundle")
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="800:")
+    p.add_argument("--prompts", type=int, default=16)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-prompt-tokens", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--modes", default="base")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+
+    import torch
+
+    from cloud_worker.backbone import Backbone
+    from edge_agent.batched import BatchConfig, BatchedGenerator
+    from edge_agent.bundle import load_bundle
+    from edge_agent.data import load_examples, split
+    from edge_agent.reference import ReferenceGenerator
+    from routing.modes import parse_modes
+
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    bb = Backbone.load(args.backbone, args.device)
+    edge = load_bundle(args.bundle, bb.fingerprint).to(bb.device) if args.bundle else None
+    exs = split(load_examples(args.data), args.split)[: args.prompts]
+    prompts = [ex.prompt_ids(bb.tokenizer, args.max_prompt_tokens) for ex in exs]
+    ref = ReferenceGenerator(bb, edge)
+    batched = BatchedGenerator(bb, edge, BatchConfig(args.batch_size, progress=False))
+    print(f"{bb.source} on {args.device} ({bb.dtype}), {len(prompts)} prompts ≤ {args.max_prompt_tokens} "
+          f"tokens, ≤ {args.max_new_tokens} new, batch {args.batch_size}, median of {args.reps}")
+    print("| mode | reference tok/s | batched tok/s | speed-up | same tokens |\n|---|---:|---:|---:|---|")
+    for mode in parse_modes(args.modes):
+        rates = {"ref": [], "bat": []}
+        for _ in range(args.reps):
+            t = time.perf_counter()
+            r = [ref.generate(q, args.max_new_tokens, mode) for q in prompts]
+            rates["ref"].append(sum(len(g.tokens) for g in r) / (time.perf_counter() - t))
+            t = time.perf_counter()
+            b = batched.generate(prompts, args.max_new_tokens, mode)
+            rates["bat"].append(sum(len(g.tokens) for g in b) / (time.perf_counter() - t))
+        same = sum(x.tokens == y.tokens for x, y in zip(r, b, strict=True))
+        ref_r, bat_r = statistics.median(rates["ref"]), statistics.median(rates["bat"])
+        print(f"| {mode.value} | {ref_r:.1f} | {bat_r:.1f} | {bat_r / ref_r:.1f}× | {same}/{len(prompts)} |",
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
