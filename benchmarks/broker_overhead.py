@@ -22,8 +22,12 @@ from routing.protocol import decode, encode, msg
 from spa.stack import free_port
 
 
-def dealer(addr: str, identity: bytes | None = None) -> zmq.Socket:
+def dealer(addr: str, identity: bytes | None = None, keys=None) -> zmq.Socket:
     s = zmq.Context.instance().socket(zmq.DEALER)
+    if keys is not None:
+        from routing.security import connect_as
+
+        connect_as(s, keys)
     if identity:
         s.setsockopt(zmq.IDENTITY, identity)
     s.setsockopt(zmq.LINGER, 0)
@@ -33,16 +37,23 @@ def dealer(addr: str, identity: bytes | None = None) -> zmq.Socket:
     return s
 
 
-def measure(front: str, back: str, n: int, d: int, via_broker: bool) -> float:
+def measure(front: str, back: str, n: int, d: int, via_broker: bool, keys=None) -> float:
+    from routing.security import ClientKeys
+
     sid = os.urandom(16)
-    worker, agent = dealer(back, b"W-bench"), dealer(front)
+    worker = dealer(back, b"W-bench", keys and ClientKeys.from_dir(keys, "worker"))
+    agent = dealer(front, None, keys and ClientKeys.from_dir(keys, "agent"))
     if via_broker:
         worker.send_multipart(encode(msg("READY", fingerprint="bench", capacity=8)))
         time.sleep(0.3)
         agent.send_multipart(encode(msg("OPEN", session=sid, prompt=[1], max_new_tokens=1, mode="base",
                                         window=1, sampling={}, fingerprint="bench", wire_layers=[],
                                         eos=None)))
-        assert worker.poll(5000) and decode(worker.recv_multipart()).type == "OPEN"
+        got = None
+        while got is None or got.type == "HEARTBEAT":  # the broker beats to its workers
+            assert worker.poll(5000)
+            got = decode(worker.recv_multipart())
+        assert got.type == "OPEN", got
     else:
         agent.send_multipart([b"hello"])
         time.sleep(0.3)
@@ -79,23 +90,37 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=50000)
     ap.add_argument("--d", type=int, default=128, help="width of z in each FRAME")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--curve", action="store_true", help="the broker with CURVE (the bare hop stays plaintext)")
     a = ap.parse_args()
+    keys = None
+    if a.curve:
+        import tempfile
+
+        from routing.security import create_keys
+
+        keys = tempfile.mkdtemp(prefix="spa-bench-keys-")
+        create_keys(keys, ["agent"], ["worker"])
     ours, bare = [], []
     for _ in range(a.repeats):  # interleaved
         for kind in ("broker", "bare"):
             f, b = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
-            cmd = (["-m", "spa", "broker", "--agents", f, "--workers", b] if kind == "broker"
+            # plaintext like the bare hop; a high-water mark above the 50k unacknowledged frames
+            # this blast queues (real agents have at most window × sessions in flight)
+            security = ["--keys", keys] if keys else ["--plaintext"]
+            cmd = (["-m", "spa", "broker", "--agents", f, "--workers", b, *security,
+                    "--hwm", "1000000"] if kind == "broker"
                    else [str(ROOT / "benchmarks" / "bare_hop.py"), f, b])
             p = start(cmd)
             try:
-                (ours if kind == "broker" else bare).append(measure(f, b, a.messages, a.d, kind == "broker"))
+                (ours if kind == "broker" else bare).append(
+                    measure(f, b, a.messages, a.d, kind == "broker", keys if kind == "broker" else None))
             finally:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
     size = sum(len(bytes(x)) for x in encode(msg("FRAME", [np.zeros(a.d, np.float16)], session=b"0" * 16,
                                                       pos=1, epoch=0, token=1)))
     print(f"{a.messages} FRAME messages of {size} bytes, worker → agent, {a.repeats} repeats")
-    print(f"spa broker: median {median(ours):9.0f} msg/s  {[round(x) for x in ours]}")
+    print(f"spa broker ({'CURVE' if keys else 'plaintext'}): median {median(ours):9.0f} msg/s  {[round(x) for x in ours]}")
     print(f"bare hop:   median {median(bare):9.0f} msg/s  {[round(x) for x in bare]}")
     print(f"ratio: {median(ours) / median(bare):.2f}x")
 

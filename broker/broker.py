@@ -137,15 +137,20 @@ class Broker:
             self.publish()
 
     def _drain(self, sock: zmq.Socket, handler) -> None:
+        keyed = self.secure and sock is self.front  # agents: the session owner is the CURVE key
         for _ in range(self.cfg.drain_max):
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                if keyed:  # the routing id as a Frame (it carries the key), the rest as bytes
+                    first = sock.recv(zmq.NOBLOCK, copy=False)
+                    peer, owner = first.bytes, first.get("User-Id").encode()
+                    frames = sock.recv_multipart() if first.more else []
+                else:  # small messages: copying beats zero-copy frames
+                    peer, *frames = sock.recv_multipart(zmq.NOBLOCK)
+                    owner = peer
             except zmq.Again:
                 return
-            peer = frames[0].bytes
-            owner = frames[0].get("User-Id").encode() if self.secure else peer
             try:
-                handler(peer, owner, [f.bytes for f in frames[1:]])
+                handler(peer, owner, frames)
             except Exception:  # a bug must not end the broker: log it, answer, go on
                 log.exception("broker failed on a message from %s", peer.hex())
                 self._count(ErrorCode.INTERNAL)
