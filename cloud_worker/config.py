@@ -58,3 +58,24 @@ class WorkerConfig:
         if self.engine not in ("auto", "paged", "hf"):
             raise InputError(f"worker config engine={self.engine!r}: expected auto, paged or hf")
         return self
+
+
+def add_arguments(parser) -> None:
+    """A flag for every WorkerConfig field but max_sessions (the worker's own flag): --max-batch …"""
+    for f in fields(WorkerConfig):
+        if f.name == "max_sessions":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes", "on"),
+                                default=f.default, metavar="BOOL")
+        else:
+            kind = {"int": int, "float": float, "str": str}[str(f.type)]
+            lo_hi = RANGES.get(f.name)
+            parser.add_argument(flag, type=kind, default=f.default,
+                                help=f"sane range {lo_hi[0]}–{lo_hi[1]}" if lo_hi else None)
+
+
+def from_args(args) -> WorkerConfig:
+    """The WorkerConfig of parsed `add_arguments` flags (validated)."""
+    return WorkerConfig(**{f.name: getattr(args, f.name) for f in fields(WorkerConfig)})
