@@ -52,6 +52,7 @@ def build(tiny: bool, device: str):
     torch.set_default_dtype(old)
     model.eval().requires_grad_(False)
     model.generation_config.pad_token_id = 0
+    model.generation_config.eos_token_id = None  # random weights: never stop, never suppress EOS
     return model
 
 
@@ -90,7 +91,7 @@ def hf_ms_per_step(model, B: int, P: int, steps: int, device: str) -> float:
     def gen(n: int) -> float:
         sync(device)
         t = time.perf_counter()
-        model.generate(ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        model.generate(ids, attention_mask=mask, max_new_tokens=n, do_sample=False)
         sync(device)
         return time.perf_counter() - t
 
@@ -140,14 +141,20 @@ def agreement(model, sched, n: int, P: int, T: int, device: str) -> dict:
         for f in sched.step():
             zs[f.session].append(torch.from_numpy(f.tensors[0].astype("float32")))
     equal = total = 0
-    first_div, zerr = [], []
+    first_div, zerr, gaps_all, gaps_div = [], [], [], []
     for m, p in zip(opens, prompts, strict=True):
         s = sched.sessions[m.session]
         mine = s.seq[P:]
-        ref = model.generate(torch.tensor([p], device=device), max_new_tokens=T, min_new_tokens=T,
-                             do_sample=False)[0, P:].tolist()
+        ref = model.generate(torch.tensor([p], device=device), max_new_tokens=T, do_sample=False)[0, P:].tolist()
         k = next((i for i, (a, b) in enumerate(zip(mine, ref, strict=True)) if a != b), T)
         first_div.append(k)
+        with torch.inference_mode():  # HF's own top-1/top-2 margin along its greedy sequence
+            lg = bb.forward(torch.tensor([p + ref[:-1]], device=device)).logits[0, P - 1 :].float()
+        top2 = lg.topk(2, dim=-1).values
+        gap = (top2[:, 0] - top2[:, 1]) / lg.std(dim=-1)  # (T,) in units of the logits' spread
+        gaps_all.extend(gap.tolist())
+        if k < T:
+            gaps_div.append(float(gap[k]))
         equal += sum(a == b for a, b in zip(mine, ref, strict=True))
         total += T
         with torch.inference_mode():
@@ -156,7 +163,31 @@ def agreement(model, sched, n: int, P: int, T: int, device: str) -> dict:
         z_eng = torch.stack(zs[m.session])
         zerr.append(float(((z_eng - z_ref).norm(dim=-1) / z_ref.norm(dim=-1)).max()))
         sched.close(m.session)
-    return {"tokens_equal": equal / total, "first_divergence": first_div, "z_rel_err_max": max(zerr)}
+    med = sorted(gaps_all)[len(gaps_all) // 2]
+    return {"tokens_equal": equal / total, "first_divergence": first_div, "z_rel_err_max": max(zerr),
+            "top2_gap_at_divergence": sorted(gaps_div), "top2_gap_median": med}
+
+
+def fairness(sched, n: int, rows: int, P: int, steps: int, vocab: int) -> dict:
+    """n sessions, `rows` per step (n/rows x oversubscribed): every session advances, the longest
+    wait for a turn, tokens/s."""
+    bb = sched.backbone
+    keep = sched.config.max_batch
+    sched.config.max_batch = rows
+    opens = [open_msg(bb, torch.randint(1, vocab, (P,)).tolist(), 64) for _ in range(n)]
+    for m in opens:
+        sched.handle(m)
+    sched.longest_wait_steps, sched.longest_wait_s = 0, 0.0
+    t = time.perf_counter()
+    frames = sum(len(sched.step()) for _ in range(steps))
+    dt = time.perf_counter() - t
+    gen = [sched.sessions[m.session].generated for m in opens]
+    for m in opens:
+        sched.close(m.session)
+    sched.config.max_batch = keep
+    return {"sessions": n, "rows": rows, "steps": steps, "min_generated": min(gen),
+            "max_generated": max(gen), "longest_wait_steps": sched.longest_wait_steps,
+            "longest_wait_ms": sched.longest_wait_s * 1e3, "tok_s": frames / dt}
 
 
 def main() -> None:
@@ -200,7 +231,7 @@ def main() -> None:
     bb = Backbone(model, None)
     bb.__dict__["fingerprint"] = "bench"  # skip hashing 13 GB of weights
     t = time.perf_counter()
-    cfg = WorkerConfig(max_batch=max(batches), max_sessions=max(batches) + 16, chunk_tokens=8192,
+    cfg = WorkerConfig(max_batch=max(batches), max_sessions=max(batches + [256]) + 16, chunk_tokens=8192,
                        graph_max_batch=max(batches), cpu_kv_mb=4096)
     sched = Scheduler(bb, config=cfg)
     cap = sched.runner.blocks.capacity_tokens
@@ -212,6 +243,13 @@ def main() -> None:
         res["agreement"] = agreement(model, sched, 8, 128 if not a.tiny else 16, 32, device)
         print("agreement", res["agreement"], flush=True)
     except Exception:  # report and go on: the timings are worth having
+        traceback.print_exc()
+        for sid in list(sched.sessions):
+            sched.close(sid)
+    try:
+        res["fairness"] = fairness(sched, 4 * 64, 64, 128, 4 * a.steps, V)
+        print("fairness", res["fairness"], flush=True)
+    except Exception:
         traceback.print_exc()
         for sid in list(sched.sessions):
             sched.close(sid)
