@@ -35,7 +35,7 @@ class WorkerConfig:
     kv_memory_fraction: float = 0.9  # cuda: share of free memory (after the model) for the KV
     # cache; sane range 0.05–0.95
     kv_reserve_mb: int = 2048  # cuda: memory kept back for activations and graphs; 0–65536
-    cpu_kv_mb: int = 1024  # cpu: KV cache size (pages are touched only when used); 16–262144
+    cpu_kv_mb: int = 4096  # cpu: KV cache size (pages are touched only when used); 16–262144
     kv_tokens: int = 0  # fixed KV budget in tokens; 0 = from memory as above; 0–2^26
     cuda_graphs: bool = True  # capture decode steps as CUDA graphs (cuda only)
     fused_kernels: bool = True  # Triton add+RMSNorm, RoPE+KV store, SiLU·up (cuda only)

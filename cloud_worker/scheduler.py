@@ -127,7 +127,7 @@ class Scheduler:
             mode, sampling = Mode.parse(m["mode"]), Sampling.from_dict(m["sampling"])
         except Exception as exc:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, str(exc), sid) from None
-        need = len(prompt) + m["max_new_tokens"]
+        need = len(prompt) + m["max_new_tokens"]  # the session's KV reservation (Session.max_len)
         runner = self.runner
         if need > runner.max_context:
             raise ProtocolError(ErrorCode.TOO_LARGE, f"prompt {len(prompt)} + max_new_tokens "
