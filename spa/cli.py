@@ -89,17 +89,68 @@ def cmd_generate(args) -> None:
           file=sys.stderr)
 
 
+def _security(q, server: bool = False) -> None:
+    """--keys DIR (from `spa keys DIR`) or an explicit --plaintext: there is no silent default."""
+    g = q.add_mutually_exclusive_group()
+    g.add_argument("--keys", help="CURVE key directory made by `spa keys DIR`" + (
+        " (the broker's pair and the agents/ and workers/ allow-lists)" if server else ""))
+    if not server:
+        q.add_argument("--key-name", help="which key of the role's folder in --keys (default: the first)")
+    g.add_argument("--plaintext", action="store_true",
+                   help="INSECURE: no authentication, no encryption (local demos and tests only)")
+    q.add_argument("--metrics-addr", default="127.0.0.1",
+                   help="interface /metrics listens on (default loopback; 0.0.0.0 in containers)")
+
+
+def _server_keys(args):
+    from routing.errors import InputError
+    from routing.security import ServerKeys
+
+    if args.plaintext:
+        print("spa broker: WARNING: --plaintext: anyone who reaches the ports gets in", file=sys.stderr)
+        return None
+    if not args.keys:
+        raise InputError("give --keys DIR (create it with `spa keys DIR`) or, for a local test, --plaintext")
+    return ServerKeys.from_dir(args.keys)
+
+
+def _client_keys(args, role: str):
+    from routing.errors import InputError
+    from routing.security import ClientKeys
+
+    if args.plaintext:
+        return None
+    if not args.keys:
+        raise InputError("give --keys DIR (create it with `spa keys DIR`) or, for a local test, --plaintext")
+    return ClientKeys.from_dir(args.keys, role, args.key_name)
+
+
+def cmd_keys(args) -> None:
+    from routing.security import create_keys
+
+    made = create_keys(args.dir, args.agent or ["agent"], args.worker or ["worker"])
+    for path in made:
+        print(f"created {path}")
+    print(f"keys in {args.dir}: broker.key (public, give it to every worker and agent), "
+          f"agents/ and workers/ (the broker allows the public *.key files there)")
+
+
 def cmd_broker(args) -> None:
+    from broker.broker import BrokerConfig
     from broker.broker import main as broker_main
 
-    broker_main(args.agents, args.workers, args.metrics_port)
+    cfg = BrokerConfig(lease_s=args.lease, max_agent_sessions=args.max_agent_sessions,
+                       heartbeat_s=args.heartbeat, hwm=args.hwm)
+    broker_main(args.agents, args.workers, args.metrics_port, _server_keys(args), cfg, args.metrics_addr)
 
 
 def cmd_worker(args) -> None:
+    from cloud_worker.config import from_args
     from cloud_worker.worker import main as worker_main
 
     worker_main(args.backbone, args.broker, args.device, args.max_sessions, args.dtype, args.threads,
-                args.metrics_port)
+                args.metrics_port, _client_keys(args, "worker"), args.metrics_addr,
+                engine=from_args(args))
 
 
 def cmd_agent(args) -> None:
@@ -112,12 +163,13 @@ def cmd_agent(args) -> None:
 
     if not args.prompt.strip():
         raise InputError("empty prompt")
+    keys = _client_keys(args, "agent")
     edge = load_bundle(args.bundle)
     metrics.init_agent_series([args.mode])
-    metrics.serve(args.metrics_port)
+    metrics.serve(args.metrics_port, args.metrics_addr)
 
     async def run() -> None:
-        agent = EdgeAgent(edge, args.broker, args.window)
+        agent = EdgeAgent(edge, args.broker, args.window, keys)
         try:
             stream = agent.generate(args.prompt, args.max_new_tokens, args.mode)
             async with asyncio.timeout(args.timeout):
@@ -200,6 +252,29 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--width", type=int, default=0, help="side width r (0 = d/8)")
     q.add_argument("--every", type=int, default=1, help="use every k-th backbone layer")
     q.add_argument("--gates", action="store_true", help="LST-style learned gates")
+    q.add_argument("--layers", default="", help="backbone layers the side reads, e.g. 6,12,18,24,30")
+    q.add_argument("--dropout", type=float, default=None)
+    q.add_argument("--weight-decay", type=float, default=None)
+    q.add_argument("--patience", type=int, default=None,
+                   help="epochs without a better dev NLL before stopping")
+    q.add_argument("--schedule", default=None, choices=["onecycle", "cosine", "constant"])
+    q.add_argument("--clf-features", default=None, choices=["z", "z+stats"])
+    q.add_argument("--clf-hidden", type=int, default=None, help="0 = linear")
+    q.add_argument("--clf-objective", default=None,
+                   choices=["onpolicy", "mixture", "both"])
+    q.add_argument("--no-warm-start", action="store_true", help="no BCE warm start of the classifier")
+    q.add_argument("--rollout-prompts", type=int, default=None,
+                   help="training prompts for on-policy classifier data (0 = all)")
+    q.add_argument("--gen-batch", type=int, default=None,
+                   help="sequences per backbone forward in rollouts and calibration")
+    q.add_argument("--dev-fraction", type=float, default=None)
+    q.add_argument("--rollout-tokens", type=int, default=None,
+                   help="tokens per rollout and per calibration generation")
+    q.add_argument("--calib-steps", type=int, default=None, help="bisection steps for τ")
+    q.add_argument("--calib-prompts", type=int, default=None, help="dev prompts for τ (0 = all)")
+    q.add_argument("--batch", type=int, default=None, help="positions per side-training step")
+    q.add_argument("--side-overrides", default="",
+                   help="per combine, e.g. 'replace:width=144,dropout=0.1;add:every=2'")
     q.add_argument("--max-prompt-tokens", type=int, default=384)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--device", default="cpu")
@@ -239,6 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--agents", default="tcp://*:5555")
     q.add_argument("--workers", default="tcp://*:5556")
     q.add_argument("--metrics-port", type=int, default=0, help="serve /metrics here (0 = off)")
+    q.add_argument("--lease", type=float, default=10.0,
+                   help="seconds of agent silence before its sessions are freed (2–120)")
+    q.add_argument("--max-agent-sessions", type=int, default=256, help="open sessions per agent key")
+    q.add_argument("--heartbeat", type=float, default=0.5, help="seconds between beats to workers")
+    q.add_argument("--hwm", type=int, default=10_000,
+                   help="messages queued per peer before it counts as not reading (1k–1M)")
+    _security(q, server=True)
     q.set_defaults(func=cmd_broker)
 
     q = sub.add_parser("worker", help="a cloud worker serving the backbone")
@@ -249,33 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-sessions", type=int, default=64)
     q.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = half the cores)")
     q.add_argument("--metrics-port", type=int, default=0, help="serve /metrics here (0 = off)")
+    from cloud_worker.config import add_arguments as engine_arguments
+
+    engine_arguments(q)  # --max-batch, --chunk-tokens, --block-size, --kv-…, --cuda-graphs, --engine
+    _security(q)
     q.set_defaults(func=cmd_worker)
 
     q = sub.add_parser("agent", help="an edge agent: stream one generation")
     q.add_argument("--broker", default="tcp://127.0.0.1:5555")
-    q.add_argument("--layers", default="", help="backbone layers the side reads, e.g. 6,12,18,24,30")
-    q.add_argument("--dropout", type=float, default=None)
-    q.add_argument("--weight-decay", type=float, default=None)
-    q.add_argument("--patience", type=int, default=None,
-                   help="epochs without a better dev NLL before stopping")
-    q.add_argument("--schedule", default=None, choices=["onecycle", "cosine", "constant"])
-    q.add_argument("--clf-features", default=None, choices=["z", "z+stats"])
-    q.add_argument("--clf-hidden", type=int, default=None, help="0 = linear")
-    q.add_argument("--clf-objective", default=None,
-                   choices=["onpolicy", "mixture", "both"])
-    q.add_argument("--no-warm-start", action="store_true", help="no BCE warm start of the classifier")
-    q.add_argument("--rollout-prompts", type=int, default=None,
-                   help="training prompts for on-policy classifier data (0 = all)")
-    q.add_argument("--gen-batch", type=int, default=None,
-                   help="sequences per backbone forward in rollouts and calibration")
-    q.add_argument("--dev-fraction", type=float, default=None)
-    q.add_argument("--rollout-tokens", type=int, default=None,
-                   help="tokens per rollout and per calibration generation")
-    q.add_argument("--calib-steps", type=int, default=None, help="bisection steps for τ")
-    q.add_argument("--calib-prompts", type=int, default=None, help="dev prompts for τ (0 = all)")
-    q.add_argument("--batch", type=int, default=None, help="positions per side-training step")
-    q.add_argument("--side-overrides", default="",
-                   help="per combine, e.g. 'replace:width=144,dropout=0.1;add:every=2'")
     q.add_argument("--bundle", required=True)
     q.add_argument("--prompt", required=True)
     q.add_argument("--mode", default="spa")
@@ -284,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--timeout", type=float, default=120.0)
     q.add_argument("--json", action="store_true", help="one JSON line per piece, then the stats")
     q.add_argument("--metrics-port", type=int, default=0, help="serve /metrics here (0 = off)")
+    _security(q)
     q.set_defaults(func=cmd_agent)
 
     q = sub.add_parser("loadtest", help="many edge users in one process, /metrics, a summary")
@@ -312,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--report", type=float, default=5.0, help="progress line every N s (0 = off)")
     q.add_argument("--json", help="write the summary here as JSON ('-' = stdout)")
     q.add_argument("--metrics-port", type=int, default=0, help="serve /metrics here (0 = off)")
+    _security(q)
     q.set_defaults(func=cmd_loadtest)
 
     q = sub.add_parser("build-models", help="build the default tiny backbone and edge bundle "
@@ -320,6 +385,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--corpus", help="text to pretrain on (default: generated)")
     q.add_argument("--steps", type=int, default=400, help="pretraining steps")
     q.set_defaults(func=cmd_build_models)
+
+    q = sub.add_parser("keys", help="create CURVE key pairs: the broker's, agents' and workers'")
+    q.add_argument("dir", help="key directory (existing pairs are kept)")
+    q.add_argument("--agent", action="append", help="an agent key name (repeat; default: agent)")
+    q.add_argument("--worker", action="append", help="a worker key name (repeat; default: worker)")
+    q.set_defaults(func=cmd_keys)
 
     q = sub.add_parser("health", help="exit 0 when a /metrics endpoint answers (and meets --require)")
     q.add_argument("url", help="e.g. http://127.0.0.1:9101/metrics")
