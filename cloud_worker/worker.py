@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import zmq
 
 from cloud_worker.backbone import Backbone
+from cloud_worker.config import WorkerConfig
 from cloud_worker.scheduler import Scheduler
 from monitoring import metrics
 from routing import security
@@ -152,8 +153,9 @@ class Link(threading.Thread):
 
 class Worker:
     def __init__(self, backbone: Backbone, broker: str, max_sessions: int = 64,
-                 keys: security.ClientKeys | None = None, link: LinkConfig | None = None) -> None:
-        self.scheduler = Scheduler(backbone, max_sessions)
+                 keys: security.ClientKeys | None = None, link: LinkConfig | None = None,
+                 engine: WorkerConfig | None = None) -> None:
+        self.scheduler = Scheduler(backbone, max_sessions, config=engine)
         self.cfg = link or LinkConfig()
         cfg = backbone.model.config
         context = getattr(cfg, "max_position_embeddings", None) or 2048
@@ -266,14 +268,15 @@ class Worker:
 
 def main(backbone: str, broker: str, device: str = "cpu", max_sessions: int = 64,
          dtype: str | None = None, threads: int = 0, metrics_port: int = 0,
-         keys: security.ClientKeys | None = None, metrics_addr: str = "127.0.0.1") -> None:
+         keys: security.ClientKeys | None = None, metrics_addr: str = "127.0.0.1",
+         engine: WorkerConfig | None = None) -> None:
     import torch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
     # On a CPU the broker and agents share the cores: by default the worker takes half.
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) // 2))
     bb = Backbone.load(backbone, device, dtype)
-    w = Worker(bb, broker, max_sessions, keys)
+    w = Worker(bb, broker, max_sessions, keys, engine=engine)
     metrics.serve(metrics_port, metrics_addr)  # after the load: /metrics answering means ready
     mode = "CURVE" if keys else "PLAINTEXT"
     print(f"worker ready: backbone {bb.fingerprint[:12]}… on {device}, broker {broker} ({mode})",
