@@ -22,6 +22,10 @@ RANGES: dict[str, tuple[float, float]] = {
     "kv_tokens": (0, 1 << 26),
     "graph_max_batch": (0, 1024),
     "max_context": (0, 1 << 20),
+    "heartbeat_s": (0.01, 60),
+    "liveness": (2, 100),
+    "session_idle_s": (1, 86_400),
+    "link_hwm": (100, 10_000_000),
 }
 
 
@@ -42,6 +46,11 @@ class WorkerConfig:
     graph_max_batch: int = 256  # largest captured decode batch (buckets 1,2,4,8,16,32,…); 0–1024
     max_context: int = 0  # longest session (prompt + new tokens); 0 = the model's; 0–2^20
     engine: str = "auto"  # 'auto' (paged engine for Llama-family models, else 'hf'), 'paged', 'hf'
+    # the link to the broker (cloud_worker/worker.py's I/O thread)
+    heartbeat_s: float = 0.5  # beat to the broker, also during steps; match the broker's; 0.01–60
+    liveness: int = 4  # broker beats missed before the broker is called dead; 2–100
+    session_idle_s: float = 120.0  # a session with no message this long is freed; 1–86400
+    link_hwm: int = 100_000  # ZeroMQ high-water mark to the broker (messages); 100–10M
 
     def __post_init__(self) -> None:
         self.validate()

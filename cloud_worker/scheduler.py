@@ -24,7 +24,7 @@ from cloud_worker.session import Session
 from monitoring import metrics
 from routing.errors import ErrorCode
 from routing.modes import Mode
-from routing.protocol import Message, MsgType, ProtocolError, msg
+from routing.protocol import Limits, Message, MsgType, ProtocolError, msg
 from routing.sampling import Sampling
 
 
@@ -39,6 +39,8 @@ class Scheduler:
         self.config = cfg.validate()
         self.backbone = backbone
         self.runner = ModelRunner(backbone, cfg)
+        # what only this worker knows, checked on every message before use
+        self.limits = Limits(backbone.vocab_size, backbone.n_layers, self.runner.max_context)
         self.sessions: dict[bytes, Session] = {}
         self.steps = 0
         self.longest_wait_steps = 0  # most steps a runnable session waited for its turn
@@ -57,7 +59,9 @@ class Scheduler:
 
     # ------------------------------------------------------------- protocol
     def handle(self, m: Message) -> list[Message]:
-        """Apply one agent message; returns immediate answers (HIDDEN, DONE, ERROR)."""
+        """Apply one agent message (already valid by the contract); returns immediate answers
+        (HIDDEN, DONE). Values the model cannot take raise ProtocolError before any use."""
+        self.limits.check(m)
         sid = m.session
         if m.type == MsgType.OPEN:
             return self._open(m)
@@ -80,7 +84,6 @@ class Scheduler:
                                     f"pos={m['pos']} epoch={s.epoch} ring={sorted(s.ring)}", sid)
             return [msg(MsgType.HIDDEN, [hidden.cpu().numpy()], session=sid, pos=m["pos"], epoch=s.epoch)]
         elif m.type == MsgType.CORRECT:
-            self._check_token(m, s)
             if m["epoch"] != s.epoch or not s.n_prompt <= m["pos"] < len(s.seq):
                 raise ProtocolError(ErrorCode.BAD_POSITION, f"CORRECT session={sid.hex()} pos={m['pos']} "
                                     f"epoch={m['epoch']} (worker epoch={s.epoch} len={len(s.seq)})", sid)
@@ -89,7 +92,6 @@ class Scheduler:
             metrics.ROLLBACKS.inc()
             metrics.WASTED.inc(s.wasted - before)
         elif m.type == MsgType.TOKEN:
-            self._check_token(m, s)
             if s.waiting is None or s.waiting != m["pos"] or m["epoch"] != s.epoch:
                 raise ProtocolError(ErrorCode.BAD_POSITION, f"TOKEN session={sid.hex()} pos={m['pos']} "
                                     f"epoch={m['epoch']} but worker waits for {s.waiting} "
@@ -101,11 +103,6 @@ class Scheduler:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, f"worker does not take {m.type}", sid)
         return []
 
-    def _check_token(self, m: Message, s: Session) -> None:
-        V = self.backbone.vocab_size
-        if not isinstance(m["token"], int) or not 0 <= m["token"] < V:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{m.type} token {m['token']!r} outside [0, {V})", s.id)
-
     def _open(self, m: Message) -> list[Message]:
         sid = m.session
         if m["fingerprint"] != self.backbone.fingerprint:
@@ -116,22 +113,12 @@ class Scheduler:
         if len(self.sessions) >= self.max_sessions:
             raise ProtocolError(ErrorCode.BUSY, f"worker holds {len(self.sessions)} sessions (max)", sid)
         prompt = m["prompt"]
-        V, L = self.backbone.vocab_size, self.backbone.n_layers
-        if not prompt or not all(isinstance(t, int) and 0 <= t < V for t in prompt):
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"prompt must be 1+ token ids in [0, {V})", sid)
-        if m["max_new_tokens"] < 1 or m["window"] < 1:
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, "max_new_tokens and window must be >= 1", sid)
-        if not all(isinstance(i, int) and 0 <= i < L for i in m["wire_layers"]):
-            raise ProtocolError(ErrorCode.BAD_MESSAGE, f"wire_layers must lie in 0..{L - 1}", sid)
         try:
             mode, sampling = Mode.parse(m["mode"]), Sampling.from_dict(m["sampling"])
         except Exception as exc:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, str(exc), sid) from None
         need = len(prompt) + m["max_new_tokens"]  # the session's KV reservation (Session.max_len)
         runner = self.runner
-        if need > runner.max_context:
-            raise ProtocolError(ErrorCode.TOO_LARGE, f"prompt {len(prompt)} + max_new_tokens "
-                                f"{m['max_new_tokens']} > context {runner.max_context}", sid)
         if not runner.blocks.can_admit(need):
             raise ProtocolError(ErrorCode.BUSY, f"KV cache full: {runner.blocks.free_tokens} tokens free, "
                                 f"session needs {need}", sid)

@@ -15,7 +15,6 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 
 import zmq
 
@@ -24,9 +23,8 @@ from cloud_worker.config import WorkerConfig
 from cloud_worker.scheduler import Scheduler
 from monitoring import metrics
 from routing import security
-from routing.errors import ErrorCode, InputError
+from routing.errors import ErrorCode
 from routing.protocol import (
-    Limits,
     Message,
     MsgType,
     ProtocolError,
@@ -43,23 +41,10 @@ FROM_BROKER = frozenset({MsgType.OPEN, MsgType.REQUEST, MsgType.CORRECT, MsgType
 _RESET = b"RESET"  # link → compute: the broker forgot us, drop every session
 
 
-@dataclass
-class LinkConfig:
-    heartbeat_s: float = 0.5  # beat to the broker; sane range 0.1–5 s (match the broker's)
-    liveness: int = 4  # broker beats we may miss before we call it dead; sane range 3–10
-    session_idle_s: float = 120.0  # a session with no message this long is freed; sane range 10–3600 s
-    hwm: int = 100_000  # ZeroMQ high-water mark to the broker (messages); sane range 1k–1M
-
-    def __post_init__(self) -> None:
-        if not (0.01 <= self.heartbeat_s <= 60 and 2 <= self.liveness <= 100
-                and 1 <= self.session_idle_s <= 86_400 and 100 <= self.hwm <= 10_000_000):
-            raise InputError(f"worker link setting out of range: {self}")
-
-
 class Link(threading.Thread):
     """The worker's connection to the broker (one thread owns every socket it touches)."""
 
-    def __init__(self, ctx: zmq.Context, broker: str, ready: Message, cfg: LinkConfig,
+    def __init__(self, ctx: zmq.Context, broker: str, ready: Message, cfg: WorkerConfig,
                  keys: security.ClientKeys | None, pipe_addr: str) -> None:
         super().__init__(daemon=True, name="spa-worker-link")
         self.ctx, self.broker, self.ready, self.cfg, self.keys = ctx, broker, ready, cfg, keys
@@ -77,8 +62,8 @@ class Link(threading.Thread):
         s = self.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.IDENTITY, b"W" + os.urandom(7))
         s.setsockopt(zmq.LINGER, 0)
-        s.setsockopt(zmq.SNDHWM, self.cfg.hwm)
-        s.setsockopt(zmq.RCVHWM, self.cfg.hwm)
+        s.setsockopt(zmq.SNDHWM, self.cfg.link_hwm)
+        s.setsockopt(zmq.RCVHWM, self.cfg.link_hwm)
         if self.keys is not None:
             security.connect_as(s, self.keys)
         s.connect(self.broker)
@@ -152,14 +137,10 @@ class Link(threading.Thread):
 
 
 class Worker:
-    def __init__(self, backbone: Backbone, broker: str, max_sessions: int = 64,
-                 keys: security.ClientKeys | None = None, link: LinkConfig | None = None,
-                 engine: WorkerConfig | None = None) -> None:
+    def __init__(self, backbone: Backbone, broker: str, max_sessions: int | None = None,
+                 keys: security.ClientKeys | None = None, engine: WorkerConfig | None = None) -> None:
         self.scheduler = Scheduler(backbone, max_sessions, config=engine)
-        self.cfg = link or LinkConfig()
-        cfg = backbone.model.config
-        context = getattr(cfg, "max_position_embeddings", None) or 2048
-        self.limits = Limits(backbone.vocab_size, backbone.n_layers, int(context))
+        self.cfg = self.scheduler.config  # one WorkerConfig: engine and link
         self.ctx = zmq.Context.instance()
         addr = f"inproc://spa-worker-{os.urandom(4).hex()}"
         ready = msg(MsgType.READY, fingerprint=backbone.fingerprint, capacity=self.scheduler.max_sessions)
@@ -204,12 +185,11 @@ class Worker:
                 metrics.count_message("worker", pm.type, "in", sum(len(memoryview(f)) for f in part))
                 if pm.type not in FROM_BROKER:
                     raise ProtocolError(ErrorCode.FORBIDDEN, f"a worker does not take {pm.type.value}", sid)
-                self.limits.check(pm)
-                if sid in self.scheduler.sessions or pm.type is MsgType.OPEN:
-                    self.seen[sid] = time.monotonic()
                 for answer in self.scheduler.handle(pm):
                     self.send(answer)
-                if pm.type is MsgType.CLOSE:
+                if sid in self.scheduler.sessions:  # its agent is alive: the idle lease restarts
+                    self.seen[sid] = time.monotonic()
+                else:
                     self.seen.pop(sid, None)
             except ProtocolError as e:
                 self._fail(e.session or sid, e.code, e.detail)

@@ -10,7 +10,8 @@ import time
 import zmq
 
 from broker.broker import Broker, BrokerConfig
-from cloud_worker.worker import LinkConfig, Worker
+from cloud_worker.config import WorkerConfig
+from cloud_worker.worker import Worker
 from routing.protocol import MsgType, decode, encode, msg
 from spa.stack import free_port
 
@@ -21,7 +22,7 @@ def test_worker_beats_through_a_long_step_and_registers_again(backbone):
     broker = Broker(agents, workers, None, cfg)
     bt = threading.Thread(target=broker.mediate, daemon=True)
     bt.start()
-    worker = Worker(backbone, workers, 4, link=LinkConfig(heartbeat_s=0.2, liveness=3))
+    worker = Worker(backbone, workers, 4, engine=WorkerConfig(heartbeat_s=0.2, liveness=3))
     slow = {"steps": 0}
     real_step = worker.scheduler.step
 
