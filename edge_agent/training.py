@@ -57,7 +57,8 @@ class TrainConfig:
     dev_fraction: float = 0.1
     max_prompt_tokens: int = 384
     max_answer_tokens: int = 64
-    width: int = 0  # side width r; 0 = d/8
+    width: int = 0  # side width r; 0 = d / width_div
+    width_div: int = 8  # r = d / width_div when width is 0; sane range 2–16
     every: int = 1  # every k-th backbone layer travels; sane range 1–6
     layers: list[int] = field(default_factory=list)  # explicit layers (overrides every)
     gates: bool = False
@@ -74,8 +75,8 @@ class TrainConfig:
     seed: int = 0
     # Per combine, fields that differ for its head. The defaults above and these were chosen on
     # the XSum dev split with SmolLM2-135M (benchmarks/spa_select.py, RESULTS.md §1): the
-    # replacing network needs more width and less dropout than the adding one.
-    overrides: dict = field(default_factory=lambda: {"replace": {"width": 144, "dropout": 0.1}})
+    # replacing network needs more width (d/4 = 144 there) and less dropout than the adding one.
+    overrides: dict = field(default_factory=lambda: {"replace": {"width_div": 4, "dropout": 0.1}})
 
     def __post_init__(self) -> None:
         if self.mode not in COMBINES_FOR:
@@ -99,7 +100,8 @@ class TrainConfig:
         return dataclasses.replace(self, **self.overrides.get(combine, {}), overrides={})
 
     def side_config(self, d_model: int, n_layers: int) -> SideConfig:
-        return SideConfig(d_model, n_layers, width=self.width, layers=list(self.layers),
+        width = self.width or max(8, d_model // self.width_div)
+        return SideConfig(d_model, n_layers, width=width, layers=list(self.layers),
                           every=self.every, gates=self.gates, dropout=self.dropout)
 
 
