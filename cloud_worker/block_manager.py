@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections import deque
 
+import numpy as np
+
 ZERO_SLOT = 0  # read by padded attention positions; never written
 SCRATCH_SLOT = 1  # written by padded rows of a captured decode step
 
@@ -71,3 +73,8 @@ class BlockManager:
         """Cache slots of tokens start … start+n-1 of a session."""
         bs = self.block_size
         return [table[t // bs] * bs + t % bs for t in range(start, start + n)]
+
+    def all_slots(self, table: list[int], n: int) -> np.ndarray:
+        """Cache slots of tokens 0 … n-1 of a session, as an int64 array."""
+        t = np.asarray(table, dtype=np.int64)
+        return (t[:, None] * self.block_size + np.arange(self.block_size)).reshape(-1)[:n]

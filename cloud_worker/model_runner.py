@@ -144,7 +144,7 @@ class ModelRunner:
             q_pad = []
             for r, (s, n) in enumerate(g):
                 c = s.kv_len + n
-                kv_slots[r, :c] = self.blocks.slots(s.block_table, 0, c)
+                kv_slots[r, :c] = self.blocks.all_slots(s.block_table, c)
                 qpos[r, :n] = np.arange(s.kv_len, c)
                 q_pad.extend(range(r * tq, r * tq + n))
             a.kv_slots, a.tq, a.q_pad = self._to(kv_slots), tq, self._to(q_pad)
