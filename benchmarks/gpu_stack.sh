@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_stack.sh stage2   # carry runs/spa_gpu/p2: join, dequantize, a quick spa
 #                                         # bundle, then benchmarks/loadtest_scaling.py on cuda
 # Prepare: runs/spa_gpu as in RESULTS.md §1; runs/gpu_stack/whl = pyzmq, msgpack, prometheus_client,
-# uvloop, gguf wheels for cp312; runs/gpu_stack/src = `git archive HEAD` of the packages.
+# uvloop, gguf wheels for cp312; runs/gpu_stack/src = `git archive HEAD broker edge_agent cloud_worker routing spa monitoring benchmarks`.
 set -uo pipefail
 W=/root/gs
 case "${1:-}" in
