@@ -94,3 +94,19 @@ def prometheus_bin(promtool) -> str:
     path = shutil.which("prometheus")
     assert path, "prometheus not found after installing the Debian package 'prometheus'"
     return path
+
+
+@pytest.fixture(scope="session")
+def edge(bundle_dir):
+    """The test bundle as an agent loads it."""
+    from edge_agent.bundle import load_bundle
+
+    return load_bundle(bundle_dir)
+
+
+@pytest.fixture(scope="session")
+def prompts(backbone, tasks_file) -> list[list[int]]:
+    """16 held-out task prompts (records 120–135; training used 0–119) as token ids."""
+    from edge_agent.data import load_examples
+
+    return [ex.prompt_ids(backbone.tokenizer) for ex in load_examples(tasks_file)[120:136]]

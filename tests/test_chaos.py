@@ -12,8 +12,6 @@ import time
 import pytest
 
 from edge_agent.agent import EdgeAgent, RetryPolicy, SessionError
-from edge_agent.bundle import load_bundle
-from edge_agent.data import load_examples
 from edge_agent.reference import ReferenceGenerator
 from spa.stack import LocalStack
 
@@ -22,13 +20,8 @@ USERS, MAX_NEW, FAULTS = 12, 40, 5
 CAPACITY = 8  # per worker: with one worker down, 12 users do not fit: replays meet BUSY
 
 
-@pytest.fixture(scope="module")
-def prompts(backbone, tasks_file):
-    return [ex.prompt_ids(backbone.tokenizer) for ex in load_examples(tasks_file)[120:132]]
-
-
-def test_chaos_every_session_equals_the_reference(backbone_dir, backbone, bundle_dir, prompts, tmp_path):
-    edge = load_bundle(bundle_dir)
+def test_chaos_every_session_equals_the_reference(backbone_dir, backbone, edge, prompts, tmp_path):
+    prompts = prompts[:USERS]
     ref = ReferenceGenerator(backbone, edge)
     expected = {(i, m): ref.generate(p, MAX_NEW, m) for i, p in enumerate(prompts) for m in MODES}
     rng = random.Random(7)

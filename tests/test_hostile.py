@@ -21,8 +21,6 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.agent import EdgeAgent
-from edge_agent.bundle import load_bundle
-from edge_agent.data import load_examples
 from edge_agent.reference import ReferenceGenerator
 from routing.errors import ErrorCode
 from routing.modes import Mode
@@ -39,16 +37,6 @@ def stack(backbone_dir, tmp_path_factory):
     with LocalStack(backbone_dir, workers=1, metrics=True, log_dir=tmp_path_factory.mktemp("hostile"),
                     broker_args=("--lease", str(LEASE_S), "--max-agent-sessions", str(AGENT_LIMIT))) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def edge(bundle_dir):
-    return load_bundle(bundle_dir)
-
-
-@pytest.fixture(scope="module")
-def prompts(backbone, tasks_file):
-    return [ex.prompt_ids(backbone.tokenizer) for ex in load_examples(tasks_file)[120:128]]
 
 
 def gauges(stack, name: str) -> dict[str, float]:

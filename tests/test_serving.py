@@ -11,7 +11,6 @@ import zmq
 
 from edge_agent.agent import EdgeAgent, SessionError
 from edge_agent.bundle import load_bundle
-from edge_agent.data import load_examples
 from edge_agent.reference import ReferenceGenerator
 from routing.modes import Mode
 from routing.protocol import decode, encode, msg
@@ -22,16 +21,6 @@ from spa.stack import LocalStack
 def stack(backbone_dir, tmp_path_factory):
     with LocalStack(backbone_dir, workers=2, log_dir=tmp_path_factory.mktemp("stack")) as s:
         yield s
-
-
-@pytest.fixture(scope="module")
-def edge(bundle_dir):
-    return load_bundle(bundle_dir)
-
-
-@pytest.fixture(scope="module")
-def prompts(backbone, tasks_file):
-    return [ex.prompt_ids(backbone.tokenizer) for ex in load_examples(tasks_file)[120:136]]
 
 
 async def _run(agent, prompt, mode, max_new):
