@@ -1,10 +1,14 @@
-"""The edge bundle: a directory a device keeps.
+"""The edge bundle: the directory of one user's private parts.
 
-    bundle.json          format, backbone fingerprint, per head: side config, τ, how trained
-    weights.safetensors  lm_head.weight, <combine>.side.*, <combine>.classifier.*
-    tokenizer/           the backbone's tokenizer (public)
+    bundle.json          format, backbone fingerprint (which names the edge kit), per head:
+                         side config, τ, how trained
+    weights.safetensors  <combine>.side.*, <combine>.classifier.*
 
-Loading against a different backbone is refused with both fingerprints named.
+The public parts (the lm_head copy and the tokenizer) belong to the backbone, not to the user:
+they live once per backbone in its edge kit (edge_agent/kit.py), by default in `kits/` beside
+the bundle. Loading against a different backbone is refused with both fingerprints named; a
+missing kit is refused naming where it was looked for. Format 1 bundles (lm_head and tokenizer
+inside) still load.
 """
 
 from __future__ import annotations
@@ -16,17 +20,22 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from edge_agent.edge_model import EdgeModel, Head
+from edge_agent.kit import kit_id, load_kit, save_kit
 from edge_agent.side_network import Classifier, SideConfig, SideNetwork
 from routing.errors import FingerprintMismatch, InputError
 
-FORMAT = "spa-edge-bundle/1"
+FORMAT = "spa-edge-bundle/2"
+FORMAT_V1 = "spa-edge-bundle/1"  # lm_head + tokenizer inside every bundle
 
 
-def save_bundle(edge: EdgeModel, out: str | Path, record: dict | None = None) -> Path:
+def save_bundle(edge: EdgeModel, out: str | Path, record: dict | None = None,
+                kits: str | Path | None = None) -> Path:
+    """Write the private parts to `out` and, unless it is there, the backbone's edge kit under
+    `kits` (default: `kits/` beside `out`)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    tensors = {f"lm_head.{k}": v.contiguous() for k, v in edge.lm_head.state_dict().items()}
-    heads = {}
+    save_kit(edge, Path(kits) if kits is not None else out.parent / "kits")
+    tensors, heads = {}, {}
     for combine, head in edge.heads.items():
         for k, v in head.side.state_dict().items():
             tensors[f"{combine}.side.{k}"] = v.detach().contiguous()
@@ -39,6 +48,7 @@ def save_bundle(edge: EdgeModel, out: str | Path, record: dict | None = None) ->
     meta = {
         "format": FORMAT,
         "backbone_fingerprint": edge.fingerprint,
+        "kit": kit_id(edge.fingerprint),
         "n_layers": edge.n_layers,
         "d_model": edge.d_model,
         "vocab_size": edge.lm_head.out_features,
@@ -47,13 +57,29 @@ def save_bundle(edge: EdgeModel, out: str | Path, record: dict | None = None) ->
         "record": record or {},
     }
     (out / "bundle.json").write_text(json.dumps(meta, indent=2, default=str))
-    if edge.tokenizer is not None:
-        edge.tokenizer.save_pretrained(str(out / "tokenizer"))
+    for stale in ("tokenizer",):  # a format-1 bundle rewritten in place: drop its public copy
+        if (out / stale).is_dir():
+            import shutil
+
+            shutil.rmtree(out / stale)
     return out
 
 
-def load_bundle(path: str | Path, expected_fingerprint: str | None = None) -> EdgeModel:
-    """Load a bundle; with `expected_fingerprint`, refuse one built for another backbone."""
+def describe(path: str | Path, kits: str | Path | None = None) -> str:
+    """One line: the bundle's size on disk and its (shared) edge kit's."""
+    from edge_agent.kit import find_kit
+
+    path = Path(path)
+    fp = json.loads((path / "bundle.json").read_text())["backbone_fingerprint"]
+    kit = find_kit(fp, path, kits)
+    return (f"bundle {path}: {_size(path) / 1e6:.2f} MB private; edge kit {kit}: "
+            f"{_size(kit) / 1e6:.1f} MB, shared by every bundle of backbone {fp[:12]}…")
+
+
+def load_bundle(path: str | Path, expected_fingerprint: str | None = None,
+                kits: str | Path | None = None) -> EdgeModel:
+    """Load a bundle and its backbone's edge kit (looked for in `kits`, then as `find_kit`
+    says); with `expected_fingerprint`, refuse one built for another backbone."""
     path = Path(path)
     meta_file = path / "bundle.json"
     if not path.is_dir():
@@ -64,9 +90,12 @@ def load_bundle(path: str | Path, expected_fingerprint: str | None = None) -> Ed
         meta = json.loads(meta_file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"cannot read {meta_file}: {exc}") from None
-    if meta.get("format") != FORMAT:
-        raise InputError(f"{meta_file}: unknown format {meta.get('format')!r}, expected {FORMAT}")
-    fp = meta["backbone_fingerprint"]
+    if not isinstance(meta, dict) or meta.get("format") not in (FORMAT, FORMAT_V1):
+        got = meta.get("format") if isinstance(meta, dict) else None
+        raise InputError(f"{meta_file}: unknown format {got!r}, expected {FORMAT}")
+    fp = meta.get("backbone_fingerprint")
+    if not isinstance(fp, str) or not fp:
+        raise InputError(f"{meta_file}: no backbone_fingerprint")
     if expected_fingerprint is not None and fp != expected_fingerprint:
         raise FingerprintMismatch(fp, expected_fingerprint, what=f"bundle {path}")
     try:
@@ -74,24 +103,43 @@ def load_bundle(path: str | Path, expected_fingerprint: str | None = None) -> Ed
     except Exception as exc:  # safetensors raises its own error types for corrupt files
         raise InputError(f"cannot read {path / 'weights.safetensors'}: {exc}") from None
 
+    if meta["format"] == FORMAT_V1:
+        lm_head, tokenizer = _v1_public_parts(path, tensors)
+    else:
+        kit = load_kit(fp, path, kits)
+        lm_head, tokenizer = kit.lm_head, kit.tokenizer
+        if kit.d_model != meta["d_model"] or kit.n_layers != meta["n_layers"]:
+            raise InputError(f"bundle {path} and its edge kit {kit.path} disagree on the backbone shape")
+    edge = EdgeModel(lm_head, fp, meta["n_layers"], tokenizer, meta.get("eos_token_id"))
+    try:
+        for combine, h in meta["heads"].items():
+            side = SideNetwork(SideConfig(**h["side"]))
+            side.load_state_dict(_sub(tensors, f"{combine}.side."))
+            clf = Classifier(meta["d_model"], **h.get("classifier", {}))
+            clf.load_state_dict(_sub(tensors, f"{combine}.classifier."))
+            edge.set_head(Head(combine, side.eval(), clf.eval(), float(h["threshold"]),
+                               h.get("info", {})))
+    except (KeyError, TypeError, RuntimeError) as exc:  # a head's weights or config damaged
+        raise InputError(f"bundle {path}: bad head: {type(exc).__name__}: {exc}") from None
+    edge.record = meta.get("record", {})
+    return edge.eval()
+
+
+def _v1_public_parts(path: Path, tensors: dict) -> tuple[nn.Linear, object]:
     w = tensors["lm_head.weight"]
     lm_head = nn.Linear(w.shape[1], w.shape[0], bias="lm_head.bias" in tensors)
-    lm_head.load_state_dict({k[8:]: v for k, v in tensors.items() if k.startswith("lm_head.")})
+    lm_head.load_state_dict(_sub(tensors, "lm_head."))
     tokenizer = None
     if (path / "tokenizer").is_dir():
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
-    edge = EdgeModel(lm_head, fp, meta["n_layers"], tokenizer, meta.get("eos_token_id"))
-    for combine, h in meta["heads"].items():
-        side = SideNetwork(SideConfig(**h["side"]))
-        side.load_state_dict(_sub(tensors, f"{combine}.side."))
-        clf = Classifier(meta["d_model"], **h.get("classifier", {}))
-        clf.load_state_dict(_sub(tensors, f"{combine}.classifier."))
-        edge.set_head(Head(combine, side.eval(), clf.eval(), float(h["threshold"]), h.get("info", {})))
-    edge.record = meta.get("record", {})
-    return edge.eval()
+    return lm_head, tokenizer
 
 
 def _sub(tensors: dict, prefix: str) -> dict:
     return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

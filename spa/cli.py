@@ -48,7 +48,9 @@ def cmd_train(args) -> None:
     record.update(command=" ".join(sys.argv), data=str(args.data), split=args.split,
                   backbone=str(args.backbone))
     out = save_bundle(edge, args.out, record)
-    print(f"bundle -> {out}")
+    from edge_agent.bundle import describe
+
+    print(describe(out))
 
 
 def cmd_eval(args) -> None:

@@ -217,6 +217,7 @@ def test_compose_services_run_as_local_processes(tmp_path, backbone_dir, bundle_
     models = tmp_path / "models"  # a mounted model volume: the builder keeps what is there
     shutil.copytree(backbone_dir, models / "backbone")
     shutil.copytree(bundle_dir, models / "bundle")
+    shutil.copytree(bundle_dir.parent / "kits", models / "kits")  # the backbone's shared edge kit
     shutil.copy(tasks_file, models / "tasks.jsonl")
     stack = LocalCompose(tmp_path, models)
     keygen = subprocess.run(stack.argv(SERVICES["keygen"]["command"]), capture_output=True, text=True,
