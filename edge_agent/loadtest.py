@@ -153,33 +153,41 @@ def load_prompts(path: str | None, tokenizer, max_prompt_tokens: int = 384,
 
 
 class LoadTest:
-    def __init__(self, edge: EdgeModel, prompts: list[list[int]], cfg: LoadConfig) -> None:
-        for mode in cfg.modes:
-            if not edge.supports(mode):
-                edge.head_for(mode)  # raises with the reason
-        self.edge, self.prompts, self.cfg = edge, prompts, cfg
+    """`users` holds one (bundle, prompts) per private user; simulated user k is a device of
+    user k mod len(users), with that user's bundle and prompts, on that bundle's EdgeAgent."""
+
+    def __init__(self, users: list[tuple[EdgeModel, list[list[int]]]], cfg: LoadConfig) -> None:
+        if not users:
+            raise InputError("a load test needs at least one bundle")
+        for edge, _ in users:
+            for mode in cfg.modes:
+                if not edge.supports(mode):
+                    edge.head_for(mode)  # raises with the reason
+        self.users, self.cfg = users, cfg
         self.report = LoadReport()
         self.issued = 0  # generations handed out (picks prompt, mode and seed)
-        self.retry: deque[tuple[list[int], Mode, int]] = deque()  # refused jobs, handed out again first
+        # refused jobs, per bundle, handed out again first
+        self.retry: list[deque[tuple[list[int], Mode, int]]] = [deque() for _ in users]
         self.stopping = False
         metrics.init_agent_series([m.value for m in cfg.modes])
 
-    def _next(self) -> tuple[list[int], Mode, int] | None:
+    def _next(self, u: int) -> tuple[list[int], Mode, int] | None:
         cfg = self.cfg
         if self.stopping:
             return None
-        if self.retry:
-            return self.retry.popleft()
+        if self.retry[u]:
+            return self.retry[u].popleft()
         if cfg.sessions and self.issued >= cfg.sessions:
             return None
         i = self.issued
         self.issued += 1
-        return self.prompts[i % len(self.prompts)], cfg.modes[i % len(cfg.modes)], cfg.seed + i
+        prompts = self.users[u][1]
+        return prompts[i % len(prompts)], cfg.modes[i % len(cfg.modes)], cfg.seed + i
 
     async def _user(self, agent: EdgeAgent, k: int) -> None:
-        cfg = self.cfg
+        cfg, u = self.cfg, k % len(self.users)
         await asyncio.sleep(cfg.ramp_s * k / cfg.concurrency)
-        while (job := self._next()) is not None:
+        while (job := self._next(u)) is not None:
             prompt, mode, seed = job
             stream = agent.generate(prompt, cfg.max_new_tokens, mode,
                                     Sampling(cfg.temperature, cfg.top_k, seed), cfg.window)
@@ -200,7 +208,7 @@ class LoadTest:
                 if code not in RETRYABLE:
                     self.stopping = True
                     raise
-                self.retry.append(job)  # handed out again: nothing is lost
+                self.retry[u].append(job)  # handed out again: nothing is lost
                 await asyncio.sleep(cfg.backoff_s * (0.5 + random.random()))
                 continue
             except asyncio.CancelledError:
@@ -221,9 +229,10 @@ class LoadTest:
         tokens so far counted."""
         cfg, loop = self.cfg, asyncio.get_running_loop()
         self.report.started = time.monotonic()
-        agent = EdgeAgent(self.edge, cfg.broker, cfg.window, cfg.keys)
+        agents = [EdgeAgent(edge, cfg.broker, cfg.window, cfg.keys) for edge, _ in self.users]
         progress = loop.create_task(self._progress())
-        users = [loop.create_task(self._user(agent, k)) for k in range(cfg.concurrency)]
+        users = [loop.create_task(self._user(agents[k % len(agents)], k))
+                 for k in range(cfg.concurrency)]
 
         def halt() -> None:
             self.stopping = True
@@ -243,7 +252,8 @@ class LoadTest:
                 loop.remove_signal_handler(sig)
             progress.cancel()
             await asyncio.gather(*users, progress, return_exceptions=True)
-            await agent.close()
+            for agent in agents:
+                await agent.close()
             self.report.seconds = time.monotonic() - self.report.started
         for r in results:
             if isinstance(r, Exception):
@@ -267,12 +277,25 @@ def main(args) -> None:
                      window=args.window, think_s=args.think, ramp_s=args.ramp,
                      session_timeout_s=args.session_timeout, temperature=args.temperature,
                      top_k=args.top_k, seed=args.seed, report_s=args.report)
-    edge = load_bundle(args.bundle)
-    prompts = load_prompts(args.prompts, edge.tokenizer, args.max_prompt_tokens)
+    if args.models:  # every user `spa build-models` made, each with its held-out prompts
+        from spa.build import ModelSet
+
+        if args.bundle or args.prompts:
+            raise InputError("--models names the bundles and prompts: drop --bundle/--prompts")
+        models = ModelSet.load(args.models)
+        sources = [(models.bundle(n), str(models.prompts(n))) for n in models.user_names()]
+    elif args.bundle:
+        sources = [(args.bundle, args.prompts)]
+    else:
+        raise InputError("give --bundle (and --prompts) or --models")
+    users = []
+    for bundle, prompts in sources:
+        edge = load_bundle(bundle)
+        users.append((edge, load_prompts(prompts, edge.tokenizer, args.max_prompt_tokens)))
     cfg.keys = _client_keys(args, "agent")
-    test = LoadTest(edge, prompts, cfg)  # its series exist at 0 before the first scrape
+    test = LoadTest(users, cfg)  # its series exist at 0 before the first scrape
     metrics.serve(args.metrics_port, args.metrics_addr)
-    print(f"loadtest: {cfg.concurrency} users, modes {','.join(m.value for m in cfg.modes)}, "
+    print(f"loadtest: {cfg.concurrency} users of {len(users)} bundles, modes {','.join(m.value for m in cfg.modes)}, "
           f"broker {cfg.broker}" + (f", /metrics on :{args.metrics_port}" if args.metrics_port else ""),
           file=sys.stderr, flush=True)
     if args.delay:

@@ -207,10 +207,14 @@ def cmd_loadtest(args) -> None:
 
 
 def cmd_build_models(args) -> None:
-    from spa.demo import ensure_models
+    from edge_agent.bundle import describe
+    from spa.build import build_models
 
-    backbone_dir, bundle_dir = ensure_models(Path(args.out), args.corpus, args.steps)
-    print(f"backbone -> {backbone_dir}\nbundle -> {bundle_dir}")
+    models = build_models(args.out, args.backbone, args.xsum, None if not args.quiet else False,
+                          args.corpus, args.steps)
+    print(f"backbone {models.backbone_source} -> {models.backbone}")
+    for name in models.user_names():
+        print(f"user {name}: {describe(models.bundle(name))}")
 
 
 def cmd_health(args) -> None:
@@ -354,9 +358,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("loadtest", help="many edge users in one process, /metrics, a summary")
     q.add_argument("--broker", default="tcp://127.0.0.1:5555")
-    q.add_argument("--bundle", required=True)
+    q.add_argument("--bundle", help="one user's bundle (or --models)")
     q.add_argument("--prompts", help="JSONL tasks or a text file, one prompt a line "
                    "(default: built-in personal-style tasks)")
+    q.add_argument("--models", help="a `spa build-models` directory: every user's bundle with "
+                   "its held-out prompts, simulated users spread over them")
     q.add_argument("--max-prompt-tokens", type=int, default=384, help="longer prompts are cut")
     q.add_argument("--modes", default="spa", help="comma list, taken in turn (e.g. spa,full,base)")
     q.add_argument("--concurrency", type=int, default=8, help="users, each one session at a time")
@@ -381,11 +387,16 @@ def build_parser() -> argparse.ArgumentParser:
     _security(q)
     q.set_defaults(func=cmd_loadtest)
 
-    q = sub.add_parser("build-models", help="build the default tiny backbone and edge bundle "
-                       "into a directory, unless they are there already")
-    q.add_argument("--out", default=".spa-cache/demo")
-    q.add_argument("--corpus", help="text to pretrain on (default: generated)")
-    q.add_argument("--steps", type=int, default=400, help="pretraining steps")
+    q = sub.add_parser("build-models", help="the backbone, its edge kit and two users' private "
+                       "bundles in one directory, unless they are there already")
+    q.add_argument("--out", default=".spa-cache/models")
+    q.add_argument("--backbone", help="smollm2-135m (the default; a packaged model's name) or "
+                   "`tiny` (pretrained here, for fast tests); default: what --out was built for")
+    q.add_argument("--xsum", help="XSum JSONL for the `news` user (default: $SPA_XSUM or "
+                   "../shared/data/xsum_1000.jsonl; without one the second user is `bo`)")
+    q.add_argument("--corpus", help="text to pretrain the tiny backbone on (default: generated)")
+    q.add_argument("--steps", type=int, default=400, help="pretraining steps of the tiny backbone")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=cmd_build_models)
 
     q = sub.add_parser("keys", help="create CURVE key pairs: the broker's, agents' and workers'")
@@ -401,13 +412,15 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--timeout", type=float, default=3.0)
     q.set_defaults(func=cmd_health)
 
-    q = sub.add_parser("demo", help="broker, worker and agents on localhost with a small model")
-    q.add_argument("--backbone", help="a real backbone directory (default: build a tiny one)")
-    q.add_argument("--bundle", help="a real edge bundle for --backbone")
-    q.add_argument("--corpus", help="text to pretrain the default backbone on")
-    q.add_argument("--agents", type=int, default=4)
-    q.add_argument("--max-new-tokens", type=int, default=32)
-    q.add_argument("--cache", default=".spa-cache/demo")
+    q = sub.add_parser("demo", help="broker, worker and two users' agents on localhost: each "
+                       "user's prompt with their side network and with the backbone alone")
+    q.add_argument("--cache", default=".spa-cache/models", help="the models (built on first use)")
+    q.add_argument("--backbone", help="as for build-models (default: smollm2-135m)")
+    q.add_argument("--xsum", help="as for build-models")
+    q.add_argument("--users", default="", help="comma list (default: every user in --cache)")
+    q.add_argument("--modes", default="spa,base", help="each user's prompt runs once per mode")
+    q.add_argument("--prompt", type=int, default=0, help="which held-out prompt of each user")
+    q.add_argument("--max-new-tokens", type=int, default=48)
     q.set_defaults(func=cmd_demo)
     return p
 

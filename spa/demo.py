@@ -1,12 +1,18 @@
-"""`spa demo` (what `make demo` runs): broker, one worker and several agents as separate
-processes on localhost. On first run it builds a tiny backbone and an edge bundle from text it
-generates (or --corpus) and caches them. Each generation streams; tokens the side network
-produced are marked; per session M, TTFT and inter-token latency. Ctrl-C stops everything."""
+"""`spa demo` (what `make demo` runs): the broker, one worker and every user's edge agents as
+separate processes on localhost, over CURVE. On first use `spa build-models` builds the models
+into the cache (SmolLM2-135M-Instruct and two users' private bundles; it says how long).
+
+For each user, one held-out prompt runs twice at the same time: in `spa` mode (the user's side
+network, asked for only where its gate fires; those tokens are marked) and in `base` mode (the
+shared backbone alone), so the difference the private network makes is on screen. All sessions
+share the worker's batched steps. Then per session: tokens, M, side rate, TTFT, inter-token p50.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import selectors
 import statistics
 import subprocess
@@ -15,139 +21,134 @@ import time
 from pathlib import Path
 
 from routing.errors import InputError
+from spa.build import ModelSet, build_models, read_prompts
 from spa.stack import LocalStack
 
-MODES = ["spa", "choice", "full", "lst", "base"]
 SIDE_ON, SIDE_OFF = "\033[1;32m", "\033[0m"
-
-
-def ensure_models(cache: Path, corpus: str | None, steps: int = 400) -> tuple[Path, Path]:
-    """The default backbone and bundle, built once and cached (a bundle is trained for the
-    backbone that is there; one trained for another backbone is refused when loaded)."""
-    from cloud_worker.backbone import Backbone
-    from cloud_worker.pretrain import pretrain
-    from edge_agent.bundle import save_bundle
-    from edge_agent.data import load_examples
-    from edge_agent.synthetic import make_corpus, make_personal_tasks, write_jsonl
-    from edge_agent.training import TrainConfig, train_bundle
-
-    backbone_dir, bundle_dir = cache / "backbone", cache / "bundle"
-    tasks = cache / "tasks.jsonl"
-    if not (backbone_dir / "config.json").is_file():
-        print(f"first run: pretraining a tiny backbone into {backbone_dir} (about a minute)")
-        if corpus is None:
-            cache.mkdir(parents=True, exist_ok=True)
-            corpus = str(cache / "corpus.txt")
-            Path(corpus).write_text(make_corpus(3000, seed=0))
-        pretrain(corpus, backbone_dir, "tiny", steps, progress=sys.stderr.isatty())
-    if not (bundle_dir / "bundle.json").is_file():
-        print(f"first run: training the edge bundle into {bundle_dir}")
-        write_jsonl(make_personal_tasks(400, seed=1), tasks)
-        bb = Backbone.load(backbone_dir)
-        edge, record = train_bundle(bb, load_examples(tasks)[:360], TrainConfig(
-            epochs=8, rollout_prompts=24, rollout_tokens=24), progress=sys.stderr.isatty())
-        save_bundle(edge, bundle_dir, record)
-    if not tasks.is_file():
-        write_jsonl(make_personal_tasks(400, seed=1), tasks)
-    return backbone_dir, bundle_dir
-
-
-def demo_prompts(cache: Path, n: int) -> list[str]:
-    from edge_agent.data import load_examples
-
-    tasks = cache / "tasks.jsonl"
-    if tasks.is_file():
-        return [ex.prompt for ex in load_examples(tasks)[360:360 + n]]
-    return [f"Instruction: Describe it briefly.\nInput: the {w}\nResponse:" for w in
-            ("cat", "river", "old king", "busy market", "ship", "forest")][:n]
+DIM_ON = "\033[2m"
 
 
 def run_demo(args) -> None:
-    if args.agents < 1:
-        raise InputError(f"--agents must be >= 1, got {args.agents}")
-    cache = Path(args.cache)
-    if args.backbone:
-        if not args.bundle:
-            raise InputError("--backbone needs --bundle (an edge bundle trained for it)")
-        backbone_dir, bundle_dir = Path(args.backbone), Path(args.bundle)
-    else:
-        backbone_dir, bundle_dir = ensure_models(cache, args.corpus)
-    prompts = demo_prompts(cache, args.agents)
-    while len(prompts) < args.agents:
-        prompts += prompts
+    if args.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    t0 = time.monotonic()
+    models = build_models(args.cache, args.backbone, args.xsum)
+    modes = [m for m in args.modes.split(",") if m]
+    if not modes:
+        raise InputError("--modes is empty")
+    names = args.users.split(",") if args.users else models.user_names()
+    sessions = []  # one per (user, mode): the same prompt in each mode
+    for name in names:
+        if name not in models.user_names():
+            raise InputError(f"no user {name!r} in {models.root}: {', '.join(models.user_names())}")
+        prompts = read_prompts(models.prompts(name))
+        prompt = prompts[args.prompt % len(prompts)]
+        about = next(u["about"] for u in models.users if u["name"] == name)
+        sessions += [{"user": name, "about": about, "mode": m, "prompt": prompt, "text": "",
+                      "stats": None, "error": ""} for m in modes]
     tty = sys.stdout.isatty()
-    agents: list[subprocess.Popen] = []
-    with LocalStack(backbone_dir, workers=1, log_dir=cache / "logs") as stack:
-        print(f"broker {stack.agents_addr}, 1 worker, {args.agents} agents (logs in {cache / 'logs'})")
+    log_dir = Path(args.cache) / "logs"
+    print(f"starting the broker, a worker ({models.backbone_source}) and {len(sessions)} edge "
+          f"agents (logs in {log_dir})", flush=True)
+    procs: list[subprocess.Popen] = []
+    with LocalStack(models.backbone, workers=1, log_dir=log_dir) as stack:
         try:
             sel = selectors.DefaultSelector()
-            state = []
-            for i in range(args.agents):
-                mode = MODES[i % len(MODES)]
+            for i, s in enumerate(sessions):
                 p = subprocess.Popen(
-                    [sys.executable, "-m", "spa", "agent", "--broker", stack.agents_addr, "--bundle",
-                     str(bundle_dir), "--prompt", prompts[i], "--mode", mode, "--json",
-                     "--max-new-tokens", str(args.max_new_tokens), *stack.client_args],
+                    [sys.executable, "-m", "spa", "agent", "--broker", stack.agents_addr,
+                     "--bundle", str(models.bundle(s["user"])), "--prompt", s["prompt"],
+                     "--mode", s["mode"], "--json", "--max-new-tokens", str(args.max_new_tokens),
+                     *stack.client_args],
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
-                agents.append(p)
-                state.append({"mode": mode, "prompt": prompts[i], "text": "", "stats": None})
+                procs.append(p)
                 sel.register(p.stdout, selectors.EVENT_READ, i)
-            open_streams, last_paint, painted = args.agents, 0.0, 0
-            while open_streams:
-                for key, _ in sel.select(timeout=0.2):
-                    i, line = key.data, key.fileobj.readline()
-                    if not line:
-                        sel.unregister(key.fileobj)
-                        open_streams -= 1
-                        continue
-                    ev = json.loads(line)
-                    if ev.get("done"):
-                        state[i]["stats"] = ev
-                    elif ev["path"] == "side":
-                        state[i]["text"] += (SIDE_ON + ev["text"] + SIDE_OFF) if tty else f"[{ev['text']}]"
-                    else:
-                        state[i]["text"] += ev["text"]
-                if tty and time.monotonic() - last_paint > 0.1:
-                    painted = _paint(state, painted)
-                    last_paint = time.monotonic()
-            for p in agents:
+            print(f"ready in {time.monotonic() - t0:.1f} s; streaming "
+                  f"(side-network tokens {'in green' if tty else '[in brackets]'}):\n", flush=True)
+            _stream(sel, sessions, tty)
+            for s, p in zip(sessions, procs, strict=True):
                 if p.wait() != 0:
-                    print(f"agent exited {p.returncode}: {p.stderr.read().strip()}", file=sys.stderr)
-            if tty:
-                _paint(state, painted)
-            else:
-                for i, s in enumerate(state):
-                    print(f"\n--- agent {i} [{s['mode']}] {s['prompt']!r}\n{s['text']}")
-            _summary(state)
+                    s["error"] = p.stderr.read().strip().splitlines()[-1:] or [f"exit {p.returncode}"]
         finally:
-            for p in agents:
+            for p in procs:
                 if p.poll() is None:
                     p.terminate()
                     p.wait()
+    if not tty:
+        print(_render(sessions, tty))
+    _summary(sessions)
 
 
-def _paint(state: list[dict], painted: int) -> int:
+def _stream(sel: selectors.BaseSelector, sessions: list[dict], tty: bool) -> None:
+    open_streams, last_paint, painted = len(sessions), 0.0, 0
+    while open_streams:
+        for key, _ in sel.select(timeout=0.2):
+            s, line = sessions[key.data], key.fileobj.readline()
+            if not line:
+                sel.unregister(key.fileobj)
+                open_streams -= 1
+                continue
+            ev = json.loads(line)
+            if ev.get("done"):
+                s["stats"] = ev
+            elif ev["path"] == "side" and ev["text"]:  # (EOS has no text)
+                s["text"] += (SIDE_ON + ev["text"] + SIDE_OFF) if tty else f"[{ev['text']}]"
+            else:
+                s["text"] += ev["text"]
+        if tty and time.monotonic() - last_paint > 0.1:
+            painted = _paint(sessions, painted)
+            last_paint = time.monotonic()
+    if tty:
+        _paint(sessions, painted)
+
+
+def _render(sessions: list[dict], tty: bool) -> str:
+    lines, user = [], None
+    for s in sessions:
+        if s["user"] != user:
+            user = s["user"]
+            chat = re.search(r"<\|im_start\|>user\n(.*?)<\|im_end\|>", s["prompt"], re.S)
+            prompt = " | ".join((chat[1] if chat else s["prompt"]).strip().split("\n"))
+            prompt = prompt if len(prompt) <= 150 else prompt[:110] + " … " + prompt[-36:]
+            lines += [f"{user}: {s['about']}", f"  prompt  {prompt}"]
+        body = " ".join((s["text"] or "…").split())
+        label = f"  {s['mode']:<6}  "
+        lines.append(label + (DIM_ON + body + SIDE_OFF if tty and s["mode"] == "base" else body))
+    return "\n".join(lines)
+
+
+def _paint(sessions: list[dict], painted: int) -> int:
+    text = _render(sessions, True)
     if painted:
         sys.stdout.write(f"\033[{painted}F\033[J")
-    lines = []
-    for i, s in enumerate(state):
-        prompt = s["prompt"].replace("\n", " | ")
-        lines.append(f"agent {i} [{s['mode']}] {prompt}")
-        lines.extend("    " + t for t in (s["text"] or "…").split("\n"))
-    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
-    return len(lines)
+    width = max(20, os.get_terminal_size(sys.stdout.fileno()).columns)
+    return sum(max(1, -(-len(_visible(ln)) // width)) for ln in text.split("\n"))
 
 
-def _summary(state: list[dict]) -> None:
-    print("\nside-network tokens are marked" + (" in green" if sys.stdout.isatty() else " [like this]"))
-    print(f"{'agent':>5} {'mode':>6} {'tokens':>6} {'M':>6} {'side':>6} {'TTFT ms':>8} {'ITL p50 ms':>10}")
-    for i, s in enumerate(state):
+def _visible(line: str) -> str:
+    for code in (SIDE_ON, SIDE_OFF, DIM_ON):
+        line = line.replace(code, "")
+    return line
+
+
+def _summary(sessions: list[dict]) -> None:
+    print(f"\n{'user':>6} {'mode':>6} {'tokens':>6} {'M':>6} {'side':>6} {'TTFT ms':>8} {'ITL p50 ms':>10}")
+    for s in sessions:
         st = s["stats"]
         if st is None:
-            print(f"{i:>5} {s['mode']:>6}  (no result)")
+            print(f"{s['user']:>6} {s['mode']:>6}  no result: {' '.join(s['error']) or 'no answer'}")
             continue
         itl = statistics.median(st["inter_token_s"]) * 1000 if st["inter_token_s"] else 0.0
-        print(f"{i:>5} {s['mode']:>6} {st['tokens']:>6} {st['m']:>6.2f} {st['side_rate']:>6.2f} "
+        print(f"{s['user']:>6} {s['mode']:>6} {st['tokens']:>6} {st['m']:>6.2f} {st['side_rate']:>6.2f} "
               f"{st['ttft_s'] * 1000:>8.1f} {itl:>10.1f}")
+    print("M: blocking edge↔cloud transmissions per token (base needs none; every token of "
+          "`full` needs one)")
+
+
+def demo_prompts(models: ModelSet, n: int) -> list[str]:
+    """The first user's held-out prompts, repeated to `n` (for the benchmarks)."""
+    ps = read_prompts(models.prompts(models.user_names()[0]))
+    return (ps * (n // len(ps) + 1))[:n]

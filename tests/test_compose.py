@@ -18,7 +18,9 @@ from pathlib import Path
 import yaml
 from prom import PrometheusServer
 
+from edge_agent.data import load_examples
 from monitoring.grafana import dashboard
+from spa.build import ModelSet
 from spa.stack import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,11 +216,14 @@ class LocalCompose:
 
 def test_compose_services_run_as_local_processes(tmp_path, backbone_dir, bundle_dir, tasks_file,
                                                  prometheus_bin):
-    models = tmp_path / "models"  # a mounted model volume: the builder keeps what is there
+    models = tmp_path / "models"  # a mounted model volume, in build-models' layout: kept
     shutil.copytree(backbone_dir, models / "backbone")
-    shutil.copytree(bundle_dir, models / "bundle")
+    shutil.copytree(bundle_dir, models / "users" / "ada")
     shutil.copytree(bundle_dir.parent / "kits", models / "kits")  # the backbone's shared edge kit
-    shutil.copy(tasks_file, models / "tasks.jsonl")
+    (models / "prompts").mkdir()
+    (models / "prompts" / "ada.txt").write_text("".join(
+        ex.prompt.replace("\n", "\\n") + "\n" for ex in load_examples(tasks_file)[:8]))
+    ModelSet(models, "tiny", [{"name": "ada", "about": "the test's user"}]).save()
     stack = LocalCompose(tmp_path, models)
     keygen = subprocess.run(stack.argv(SERVICES["keygen"]["command"]), capture_output=True, text=True,
                             timeout=60)
@@ -227,7 +232,7 @@ def test_compose_services_run_as_local_processes(tmp_path, backbone_dir, bundle_
     builder = subprocess.run(stack.argv(SERVICES["model-builder"]["command"]), capture_output=True,
                              text=True, timeout=120)
     assert builder.returncode == 0, builder.stderr  # service_completed_successfully
-    assert str(models / "backbone") in builder.stdout
+    assert str(models / "backbone") in builder.stdout and "user ada: bundle" in builder.stdout
 
     prom = None
     try:

@@ -1,0 +1,174 @@
+"""The users `spa build-models` trains a private side network for, and the data each one learns.
+
+Every user has a private task the shared backbone does not do by itself:
+
+* `ada`  writes every answer as a short letter, "Dear friend, … Yours, Ada."
+* `news` writes one-sentence news summaries in XSum's style (from `xsum_1000.jsonl` when the
+         shared data set is there: `--xsum`, $SPA_XSUM or ../shared/data beside the checkout)
+* `bo`   answers like a ship's captain, "Ahoy, matey! … Arr, Captain Bo." (instead of `news`
+         when there is no XSum file: the build needs nothing outside the project)
+
+The letter and captain data are made here: questions from templates, and as each answer's body
+the first sentence the backbone itself writes after the user's opening (greedy, batched), then
+the user's closing. So the side network has one job, the frame (open, stop after one sentence,
+sign), and the gate learns that only the frame needs it: the body is the backbone's, sent
+without a round trip (M well below one).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edge_agent.data import Example, load_examples
+
+if TYPE_CHECKING:
+    from cloud_worker.backbone import Backbone
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_XSUM = ROOT.parent / "shared" / "data" / "xsum_1000.jsonl"
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    about: str  # one line: what this user's side network makes the backbone write
+    task: str  # "frame" (generated here) | "xsum"
+    opening: str = ""
+    closing: str = ""
+    train_records: int = 160  # records trained on (the last tenth is the dev split)
+    epochs: int = 10  # at most (early stopping on dev NLL)
+    max_prompt_tokens: int = 160
+    target_m: float = 0.4  # the gate's τ is set for this M on the dev prompts
+    clf_features: str = "z"  # the gate's input: z | z+stats (with the backbone's confidence)
+    clf_hidden: int = 0  # the gate's hidden width (0 = linear)
+    seed: int = 0  # of the generated questions
+
+
+# Frame users: where the frame goes is where the backbone is confident of something else; a
+# linear gate on z alone missed a third of those positions ("Dear Sarah,"), this one does not.
+_FRAME = {"target_m": 0.6, "clf_features": "z+stats", "clf_hidden": 64}
+ADA = User("ada", "writes every answer as a short letter", "frame", "Dear friend,", "Yours, Ada.",
+           seed=1, **_FRAME)
+BO = User("bo", "answers like a ship's captain", "frame", "Ahoy, matey!", "Arr, Captain Bo.",
+          seed=2, **_FRAME)
+NEWS = User("news", "one-sentence news summaries in XSum's style", "xsum", train_records=80, epochs=3)
+USERS = {u.name: u for u in (ADA, BO, NEWS)}
+
+
+def xsum_file(explicit: str | None = None) -> Path | None:
+    """The XSum records to train `news` on, if any: --xsum, $SPA_XSUM, ../shared/data."""
+    for cand in (explicit, os.environ.get("SPA_XSUM"), SHARED_XSUM):
+        if cand and Path(cand).is_file():
+            return Path(cand)
+    return None
+
+
+def default_users(xsum: Path | None) -> list[User]:
+    return [ADA, NEWS if xsum is not None else BO]
+
+
+# ---------------------------------------------------------------- questions
+ADJS = ["quiet", "busy", "old", "small", "bright", "cold", "green", "famous", "strange", "gentle",
+        "tall", "warm", "dark", "new", "windy"]
+THINGS = ["river", "city", "garden", "bridge", "market", "forest", "village", "mountain", "library",
+          "harbour", "train station", "school", "bakery", "museum", "island", "castle", "lake",
+          "desert", "farm", "lighthouse"]
+TOPICS = ["sleep", "cooking rice", "learning a language", "saving money", "running", "reading more",
+          "keeping plants alive", "making friends", "writing a letter", "travelling by train",
+          "drinking enough water", "staying calm", "studying for an exam", "baking bread",
+          "caring for a cat", "planning a trip", "working from home", "cleaning a kitchen"]
+ASKS = [
+    lambda r: (f"Describe a {r.choice(ADJS)} {r.choice(THINGS)}.", ""),
+    lambda r: (f"What is a {r.choice(THINGS)}?", ""),
+    lambda r: (f"Give me one tip about {r.choice(TOPICS)}.", ""),
+    lambda r: (f"Why do people like {r.choice(TOPICS)}?", ""),
+    lambda r: ("Write one sentence about this place.", f"a {r.choice(ADJS)} {r.choice(THINGS)}"),
+    lambda r: (f"What should I know about {r.choice(TOPICS)}?", ""),
+    lambda r: (f"Tell me something about the {r.choice(THINGS)} in winter.", ""),
+]
+
+
+def questions(n: int, seed: int) -> list[dict]:
+    """`n` distinct instruction records (no output yet)."""
+    r, seen, out = random.Random(seed), set(), []
+    while len(out) < n:
+        instr, inp = r.choice(ASKS)(r)
+        if (instr, inp) not in seen:
+            seen.add((instr, inp))
+            out.append({"instruction": instr, "input": inp})
+    return out
+
+
+def prompt_text(q: dict, tokenizer) -> str:
+    """A question as the backbone expects it: its chat template when it has one (SmolLM2-Instruct
+    answers far better so), else the project's Instruction/Response form."""
+    if getattr(tokenizer, "chat_template", None):
+        text = q["instruction"] + (f" {q['input'][0].upper()}{q['input'][1:]}." if q["input"] else "")
+        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    head = f"Instruction: {q['instruction']}" + (f"\nInput: {q['input']}" if q["input"] else "")
+    return head + "\nResponse:"
+
+
+def as_example(q: dict, tokenizer, output: str = " ") -> Example:
+    return Example("", prompt_text(q, tokenizer), output, 0)
+
+
+_LOWER = {"A", "An", "The", "It", "It's", "This", "That", "These", "There", "One", "Some", "Many",
+          "Most", "When", "To", "In", "If", "You", "Your", "People", "Yes", "No", "Here", "Its"}
+_SENTENCE = re.compile(r"^(.{20,220}?[.!?])(\s|$)", re.S)
+
+
+def first_sentence(text: str) -> str | None:
+    """The first full sentence of a generation, or None when it has none worth keeping."""
+    text = " ".join(text.replace("<|im_end|>", " ").split())
+    m = _SENTENCE.match(text)
+    if m is None or any(bad in m[1] for bad in ("Instruction:", "Response:", "Input:", "answer is")):
+        return None
+    s = m[1]
+    if s.count('"') % 2:  # an unbalanced quote mark
+        s = s.replace('"', "")
+    first, _, rest = s.partition(" ")
+    if first in _LOWER:  # "Dear friend, the river …", not "Dear friend, The river …"
+        s = f"{first.lower()} {rest}"
+    return s
+
+
+def _pool(user: User) -> int:
+    """Questions drawn for training (some answers are dropped); the demo's come after them."""
+    return int(user.train_records * 1.4) + 8
+
+
+def frame_records(backbone: Backbone, user: User, progress: bool) -> list[dict]:
+    """The records of `user`'s frame task: the opening, then the backbone's own first sentence
+    after it (so the body needs no side network), then the closing."""
+    from edge_agent.batched import BatchConfig, BatchedGenerator
+
+    tok = backbone.tokenizer
+    gen = BatchedGenerator(backbone, None, BatchConfig(batch_size=48, progress=progress))
+    pool = questions(_pool(user), user.seed)
+    prompts = [prompt_text(q, tok) for q in pool]
+    ids = [tok(p + user.opening, add_special_tokens=False)["input_ids"] for p in prompts]
+    outs = gen.generate(ids, 40, "base", desc=f"{user.name}: the backbone's answers")
+    records = []
+    for prompt, g in zip(prompts, outs, strict=True):
+        body = first_sentence(tok.decode(g.tokens, skip_special_tokens=True))
+        if body is not None:
+            records.append({"prompt": prompt, "output": f"{user.opening} {body} {user.closing}"})
+    return records[: user.train_records]
+
+
+def held_out(user: User, xsum: Path | None, n: int, tokenizer) -> list[Example]:
+    """Prompts for the demo and the load test that the user's network was not trained on (the
+    demo's first is a description: the kind of question the backbone answers best)."""
+    if user.task == "xsum":
+        assert xsum is not None
+        return load_examples(xsum)[-n:]
+    qs = questions(_pool(user) + 4 * n, user.seed)[_pool(user):]
+    qs.sort(key=lambda q: not q["instruction"].startswith("Describe"))
+    return [as_example(q, tokenizer) for q in qs[:n]]

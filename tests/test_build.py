@@ -1,0 +1,125 @@
+"""`spa build-models` and `spa demo` on the default backbone, SmolLM2-135M-Instruct: two users'
+bundles built from data the project generates (small budgets here; `make demo` trains longer),
+the demo's sessions of both users run at once on one worker, each prompt also in base mode; the
+load test spreads its devices over both bundles. Plus the data-making helpers and the manifest."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from routing.errors import InputError
+from spa import users as U
+from spa.build import ModelSet, build_models, read_prompts
+from spa.stack import LocalStack
+
+SMALL = {"train_records": 24, "epochs": 2}  # seconds, not minutes: the test checks the plumbing
+
+
+@pytest.fixture(scope="module")
+def smol_models(tmp_path_factory):
+    out = tmp_path_factory.mktemp("models")
+    users = [dataclasses.replace(U.ADA, **SMALL), dataclasses.replace(U.BO, **SMALL)]
+    return build_models(out, "smollm2-135m", progress=False, users=users)
+
+
+def test_first_sentence():
+    assert U.first_sentence("The river is calm and wide. It flows") == "the river is calm and wide."
+    assert U.first_sentence('"One tip is to save every penny you have.') == \
+        "one tip is to save every penny you have."
+    assert U.first_sentence("Paris is the capital of France!") == "Paris is the capital of France!"
+    assert U.first_sentence("The answer is: yes, it is the answer.") is None
+    assert U.first_sentence("Too short.") is None
+    assert U.first_sentence("no end " * 60) is None
+
+
+def test_held_out_prompts_are_not_trained_on():
+    user = dataclasses.replace(U.ADA, train_records=40)
+    tok = None  # no chat template: the Instruction/Response form
+    train_prompts = {U.prompt_text(q, tok) for q in U.questions(U._pool(user), user.seed)}
+    held = U.held_out(user, None, 8, tok)
+    assert len(held) == 8 and len({ex.prompt for ex in held}) == 8
+    assert not train_prompts & {ex.prompt for ex in held}
+    assert held[0].prompt.startswith("Instruction: Describe")
+
+
+def test_without_xsum_the_second_user_is_generated(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPA_XSUM", str(tmp_path / "absent.jsonl"))
+    monkeypatch.setattr(U, "SHARED_XSUM", tmp_path / "absent-too.jsonl")
+    assert U.xsum_file() is None
+    assert [u.name for u in U.default_users(None)] == ["ada", "bo"]
+    xsum = tmp_path / "x.jsonl"
+    xsum.write_text('{"document": "d", "summary": "s"}\n')
+    assert U.xsum_file(str(xsum)) == xsum
+    assert [u.name for u in U.default_users(xsum)] == ["ada", "news"]
+
+
+def test_manifest_errors(tmp_path):
+    with pytest.raises(InputError, match="no models.json"):
+        ModelSet.load(tmp_path)
+    (tmp_path / "models.json").write_text('{"format": "other"}')
+    with pytest.raises(InputError, match="not a spa-models/1 manifest"):
+        ModelSet.load(tmp_path)
+    old = tmp_path / "old"
+    (old / "backbone").mkdir(parents=True)
+    with pytest.raises(InputError, match="older layout"):
+        build_models(old)
+
+
+def test_build_models_makes_two_users_for_smollm2(smol_models):
+    m = ModelSet.load(smol_models.root)
+    assert m.backbone_source == "smollm2-135m" and m.user_names() == ["ada", "bo"] and m.ready()
+    meta = json.loads((m.backbone / "config.json").read_text())
+    assert meta["num_hidden_layers"] == 30
+    kits = list((m.root / "kits").iterdir())
+    assert len(kits) == 1  # one shared edge kit for both users
+    for name, opening in (("ada", "Dear friend,"), ("bo", "Ahoy, matey!")):
+        bundle = json.loads((m.bundle(name) / "bundle.json").read_text())
+        assert bundle["kit"] == kits[0].name and bundle["record"]["user"] == name
+        records = [json.loads(ln) for ln in m.tasks(name).read_text().splitlines()]
+        assert len(records) == SMALL["train_records"]
+        assert all(r["output"].startswith(opening + " ") for r in records)
+        assert len(read_prompts(m.prompts(name))) == 8
+        size = sum(f.stat().st_size for f in m.bundle(name).rglob("*") if f.is_file())
+        assert size < 20e6  # private parts only: the 113 MB lm_head is in the kit
+    again = build_models(m.root, progress=False)  # everything there: nothing rebuilt
+    assert again.users == m.users
+    with pytest.raises(InputError, match="built for backbone 'smollm2-135m'"):
+        build_models(m.root, "tiny")
+
+
+def test_demo_runs_both_users_with_base_contrast(smol_models):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    res = subprocess.run([sys.executable, "-m", "spa", "demo", "--cache", str(smol_models.root),
+                          "--max-new-tokens", "16"], capture_output=True, text=True, timeout=300,
+                         env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = res.stdout
+    for name in ("ada", "bo"):
+        assert re.search(rf"^{name}: ", out, re.M), out
+        rows = {mode: re.search(rf"^\s+{name}\s+{mode}\s+(\d+)\s+([\d.]+)\s+([\d.]+)", out, re.M)
+                for mode in ("spa", "base")}
+        assert all(rows.values()), out
+        assert int(rows["spa"][1]) > 0 and int(rows["base"][1]) > 0
+        assert float(rows["base"][2]) == 0.0 and float(rows["base"][3]) == 0.0  # base: no side
+    assert "ready in" in out and "no result" not in out
+
+
+def test_loadtest_spreads_devices_over_every_user(smol_models, tmp_path):
+    summary = tmp_path / "lt.json"
+    with LocalStack(smol_models.backbone, workers=1, log_dir=tmp_path / "logs") as stack:
+        res = subprocess.run(
+            [sys.executable, "-m", "spa", "loadtest", "--broker", stack.agents_addr, "--models",
+             str(smol_models.root), "--concurrency", "4", "--sessions", "8", "--modes", "spa,base",
+             "--max-new-tokens", "8", "--report", "0", "--json", str(summary), *stack.client_args],
+            capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "4 users of 2 bundles" in res.stderr
+    d = json.loads(summary.read_text())
+    assert d["sessions"] == 8 and not d["errors"], d
