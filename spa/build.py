@@ -206,6 +206,8 @@ def _build_user(models: ModelSet, bb, user: U.User, entry: dict, xsum: Path | No
         cfg = TrainConfig(mode="spa", epochs=8, rollout_prompts=24, rollout_tokens=24)
     else:
         if user.task == "xsum":
+            if xsum is None:
+                raise InputError(f"user {user.name} needs XSum records: --xsum FILE or $SPA_XSUM")
             examples = load_examples(xsum)[: user.train_records]
             write_jsonl([{"document": ex.head.removeprefix("Document: "), "summary": ex.answer.strip()}
                          for ex in examples], tasks)

@@ -26,6 +26,8 @@ SMALL = {"train_records": 24, "epochs": 2}  # seconds, not minutes: the test che
 def smol_models(tmp_path_factory):
     out = tmp_path_factory.mktemp("models")
     users = [dataclasses.replace(U.ADA, **SMALL), dataclasses.replace(U.BO, **SMALL)]
+    if U.xsum_file() is not None:  # ../shared beside the checkout (as in CI): the XSum user too
+        users.append(dataclasses.replace(U.NEWS, train_records=12, epochs=1))
     return build_models(out, "smollm2-135m", progress=False, users=users)
 
 
@@ -74,18 +76,20 @@ def test_manifest_errors(tmp_path):
 
 def test_build_models_makes_two_users_for_smollm2(smol_models):
     m = ModelSet.load(smol_models.root)
-    assert m.backbone_source == "smollm2-135m" and m.user_names() == ["ada", "bo"] and m.ready()
+    assert m.backbone_source == "smollm2-135m" and m.user_names()[:2] == ["ada", "bo"] and m.ready()
     meta = json.loads((m.backbone / "config.json").read_text())
     assert meta["num_hidden_layers"] == 30
     kits = list((m.root / "kits").iterdir())
-    assert len(kits) == 1  # one shared edge kit for both users
+    assert len(kits) == 1  # one shared edge kit for every user
     for name, opening in (("ada", "Dear friend,"), ("bo", "Ahoy, matey!")):
         bundle = json.loads((m.bundle(name) / "bundle.json").read_text())
         assert bundle["kit"] == kits[0].name and bundle["record"]["user"] == name
         records = [json.loads(ln) for ln in m.tasks(name).read_text().splitlines()]
         assert len(records) == SMALL["train_records"]
         assert all(r["output"].startswith(opening + " ") for r in records)
+        assert all(r["prompt"].endswith("<|im_start|>assistant\n") for r in records)  # chat form
         assert len(read_prompts(m.prompts(name))) == 8
+    for name in m.user_names():
         size = sum(f.stat().st_size for f in m.bundle(name).rglob("*") if f.is_file())
         assert size < 20e6  # private parts only: the 113 MB lm_head is in the kit
     again = build_models(m.root, progress=False)  # everything there: nothing rebuilt
@@ -101,7 +105,7 @@ def test_demo_runs_both_users_with_base_contrast(smol_models):
                          env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = res.stdout
-    for name in ("ada", "bo"):
+    for name in smol_models.user_names():
         assert re.search(rf"^{name}: ", out, re.M), out
         rows = {mode: re.search(rf"^\s+{name}\s+{mode}\s+(\d+)\s+([\d.]+)\s+([\d.]+)", out, re.M)
                 for mode in ("spa", "base")}
@@ -120,6 +124,6 @@ def test_loadtest_spreads_devices_over_every_user(smol_models, tmp_path):
              "--max-new-tokens", "8", "--report", "0", "--json", str(summary), *stack.client_args],
             capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "4 users of 2 bundles" in res.stderr
+    assert f"4 users of {len(smol_models.users)} bundles" in res.stderr
     d = json.loads(summary.read_text())
     assert d["sessions"] == 8 and not d["errors"], d
