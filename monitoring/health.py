@@ -5,6 +5,7 @@ e.g. `spa_live_workers>=1`."""
 from __future__ import annotations
 
 import re
+import time
 import urllib.error
 import urllib.request
 
@@ -42,3 +43,17 @@ def check(url: str, require: list[str], timeout: float = 3.0) -> str:
         if not _OPS[op](sums[name], value):
             raise SpaError(f"{url}: {name} is {sums[name]:g}, needs {op} {value:g}")
     return f"healthy: {url}" + "".join(f", {n}={sums[n]:g}" for n, _, _ in reqs)
+
+
+def wait(url: str, require: list[str], timeout: float = 3.0, wait_s: float = 0.0,
+         every_s: float = 2.0) -> str:
+    """`check`, retried until it passes or `wait_s` is over (0 = once): for scripts that start
+    the stack and wait for it, e.g. through a first `docker compose up` that builds the models."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return check(url, require, timeout)
+        except SpaError:
+            if time.monotonic() + every_s > deadline:
+                raise
+        time.sleep(every_s)

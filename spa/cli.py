@@ -218,9 +218,13 @@ def cmd_build_models(args) -> None:
 
 
 def cmd_health(args) -> None:
-    from monitoring.health import check
+    from monitoring.health import wait
 
-    print(check(args.url, args.require, args.timeout))
+    if args.wait < 0:
+        from routing.errors import InputError
+
+        raise InputError(f"--wait must be >= 0, got {args.wait}")
+    print(wait(args.url, args.require, args.timeout, args.wait))
 
 
 def cmd_demo(args) -> None:
@@ -410,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--require", action="append", default=[],
                    help="NAME>=VALUE on a sample summed over labels, e.g. spa_live_workers>=1")
     q.add_argument("--timeout", type=float, default=3.0)
+    q.add_argument("--wait", type=float, default=0.0, help="retry for up to this many seconds "
+                   "(e.g. 900 while a first `docker compose up` builds the models); 0 = once")
     q.set_defaults(func=cmd_health)
 
     q = sub.add_parser("demo", help="broker, worker and two users' agents on localhost: each "

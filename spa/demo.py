@@ -66,7 +66,7 @@ def run_demo(args) -> None:
                 sel.register(p.stdout, selectors.EVENT_READ, i)
             print(f"ready in {time.monotonic() - t0:.1f} s; streaming "
                   f"(side-network tokens {'in green' if tty else '[in brackets]'}):\n", flush=True)
-            _stream(sel, sessions, tty)
+            first = _stream(sel, sessions, tty)
             for s, p in zip(sessions, procs, strict=True):
                 if p.wait() != 0:
                     s["error"] = p.stderr.read().strip().splitlines()[-1:] or [f"exit {p.returncode}"]
@@ -78,10 +78,14 @@ def run_demo(args) -> None:
     if not tty:
         print(_render(sessions, tty))
     _summary(sessions)
+    if first is not None:
+        print(f"first token {first - t0:.1f} s after the demo started; all done in "
+              f"{time.monotonic() - t0:.1f} s")
 
 
-def _stream(sel: selectors.BaseSelector, sessions: list[dict], tty: bool) -> None:
-    open_streams, last_paint, painted = len(sessions), 0.0, 0
+def _stream(sel: selectors.BaseSelector, sessions: list[dict], tty: bool) -> float | None:
+    """Until every agent's stream ends; returns when the first token arrived (monotonic)."""
+    open_streams, last_paint, painted, first = len(sessions), 0.0, 0, None
     while open_streams:
         for key, _ in sel.select(timeout=0.2):
             s, line = sessions[key.data], key.fileobj.readline()
@@ -90,6 +94,8 @@ def _stream(sel: selectors.BaseSelector, sessions: list[dict], tty: bool) -> Non
                 open_streams -= 1
                 continue
             ev = json.loads(line)
+            if first is None and not ev.get("done"):
+                first = time.monotonic()
             if ev.get("done"):
                 s["stats"] = ev
             elif ev["path"] == "side" and ev["text"]:  # (EOS has no text)
@@ -101,6 +107,7 @@ def _stream(sel: selectors.BaseSelector, sessions: list[dict], tty: bool) -> Non
             last_paint = time.monotonic()
     if tty:
         _paint(sessions, painted)
+    return first
 
 
 def _render(sessions: list[dict], tty: bool) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -135,3 +136,31 @@ def test_health(tmp_path):
         assert_clean_error(spa("health", url, "--require", "spa_nothing>=0"), "no sample named")
     finally:
         server.shutdown()
+
+
+def test_health_waits_for_a_late_start():
+    """--wait retries until the endpoint answers (a worker still loading, a first compose build)."""
+    import threading
+
+    from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+    from spa.stack import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/metrics"
+    t0 = time.monotonic()
+    assert_clean_error(spa("health", url, "--wait", "2"), "no answer")
+    assert time.monotonic() - t0 >= 1.5  # it did retry
+    assert_clean_error(spa("health", url, "--wait", "-1"), "--wait must be >= 0")
+    reg = CollectorRegistry()
+    Gauge("spa_live_workers", "w", registry=reg).set(1)
+    servers = []
+    timer = threading.Timer(3.0, lambda: servers.append(start_http_server(port, "127.0.0.1", reg)))
+    timer.start()
+    try:
+        ok = spa("health", url, "--wait", "30", "--require", "spa_live_workers>=1")
+        assert ok.returncode == 0 and "healthy" in ok.stdout, ok.stderr
+    finally:
+        timer.join()
+        for server, _ in servers:
+            server.shutdown()
