@@ -54,6 +54,7 @@ def wait(url: str, require: list[str], timeout: float = 3.0, wait_s: float = 0.0
         try:
             return check(url, require, timeout)
         except SpaError:
-            if time.monotonic() + every_s > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 raise
-        time.sleep(every_s)
+        time.sleep(min(every_s, left))

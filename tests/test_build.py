@@ -127,3 +127,33 @@ def test_loadtest_spreads_devices_over_every_user(smol_models, tmp_path):
     assert f"4 users of {len(smol_models.users)} bundles" in res.stderr
     d = json.loads(summary.read_text())
     assert d["sessions"] == 8 and not d["errors"], d
+
+
+def test_prompt_records_are_used_whole(tmp_path):
+    """{"prompt","output"}: the prompt as written (no cut, no cue added), the answer as written;
+    a record with an empty or non-string field is refused with its line number."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from edge_agent.data import load_examples, record_to_example
+
+    ex = record_to_example({"prompt": "<|im_start|>user\nHi<|im_end|>\n", "output": "Dear friend, hi."},
+                           1, "f")
+    assert ex.prompt == "<|im_start|>user\nHi<|im_end|>\n" and ex.answer == "Dear friend, hi."
+
+    @settings(deadline=None, max_examples=200)
+    @given(st.dictionaries(st.sampled_from(["prompt", "output", "x"]),
+                           st.one_of(st.text(max_size=5), st.integers(), st.none()), max_size=3))
+    def any_record(rec):
+        try:
+            got = record_to_example({"prompt": "p", **rec} if "prompt" not in rec else rec, 3, "f")
+        except InputError as e:
+            assert "f:3" in str(e)
+        else:
+            assert isinstance(got.prompt, str) and got.answer.strip()
+
+    any_record()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "output": "o"}\n{"prompt": "p", "output": ""}\n')
+    with pytest.raises(InputError, match="bad.jsonl:2: field 'output' must be a non-empty string"):
+        load_examples(bad)
