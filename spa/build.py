@@ -100,7 +100,7 @@ def build_models(out: str | Path, backbone: str | None = None, xsum: str | None 
         backbone = backbone or models.backbone_source
         if models.backbone_source != backbone:
             raise InputError(f"{out} was built for backbone {models.backbone_source!r}, not "
-                             f"{backbone!r}: use another --out or remove {out}")
+                             f"{backbone!r}: use another directory (--out, or --cache for the demo) or remove {out}")
     elif (out / "backbone").exists() or (out / "bundle").exists():
         raise InputError(f"{out} holds models but no models.json (an older layout?): remove it "
                          "or choose another --out")
