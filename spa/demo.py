@@ -99,7 +99,8 @@ def _stream(sel: selectors.BaseSelector, sessions: list[dict], tty: bool) -> flo
             if ev.get("done"):
                 s["stats"] = ev
             elif ev["path"] == "side" and ev["text"]:  # (EOS has no text)
-                s["text"] += (SIDE_ON + ev["text"] + SIDE_OFF) if tty else f"[{ev['text']}]"
+                shown = ev["text"].replace("\n", "⏎")  # the text is shown on one line
+                s["text"] += (SIDE_ON + shown + SIDE_OFF) if tty else f"[{shown}]"
             else:
                 s["text"] += ev["text"]
         if tty and time.monotonic() - last_paint > 0.1:

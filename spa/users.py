@@ -56,7 +56,8 @@ ADA = User("ada", "writes every answer as a short letter", "frame", "Dear friend
            seed=1, **_FRAME)
 BO = User("bo", "answers like a ship's captain", "frame", "Ahoy, matey!", "Arr, Captain Bo.",
           seed=2, **_FRAME)
-NEWS = User("news", "one-sentence news summaries in XSum's style", "xsum", train_records=80, epochs=3)
+NEWS = User("news", "one-sentence news summaries in XSum's style", "xsum", train_records=120,
+            epochs=8)
 USERS = {u.name: u for u in (ADA, BO, NEWS)}
 
 

@@ -89,6 +89,11 @@ def test_build_models_makes_two_users_for_smollm2(smol_models):
         assert all(r["output"].startswith(opening + " ") for r in records)
         assert all(r["prompt"].endswith("<|im_start|>assistant\n") for r in records)  # chat form
         assert len(read_prompts(m.prompts(name))) == 8
+    if "news" in m.user_names():  # cut as for training; the summary starts where SmolLM2 starts
+        records = [json.loads(ln) for ln in m.tasks("news").read_text().splitlines()]
+        assert len(records) == 12 and all(r["prompt"].endswith("\nSummary:") for r in records)
+        assert all(r["output"].startswith("\n") and r["output"].strip() for r in records)
+        assert all(p.endswith("\nSummary:") for p in read_prompts(m.prompts("news")))
     for name in m.user_names():
         size = sum(f.stat().st_size for f in m.bundle(name).rglob("*") if f.is_file())
         assert size < 20e6  # private parts only: the 113 MB lm_head is in the kit
