@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from routing.errors import InputError
 from spa import users as U
 
 FORMAT = "spa-models/1"
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TINY = "tiny"  # the self-trained 0.9M-parameter backbone: for fast tests and `spa pretrain`
 DEMO_PROMPTS = 8
 # Seconds each step took on the 2-core CI machine (RESULTS.md §6), for the first run's plan.
@@ -72,9 +74,14 @@ class ModelSet:
         try:
             meta = json.loads(path.read_text())
             assert meta["format"] == FORMAT and isinstance(meta["users"], list)
-            return cls(root, str(meta["backbone"]), meta["users"])
+            assert all(isinstance(u, dict) and isinstance(u.get("name"), str)
+                       and isinstance(u.get("about", ""), str) for u in meta["users"])
         except (ValueError, KeyError, AssertionError, TypeError):
             raise InputError(f"{path} is not a {FORMAT} manifest") from None
+        for u in meta["users"]:  # names become paths under root
+            if not _NAME.fullmatch(u["name"]):
+                raise InputError(f"{path}: bad user name {u['name']!r} (letters, digits, - and _)")
+        return cls(root, str(meta["backbone"]), meta["users"])
 
     def ready(self) -> bool:
         return (self.backbone / "config.json").is_file() and bool(self.users) and all(

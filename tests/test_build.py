@@ -68,6 +68,14 @@ def test_manifest_errors(tmp_path):
     (tmp_path / "models.json").write_text('{"format": "other"}')
     with pytest.raises(InputError, match="not a spa-models/1 manifest"):
         ModelSet.load(tmp_path)
+    (tmp_path / "models.json").write_text(
+        '{"format": "spa-models/1", "backbone": "tiny", "users": [{"name": "../etc"}]}')
+    with pytest.raises(InputError, match="bad user name"):
+        ModelSet.load(tmp_path)
+    (tmp_path / "models.json").write_text(
+        '{"format": "spa-models/1", "backbone": "tiny", "users": [{"name": 3}]}')
+    with pytest.raises(InputError, match="not a spa-models/1 manifest"):
+        ModelSet.load(tmp_path)
     old = tmp_path / "old"
     (old / "backbone").mkdir(parents=True)
     with pytest.raises(InputError, match="older layout"):
