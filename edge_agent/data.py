@@ -89,6 +89,22 @@ def load_examples(path: str | Path, limit: int | None = None) -> list[Example]:
     return examples
 
 
+def read_prompt_file(path: str | Path) -> list[str]:
+    """A prompt file: one prompt a line, `\\n` for a newline inside a prompt; blank lines skipped."""
+    lines = [ln.replace("\\n", "\n") for ln in read_text(path, "prompt file").splitlines()
+             if ln.strip()]
+    if not lines:
+        raise InputError(f"{path}: no prompts in the file")
+    return lines
+
+
+def write_prompt_file(prompts: list[str], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(p.replace("\n", "\\n") + "\n" for p in prompts))
+    return path
+
+
 def split(examples: list[Example], spec: str) -> list[Example]:
     """Slice by a Python-style 'start:stop' spec, e.g. ':800' or '800:'."""
     if not spec:

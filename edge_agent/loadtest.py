@@ -28,7 +28,7 @@ from edge_agent.agent import EdgeAgent, SessionError
 from edge_agent.edge_model import EdgeModel
 from monitoring import metrics
 from routing import security
-from routing.errors import ErrorCode, InputError, SpaError, read_text
+from routing.errors import ErrorCode, InputError, SpaError
 from routing.modes import Mode
 from routing.sampling import Sampling
 
@@ -130,7 +130,7 @@ def load_prompts(path: str | None, tokenizer, max_prompt_tokens: int = 384,
     (instruction/output or document/summary: the long part is cut, the cue kept), a text file
     (one prompt a line, `\\n` for a newline; the head is kept), or, with no path, the built-in
     personal-style tasks."""
-    from edge_agent.data import load_examples, record_to_example
+    from edge_agent.data import load_examples, read_prompt_file, record_to_example
 
     if max_prompt_tokens < 1:
         raise InputError(f"--max-prompt-tokens must be >= 1, got {max_prompt_tokens}")
@@ -142,11 +142,7 @@ def load_prompts(path: str | None, tokenizer, max_prompt_tokens: int = 384,
     elif path.endswith(".jsonl"):
         examples = load_examples(path)
     else:
-        lines = [ln.replace("\\n", "\n") for ln in read_text(path, "prompt file").splitlines()
-                 if ln.strip()]
-        if not lines:
-            raise InputError(f"{path}: no prompts in the file")
-        return [tokenizer(ln)["input_ids"][:max_prompt_tokens] for ln in lines]
+        return [tokenizer(ln)["input_ids"][:max_prompt_tokens] for ln in read_prompt_file(path)]
     if not examples:
         raise InputError(f"{path}: no prompts in the file")
     return [ex.prompt_ids(tokenizer, max_prompt_tokens) for ex in examples]

@@ -89,10 +89,6 @@ class ModelSet:
             for u in self.users)
 
 
-def read_prompts(path: Path) -> list[str]:
-    return [ln.replace("\\n", "\n") for ln in path.read_text().splitlines() if ln.strip()]
-
-
 def build_models(out: str | Path, backbone: str | None = None, xsum: str | None = None,
                  progress: bool | None = None, corpus: str | None = None,
                  pretrain_steps: int = 400, users: list[U.User] | None = None) -> ModelSet:
@@ -200,7 +196,7 @@ def _backbone(models: ModelSet, corpus: str | None, steps: int, progress: bool):
 def _build_user(models: ModelSet, bb, user: U.User, entry: dict, xsum: Path | None,
                 progress: bool) -> None:
     from edge_agent.bundle import save_bundle
-    from edge_agent.data import load_examples
+    from edge_agent.data import load_examples, write_prompt_file
     from edge_agent.synthetic import make_personal_tasks, write_jsonl
     from edge_agent.training import TrainConfig, train_bundle
 
@@ -208,8 +204,9 @@ def _build_user(models: ModelSet, bb, user: U.User, entry: dict, xsum: Path | No
     tasks = models.tasks(user.name)
     if models.backbone_source == TINY:
         write_jsonl(make_personal_tasks(400, seed=1), tasks)
-        examples = load_examples(tasks)[:360]
-        held = [ex.prompt for ex in load_examples(tasks)[360:360 + DEMO_PROMPTS]]
+        records = load_examples(tasks)
+        examples = records[:360]
+        held = [ex.prompt for ex in records[360:360 + DEMO_PROMPTS]]
         cfg = TrainConfig(mode="spa", epochs=8, rollout_prompts=24, rollout_tokens=24)
     else:
         if user.task == "xsum":
@@ -240,8 +237,7 @@ def _build_user(models: ModelSet, bb, user: U.User, entry: dict, xsum: Path | No
     edge, record = train_bundle(bb, examples, cfg, progress)
     record.update(user=user.name, about=user.about, data=str(tasks), backbone=models.backbone_source)
     save_bundle(edge, models.bundle(user.name), record, kits=models.root / "kits")
-    models.prompts(user.name).parent.mkdir(parents=True, exist_ok=True)
-    models.prompts(user.name).write_text("".join(p.replace("\n", "\\n") + "\n" for p in held))
+    write_prompt_file(held, models.prompts(user.name))
     entry.update(seconds=round(time.monotonic() - t0, 1), records=len(examples),
                  m_dev=record["heads"]["add"]["calibration"]["m_dev"])
     print(f"{user.name}: bundle ready in {entry['seconds']:.0f} s", flush=True)

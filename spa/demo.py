@@ -20,8 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+from edge_agent.data import read_prompt_file
 from routing.errors import InputError
-from spa.build import ModelSet, build_models, read_prompts
+from spa.build import ModelSet, build_models
 from spa.stack import LocalStack
 
 SIDE_ON, SIDE_OFF = "\033[1;32m", "\033[0m"
@@ -41,7 +42,7 @@ def run_demo(args) -> None:
     for name in names:
         if name not in models.user_names():
             raise InputError(f"no user {name!r} in {models.root}: {', '.join(models.user_names())}")
-        prompts = read_prompts(models.prompts(name))
+        prompts = read_prompt_file(models.prompts(name))
         prompt = prompts[args.prompt % len(prompts)]
         about = next(u["about"] for u in models.users if u["name"] == name)
         sessions += [{"user": name, "about": about, "mode": m, "prompt": prompt, "text": "",
@@ -158,5 +159,5 @@ def _summary(sessions: list[dict]) -> None:
 
 def demo_prompts(models: ModelSet, n: int) -> list[str]:
     """The first user's held-out prompts, repeated to `n` (for the benchmarks)."""
-    ps = read_prompts(models.prompts(models.user_names()[0]))
+    ps = read_prompt_file(models.prompts(models.user_names()[0]))
     return (ps * (n // len(ps) + 1))[:n]

@@ -14,9 +14,10 @@ import sys
 
 import pytest
 
+from edge_agent.data import read_prompt_file
 from routing.errors import InputError
 from spa import users as U
-from spa.build import ModelSet, build_models, read_prompts
+from spa.build import ModelSet, build_models
 from spa.stack import LocalStack
 
 SMALL = {"train_records": 24, "epochs": 2}  # seconds, not minutes: the test checks the plumbing
@@ -96,12 +97,12 @@ def test_build_models_makes_two_users_for_smollm2(smol_models):
         assert len(records) == SMALL["train_records"]
         assert all(r["output"].startswith(opening + " ") for r in records)
         assert all(r["prompt"].endswith("<|im_start|>assistant\n") for r in records)  # chat form
-        assert len(read_prompts(m.prompts(name))) == 8
+        assert len(read_prompt_file(m.prompts(name))) == 8
     if "news" in m.user_names():  # cut as for training; the summary starts where SmolLM2 starts
         records = [json.loads(ln) for ln in m.tasks("news").read_text().splitlines()]
         assert len(records) == 12 and all(r["prompt"].endswith("\nSummary:") for r in records)
         assert all(r["output"].startswith("\n") and r["output"].strip() for r in records)
-        assert all(p.endswith("\nSummary:") for p in read_prompts(m.prompts("news")))
+        assert all(p.endswith("\nSummary:") for p in read_prompt_file(m.prompts("news")))
     for name in m.user_names():
         size = sum(f.stat().st_size for f in m.bundle(name).rglob("*") if f.is_file())
         assert size < 20e6  # private parts only: the 113 MB lm_head is in the kit

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 from prom import PrometheusServer
 
-from edge_agent.data import load_examples
+from edge_agent.data import load_examples, write_prompt_file
 from monitoring.grafana import dashboard
 from spa.build import ModelSet
 from spa.stack import free_port
@@ -220,9 +220,7 @@ def test_compose_services_run_as_local_processes(tmp_path, backbone_dir, bundle_
     shutil.copytree(backbone_dir, models / "backbone")
     shutil.copytree(bundle_dir, models / "users" / "ada")
     shutil.copytree(bundle_dir.parent / "kits", models / "kits")  # the backbone's shared edge kit
-    (models / "prompts").mkdir()
-    (models / "prompts" / "ada.txt").write_text("".join(
-        ex.prompt.replace("\n", "\\n") + "\n" for ex in load_examples(tasks_file)[:8]))
+    write_prompt_file([ex.prompt for ex in load_examples(tasks_file)[:8]], models / "prompts" / "ada.txt")
     ModelSet(models, "tiny", [{"name": "ada", "about": "the test's user"}]).save()
     stack = LocalCompose(tmp_path, models)
     keygen = subprocess.run(stack.argv(SERVICES["keygen"]["command"]), capture_output=True, text=True,
