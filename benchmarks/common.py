@@ -9,7 +9,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from spa.build import build_models  # noqa: E402
+from lab.build import build_models  # noqa: E402
 from spa.demo import demo_prompts  # noqa: E402
 
 CACHE = ROOT / ".spa-cache" / "tiny"

@@ -13,9 +13,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cloud_worker.backbone import Backbone  # noqa: E402
-from edge_agent.batched import BatchConfig, BatchedGenerator  # noqa: E402
 from edge_agent.bundle import load_bundle  # noqa: E402
-from edge_agent.data import load_examples, split  # noqa: E402
+from lab.batched import BatchConfig, BatchedGenerator  # noqa: E402
+from lab.data import load_examples, split  # noqa: E402
 
 
 def main() -> None:

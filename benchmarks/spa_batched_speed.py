@@ -34,10 +34,10 @@ def main() -> None:
     import torch
 
     from cloud_worker.backbone import Backbone
-    from edge_agent.batched import BatchConfig, BatchedGenerator
     from edge_agent.bundle import load_bundle
-    from edge_agent.data import load_examples, split
-    from edge_agent.reference import ReferenceGenerator
+    from lab.batched import BatchConfig, BatchedGenerator
+    from lab.data import load_examples, split
+    from lab.reference import ReferenceGenerator
     from routing.modes import parse_modes
 
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

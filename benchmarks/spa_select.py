@@ -70,10 +70,10 @@ def main(argv: list[str] | None = None) -> list[str]:
     from rouge_score import rouge_scorer
 
     from cloud_worker.backbone import Backbone
-    from edge_agent.batched import BatchConfig, BatchedGenerator
-    from edge_agent.data import load_examples, split
     from edge_agent.edge_model import EdgeModel
-    from edge_agent.training import (
+    from lab.batched import BatchConfig, BatchedGenerator
+    from lab.data import load_examples, split
+    from lab.training import (
         TrainConfig,
         auc,
         calibrate,

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from routing.cache import cache_root
 from routing.errors import InputError
 
 
@@ -56,12 +57,6 @@ PACKAGED: dict[str, Packaged] = {
 }
 DEFAULT_BACKBONE = "smollm2-135m"
 _MARKER = "spa-source.json"  # written last into a converted directory: what it came from
-
-
-def cache_root() -> Path:
-    """Where converted backbones (and shared edge kits) are kept: $SPA_CACHE or ~/.cache/spa."""
-    env = os.environ.get("SPA_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "spa"
 
 
 def packaged_gguf(name: str, verify: bool = True) -> tuple[Path, str | None]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from routing.cache import cache_root
 from routing.errors import FingerprintMismatch, InputError
 
 FORMAT = "spa-edge-kit/1"
@@ -80,8 +81,6 @@ def save_kit(edge, root: str | Path) -> Path:
 def kit_places(fingerprint: str, bundle: Path | None = None,
                kits: str | Path | None = None) -> list[Path]:
     """Where the kit of `fingerprint` may be, in search order."""
-    from cloud_worker.packaged import cache_root
-
     kid = kit_id(fingerprint)
     roots: list[Path] = []
     if kits is not None:

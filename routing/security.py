@@ -113,3 +113,13 @@ def create_keys(out: str | Path, agents: list[str], workers: list[str]) -> list[
                 (folder / f"{name}.key_secret").chmod(0o600)
                 made.append(folder / f"{name}.key_secret")
     return made
+
+
+def client_keys(args, role: str) -> ClientKeys | None:
+    """The keys a client process (`role`: agent or worker) was given on its command line:
+    `--keys DIR [--key-name N]`, or None with `--plaintext`."""
+    if args.plaintext:
+        return None
+    if not args.keys:
+        raise InputError("give --keys DIR (create it with `spa keys DIR`) or, for a local test, --plaintext")
+    return ClientKeys.from_dir(args.keys, role, args.key_name)

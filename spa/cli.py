@@ -18,7 +18,7 @@ def _progress(args) -> bool:
 
 
 def cmd_pretrain(args) -> None:
-    from cloud_worker.pretrain import pretrain
+    from lab.pretrain import pretrain
 
     pretrain(args.corpus, args.out, args.preset, args.steps, args.seed, args.device, _progress(args))
 
@@ -32,8 +32,8 @@ _TRAIN_TUNABLES = ("dropout", "weight_decay", "patience", "schedule", "clf_featu
 def cmd_train(args) -> None:
     from cloud_worker.backbone import Backbone
     from edge_agent.bundle import save_bundle
-    from edge_agent.data import load_examples, split
-    from edge_agent.training import TrainConfig, parse_overrides, train_bundle
+    from lab.data import load_examples, split
+    from lab.training import TrainConfig, parse_overrides, train_bundle
 
     layers = [int(x) for x in args.layers.split(",") if x.strip()] if args.layers else []
     cfg = TrainConfig(mode=args.mode, target_m=args.target_m, lam=args.lam, epochs=args.epochs,
@@ -56,8 +56,8 @@ def cmd_train(args) -> None:
 def cmd_eval(args) -> None:
     from cloud_worker.backbone import Backbone
     from edge_agent.bundle import load_bundle
-    from edge_agent.data import load_examples, split
-    from edge_agent.evaluate import run_eval
+    from lab.data import load_examples, split
+    from lab.evaluate import run_eval
     from routing.modes import parse_modes
 
     modes = parse_modes(args.modes)
@@ -73,7 +73,7 @@ def cmd_eval(args) -> None:
 def cmd_generate(args) -> None:
     from cloud_worker.backbone import Backbone
     from edge_agent.bundle import load_bundle
-    from edge_agent.reference import ReferenceGenerator
+    from lab.reference import ReferenceGenerator
     from routing.errors import InputError
     from routing.sampling import Sampling
 
@@ -116,17 +116,6 @@ def _server_keys(args):
     return ServerKeys.from_dir(args.keys)
 
 
-def _client_keys(args, role: str):
-    from routing.errors import InputError
-    from routing.security import ClientKeys
-
-    if args.plaintext:
-        return None
-    if not args.keys:
-        raise InputError("give --keys DIR (create it with `spa keys DIR`) or, for a local test, --plaintext")
-    return ClientKeys.from_dir(args.keys, role, args.key_name)
-
-
 def cmd_keys(args) -> None:
     from routing.security import create_keys
 
@@ -149,9 +138,10 @@ def cmd_broker(args) -> None:
 def cmd_worker(args) -> None:
     from cloud_worker.config import from_args
     from cloud_worker.worker import main as worker_main
+    from routing.security import client_keys
 
     worker_main(args.backbone, args.broker, args.device, args.max_sessions, args.dtype, args.threads,
-                args.metrics_port, _client_keys(args, "worker"), args.metrics_addr,
+                args.metrics_port, client_keys(args, "worker"), args.metrics_addr,
                 engine=from_args(args))
 
 
@@ -162,10 +152,11 @@ def cmd_agent(args) -> None:
     from edge_agent.bundle import load_bundle
     from monitoring import metrics
     from routing.errors import InputError
+    from routing.security import client_keys
 
     if not args.prompt.strip():
         raise InputError("empty prompt")
-    keys = _client_keys(args, "agent")
+    keys = client_keys(args, "agent")
     edge = load_bundle(args.bundle)
     metrics.init_agent_series([args.mode])
     metrics.serve(args.metrics_port, args.metrics_addr)
@@ -201,14 +192,14 @@ def cmd_agent(args) -> None:
 
 
 def cmd_loadtest(args) -> None:
-    from edge_agent.loadtest import main as loadtest_main
+    from loadgen.loadtest import main as loadtest_main
 
     loadtest_main(args)
 
 
 def cmd_build_models(args) -> None:
     from edge_agent.bundle import describe
-    from spa.build import build_models
+    from lab.build import build_models
 
     models = build_models(args.out, args.backbone, args.xsum, None if not args.quiet else False,
                           args.corpus, args.steps)

@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from edge_agent.data import read_prompt_file
+from lab.build import ModelSet, build_models
+from lab.data import read_prompt_file
 from routing.errors import InputError
-from spa.build import ModelSet, build_models
 from spa.stack import LocalStack
 
 SIDE_ON, SIDE_OFF = "\033[1;32m", "\033[0m"

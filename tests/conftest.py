@@ -22,7 +22,7 @@ def workdir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def corpus_file(workdir) -> Path:
-    from edge_agent.synthetic import make_corpus
+    from lab.synthetic import make_corpus
 
     path = workdir / "corpus.txt"
     path.write_text(make_corpus(800, seed=0))
@@ -31,14 +31,14 @@ def corpus_file(workdir) -> Path:
 
 @pytest.fixture(scope="session")
 def tasks_file(workdir) -> Path:
-    from edge_agent.synthetic import make_personal_tasks, write_jsonl
+    from lab.synthetic import make_personal_tasks, write_jsonl
 
     return write_jsonl(make_personal_tasks(160, seed=1), workdir / "tasks.jsonl")
 
 
 @pytest.fixture(scope="session")
 def backbone_dir(workdir, corpus_file) -> Path:
-    from cloud_worker.pretrain import pretrain
+    from lab.pretrain import pretrain
 
     return pretrain(corpus_file, workdir / "backbone", "tiny", PRETRAIN_STEPS, seed=0, progress=False)
 
@@ -53,8 +53,8 @@ def backbone(backbone_dir):
 @pytest.fixture(scope="session")
 def trained(backbone, tasks_file):
     """(edge model, training record) for both combines, small budgets."""
-    from edge_agent.data import load_examples
-    from edge_agent.training import TrainConfig, train_bundle
+    from lab.data import load_examples
+    from lab.training import TrainConfig, train_bundle
 
     cfg = TrainConfig(mode="all", epochs=4, clf_epochs=2, rollout_prompts=8, rollout_tokens=16,
                       target_m=0.6)
@@ -107,6 +107,6 @@ def edge(bundle_dir):
 @pytest.fixture(scope="session")
 def prompts(backbone, tasks_file) -> list[list[int]]:
     """16 held-out task prompts (records 120–135; training used 0–119) as token ids."""
-    from edge_agent.data import load_examples
+    from lab.data import load_examples
 
     return [ex.prompt_ids(backbone.tokenizer) for ex in load_examples(tasks_file)[120:136]]

@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
-from edge_agent.batched import BatchConfig, BatchedGenerator
-from edge_agent.data import load_examples
 from edge_agent.decoding import Act, Decoder
-from edge_agent.reference import ReferenceGenerator
+from lab.batched import BatchConfig, BatchedGenerator
+from lab.data import load_examples
+from lab.reference import ReferenceGenerator
 from routing.modes import Mode
 from routing.sampling import Sampling
 

@@ -14,10 +14,10 @@ import sys
 
 import pytest
 
-from edge_agent.data import read_prompt_file
+from lab import users as U
+from lab.build import ModelSet, build_models
+from lab.data import read_prompt_file
 from routing.errors import InputError
-from spa import users as U
-from spa.build import ModelSet, build_models
 from spa.stack import LocalStack
 
 SMALL = {"train_records": 24, "epochs": 2}  # seconds, not minutes: the test checks the plumbing
@@ -149,7 +149,7 @@ def test_prompt_records_are_used_whole(tmp_path):
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from edge_agent.data import load_examples, record_to_example
+    from lab.data import load_examples, record_to_example
 
     ex = record_to_example({"prompt": "<|im_start|>user\nHi<|im_end|>\n", "output": "Dear friend, hi."},
                            1, "f")

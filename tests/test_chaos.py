@@ -12,7 +12,7 @@ import time
 import pytest
 
 from edge_agent.agent import EdgeAgent, RetryPolicy, SessionError
-from edge_agent.reference import ReferenceGenerator
+from lab.reference import ReferenceGenerator
 from spa.stack import LocalStack
 
 MODES = ("spa", "base", "full", "choice")

@@ -18,9 +18,9 @@ from pathlib import Path
 import yaml
 from prom import PrometheusServer
 
-from edge_agent.data import load_examples, write_prompt_file
+from lab.build import ModelSet
+from lab.data import load_examples, write_prompt_file
 from monitoring.grafana import dashboard
-from spa.build import ModelSet
 from spa.stack import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -299,6 +299,6 @@ def test_dockerfile_copies_every_package_and_the_wheel_holds_them(tmp_path):
     names = set(zipfile.ZipFile(wheel).namelist())
     for p in packages:
         assert f"{p.replace('.', '/')}/__init__.py" in names, p
-    for module in ("edge_agent/loadtest.py", "monitoring/health.py", "monitoring/grafana/dashboard.py",
+    for module in ("loadgen/loadtest.py", "monitoring/health.py", "monitoring/grafana/dashboard.py",
                    "cloud_worker/worker.py", "broker/broker.py"):
         assert module in names, module

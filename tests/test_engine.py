@@ -12,7 +12,7 @@ import torch
 from cloud_worker.backbone import Backbone
 from cloud_worker.config import WorkerConfig
 from cloud_worker.scheduler import Scheduler
-from edge_agent.reference import ReferenceGenerator
+from lab.reference import ReferenceGenerator
 from routing.errors import InputError
 from routing.protocol import ProtocolError, msg
 from routing.sampling import Sampling, choose_tokens, noise_key, pick_token

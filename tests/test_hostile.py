@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.agent import EdgeAgent
-from edge_agent.reference import ReferenceGenerator
+from lab.reference import ReferenceGenerator
 from routing.errors import ErrorCode
 from routing.modes import Mode
 from routing.protocol import MsgType, ProtocolError, Role, decode, encode, msg

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.agent import EdgeAgent
 from edge_agent.bundle import load_bundle
-from edge_agent.data import load_examples
+from lab.data import load_examples
 from monitoring import metrics
 from spa.stack import LocalStack
 

@@ -9,11 +9,11 @@ import torch
 
 from cloud_worker.backbone import Backbone
 from edge_agent.bundle import load_bundle
-from edge_agent.data import load_examples
 from edge_agent.edge_model import EdgeModel
-from edge_agent.reference import ReferenceGenerator
 from edge_agent.side_network import SideConfig
-from edge_agent.training import TrainConfig, extract_features, train_side
+from lab.data import load_examples
+from lab.reference import ReferenceGenerator
+from lab.training import TrainConfig, extract_features, train_side
 from routing.errors import FingerprintMismatch, InputError
 from routing.modes import Mode
 from routing.sampling import Sampling

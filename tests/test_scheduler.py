@@ -8,7 +8,7 @@ import os
 import pytest
 
 from cloud_worker.scheduler import Scheduler
-from edge_agent.reference import ReferenceGenerator
+from lab.reference import ReferenceGenerator
 from routing.protocol import ProtocolError, msg
 
 

@@ -11,7 +11,7 @@ import zmq
 
 from edge_agent.agent import EdgeAgent, SessionError
 from edge_agent.bundle import load_bundle
-from edge_agent.reference import ReferenceGenerator
+from lab.reference import ReferenceGenerator
 from routing.modes import Mode
 from routing.protocol import decode, encode, msg
 from spa.stack import LocalStack

@@ -11,7 +11,7 @@ import pytest
 
 from cloud_worker import packaged
 from cloud_worker.backbone import Backbone
-from edge_agent.reference import ReferenceGenerator
+from lab.reference import ReferenceGenerator
 from routing.errors import InputError
 
 

@@ -13,8 +13,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.agent import EdgeAgent
 from edge_agent.bundle import load_bundle, save_bundle
-from edge_agent.data import load_examples
-from edge_agent.reference import ReferenceGenerator
+from lab.data import load_examples
+from lab.reference import ReferenceGenerator
 from routing.modes import Mode
 from spa.stack import LocalStack
 
@@ -22,7 +22,7 @@ from spa.stack import LocalStack
 @pytest.fixture(scope="module")
 def second_user(backbone, tasks_file, workdir):
     """Another user's bundle: a narrower adding network that reads every 2nd layer only."""
-    from edge_agent.training import TrainConfig, train_bundle
+    from lab.training import TrainConfig, train_bundle
 
     cfg = TrainConfig(mode="spa", epochs=3, clf_epochs=2, rollout_prompts=8, rollout_tokens=16,
                       target_m=0.5, width=8, every=2, seed=5)

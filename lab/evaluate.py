@@ -17,10 +17,10 @@ from pathlib import Path
 import torch
 
 from cloud_worker.backbone import Backbone
-from edge_agent.batched import BatchConfig, BatchedGenerator
-from edge_agent.data import Example
 from edge_agent.edge_model import EdgeModel
-from edge_agent.training import NEVER
+from lab.batched import BatchConfig, BatchedGenerator
+from lab.data import Example
+from lab.training import NEVER
 from routing.errors import InputError
 from routing.modes import Mode
 from routing.transmissions import Transmissions

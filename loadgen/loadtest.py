@@ -130,12 +130,12 @@ def load_prompts(path: str | None, tokenizer, max_prompt_tokens: int = 384,
     (instruction/output or document/summary: the long part is cut, the cue kept), a text file
     (one prompt a line, `\\n` for a newline; the head is kept), or, with no path, the built-in
     personal-style tasks."""
-    from edge_agent.data import load_examples, read_prompt_file, record_to_example
+    from lab.data import load_examples, read_prompt_file, record_to_example
 
     if max_prompt_tokens < 1:
         raise InputError(f"--max-prompt-tokens must be >= 1, got {max_prompt_tokens}")
     if path is None:
-        from edge_agent.synthetic import make_personal_tasks
+        from lab.synthetic import make_personal_tasks
 
         examples = [record_to_example(r, i + 1, "builtin")
                     for i, r in enumerate(make_personal_tasks(n_default, seed=2))]
@@ -265,7 +265,7 @@ def main(args) -> None:
     from edge_agent.bundle import load_bundle
     from routing import aio
     from routing.modes import parse_modes
-    from spa.cli import _client_keys
+    from routing.security import client_keys
 
     cfg = LoadConfig(broker=args.broker, modes=[Mode.parse(m) for m in parse_modes(args.modes)],
                      concurrency=args.concurrency, sessions=args.sessions,
@@ -274,7 +274,7 @@ def main(args) -> None:
                      session_timeout_s=args.session_timeout, temperature=args.temperature,
                      top_k=args.top_k, seed=args.seed, report_s=args.report)
     if args.models:  # every user `spa build-models` made, each with its held-out prompts
-        from spa.build import ModelSet
+        from lab.build import ModelSet
 
         if args.bundle or args.prompts:
             raise InputError("--models names the bundles and prompts: drop --bundle/--prompts")
@@ -288,7 +288,7 @@ def main(args) -> None:
     for bundle, prompts in sources:
         edge = load_bundle(bundle)
         users.append((edge, load_prompts(prompts, edge.tokenizer, args.max_prompt_tokens)))
-    cfg.keys = _client_keys(args, "agent")
+    cfg.keys = client_keys(args, "agent")
     test = LoadTest(users, cfg)  # its series exist at 0 before the first scrape
     metrics.serve(args.metrics_port, args.metrics_addr)
     print(f"loadtest: {cfg.concurrency} users of {len(users)} bundles, modes {','.join(m.value for m in cfg.modes)}, "

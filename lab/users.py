@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edge_agent.data import Example, load_examples
+from lab.data import Example, load_examples
 
 if TYPE_CHECKING:
     from cloud_worker.backbone import Backbone
@@ -148,7 +148,7 @@ def _pool(user: User) -> int:
 def frame_records(backbone: Backbone, user: User, progress: bool) -> list[dict]:
     """The records of `user`'s frame task: the opening, then the backbone's own first sentence
     after it (so the body needs no side network), then the closing."""
-    from edge_agent.batched import BatchConfig, BatchedGenerator
+    from lab.batched import BatchConfig, BatchedGenerator
 
     tok = backbone.tokenizer
     gen = BatchedGenerator(backbone, None, BatchConfig(batch_size=48, progress=progress))

@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cloud_worker.backbone import Backbone
-from edge_agent.batched import BatchConfig, BatchedGenerator
-from edge_agent.data import Example
 from edge_agent.edge_model import WIRE_DTYPE, EdgeModel, Head
 from edge_agent.side_network import Classifier, SideConfig
+from lab.batched import BatchConfig, BatchedGenerator
+from lab.data import Example
 from routing.errors import InputError
 from routing.modes import Mode
 from routing.transmissions import Transmissions

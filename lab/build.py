@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lab import users as U
 from routing.errors import InputError
-from spa import users as U
 
 FORMAT = "spa-models/1"
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -165,8 +165,8 @@ def _backbone(models: ModelSet, corpus: str | None, steps: int, progress: bool):
     target = models.backbone
     if not (target / "config.json").is_file():
         if models.backbone_source == TINY:
-            from cloud_worker.pretrain import pretrain
-            from edge_agent.synthetic import make_corpus
+            from lab.pretrain import pretrain
+            from lab.synthetic import make_corpus
 
             if corpus is None:
                 corpus = str(models.root / "corpus.txt")
@@ -196,9 +196,9 @@ def _backbone(models: ModelSet, corpus: str | None, steps: int, progress: bool):
 def _build_user(models: ModelSet, bb, user: U.User, entry: dict, xsum: Path | None,
                 progress: bool) -> None:
     from edge_agent.bundle import save_bundle
-    from edge_agent.data import load_examples, write_prompt_file
-    from edge_agent.synthetic import make_personal_tasks, write_jsonl
-    from edge_agent.training import TrainConfig, train_bundle
+    from lab.data import load_examples, write_prompt_file
+    from lab.synthetic import make_personal_tasks, write_jsonl
+    from lab.training import TrainConfig, train_bundle
 
     t0 = time.monotonic()
     tasks = models.tasks(user.name)

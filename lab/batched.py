@@ -22,7 +22,7 @@ import torch
 
 from edge_agent.decoding import Act, Decoder, check_request
 from edge_agent.edge_model import WIRE_DTYPE, EdgeModel
-from edge_agent.reference import Generation, check_modes
+from lab.reference import Generation, check_modes
 from routing.errors import FingerprintMismatch
 from routing.modes import Mode
 from routing.sampling import Sampling, pick_tokens
