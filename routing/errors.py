@@ -76,7 +76,7 @@ class ErrorCode(StrEnum):
 
     @property
     def retryable(self) -> bool:
-        return self in _RETRYABLE
+        return self in RETRYABLE
 
     @property
     def ends_session(self) -> bool:
@@ -93,7 +93,8 @@ class ErrorCode(StrEnum):
             return None
 
 
-_RETRYABLE = frozenset({
+# Transient: the same request may succeed later (the agent replays, a load tester tries again).
+RETRYABLE = frozenset({
     ErrorCode.NO_WORKER, ErrorCode.BUSY, ErrorCode.WORKER_LOST, ErrorCode.BROKER_RESTARTED,
     ErrorCode.UNKNOWN_SESSION, ErrorCode.LEASE_EXPIRED, ErrorCode.SLOW_AGENT, ErrorCode.INTERNAL,
     ErrorCode.TIMEOUT,
