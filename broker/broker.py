@@ -90,6 +90,7 @@ class Broker:
         self.ctx = zmq.Context.instance()
         self.auth = security.start_authenticator(self.ctx, keys) if keys else None
         self.secure = keys is not None
+        security.seed_routing_ids()  # generated routing ids unpredictable (issue 20: libzmq abort)
         self.front = self._router(agents, keys, security.AGENTS)
         self.back = self._router(workers, keys, security.WORKERS)
         self.instance = os.urandom(8)  # new on every start: peers see a restart in our beats

@@ -14,6 +14,8 @@ Plaintext exists only behind an explicit `--plaintext` flag (local demos and tes
 
 from __future__ import annotations
 
+import ctypes
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,11 +82,39 @@ def serve(sock: zmq.Socket, keys: ServerKeys, domain: str) -> None:
 
 
 def connect_as(sock: zmq.Socket, keys: ClientKeys) -> None:
-    """Make a worker's or agent's socket a CURVE client of the broker (call before connect)."""
+    """Make a worker's or agent's socket a CURVE client of the broker (call before connect).
+
+    The socket also gets a random 16-byte routing id (first byte non-zero) unless it has one:
+    a ROUTER gives a peer without one a generated id `00 + counter`, and libzmq aborts the whole
+    broker when a generated id is already taken by a peer that chose it (issue 20). Clients
+    that choose their own ids never make the broker generate one."""
     public, private = _load(keys.secret, secret=True)
     broker_public, _ = _load(keys.broker, secret=False)
     sock.curve_publickey, sock.curve_secretkey = public, private
     sock.curve_serverkey = broker_public
+    if not sock.getsockopt(zmq.ROUTING_ID):
+        sock.setsockopt(zmq.ROUTING_ID, random_routing_id())
+
+
+def random_routing_id() -> bytes:
+    """16 random bytes outside libzmq's reserved space (ids beginning with 0x00)."""
+    rid = os.urandom(16)
+    return bytes([rid[0] | 1]) + rid[1:]
+
+
+def seed_routing_ids() -> None:
+    """Seed the C library's `rand()` from the OS before a ROUTER is created.
+
+    libzmq starts a ROUTER's generated routing ids (`00 + uint32 counter`) at `rand()`, which
+    nothing seeds: every fresh broker generates the same ids (`00 e4 3c 98 69` first), so a
+    client can claim the next one and the broker aborts when libzmq generates it for another
+    peer (an assertion, SIGABRT). Seeded, the counter's start is one of 2**32 values the
+    clients never see. Where libc cannot be reached this does nothing."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.srand(ctypes.c_uint(int.from_bytes(os.urandom(4), "little")))
+    except (OSError, AttributeError):
+        pass
 
 
 def start_authenticator(ctx: zmq.Context, keys: ServerKeys) -> ThreadAuthenticator:
