@@ -185,7 +185,10 @@ SPECS: dict[MsgType, Spec] = {
                         "max_new_tokens": Int(1, MAX_NEW), "mode": Str(16, tuple(m.value for m in Mode)),
                         "window": Int(1, MAX_WINDOW), "sampling": SAMPLING, "fingerprint": FINGERPRINT,
                         "wire_layers": ListOf(Int(0, MAX_WIRE_LAYERS), 0, MAX_WIRE_LAYERS, unique=True),
-                        "eos": Optional(TOKEN_ID)}, frozenset({A})),
+                        "eos": Optional(TOKEN_ID)}, frozenset({A}),
+                   # the device's M budget (issue 17): the edge's gate adapts τ to it and
+                   # enforces it; worker and broker need not act on it
+                   optional={"m_budget": Float(0.0, 1.0)}),
     MsgType.FRAME: Spec({"session": SESSION, "pos": POS, "epoch": EPOCH, "token": TOKEN_ID},
                         frozenset({W}), (1, 2)),
     MsgType.REQUEST: Spec({"session": SESSION, "pos": POS, "epoch": EPOCH}, frozenset({A})),
