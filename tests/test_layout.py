@@ -1,0 +1,69 @@
+"""The package map (README "Layout"): who may import whom, read statically from every import
+statement, function-level ones included — so a lazy import on a rare path is caught too.
+
+    routing        the contract: imports no other package of ours
+    monitoring     metrics, health: routing
+    edge_agent     what a device ships: routing, monitoring
+    cloud_worker   the backbone engine: routing, monitoring
+    broker         routing, monitoring
+    lab            host tools (training, evaluation, reference, data): the serving packages
+    loadgen        the load generator: edge_agent, lab, routing, monitoring
+    spa            the CLI, demo and local stack: anything
+"""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OURS = {"routing", "monitoring", "edge_agent", "cloud_worker", "broker", "lab", "loadgen", "spa"}
+MAY_IMPORT = {
+    "routing": set(),
+    "monitoring": {"routing"},
+    "edge_agent": {"routing", "monitoring"},
+    "cloud_worker": {"routing", "monitoring"},
+    "broker": {"routing", "monitoring"},
+    "lab": {"edge_agent", "cloud_worker", "routing", "monitoring"},
+    "loadgen": {"edge_agent", "lab", "routing", "monitoring"},
+    "spa": OURS - {"spa"},
+}
+
+
+def imports_of(path: Path) -> set[str]:
+    """The top-level packages of ours that `path` imports anywhere in its body."""
+    tree = ast.parse(path.read_text(), str(path))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module.split(".")[0])
+    return found & OURS
+
+
+def test_every_package_is_mapped():
+    on_disk = {p.parent.name for p in ROOT.glob("*/__init__.py")}
+    assert OURS == on_disk & OURS and on_disk - OURS <= {"tests", "benchmarks", "scripts"}
+
+
+def test_no_import_outside_the_map():
+    wrong = []
+    for pkg, allowed in MAY_IMPORT.items():
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            for dep in imports_of(path) - allowed - {pkg}:
+                wrong.append(f"{path.relative_to(ROOT)} imports {dep}")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_map_has_no_cycle():
+    seen: dict[str, int] = {}
+
+    def visit(p: str, stack: tuple[str, ...]) -> None:
+        assert p not in stack, f"import cycle {' -> '.join(stack + (p,))}"
+        if seen.get(p):
+            return
+        for q in MAY_IMPORT[p]:
+            visit(q, stack + (p,))
+        seen[p] = 1
+
+    for p in MAY_IMPORT:
+        visit(p, ())
