@@ -212,7 +212,6 @@ SPECS: dict[MsgType, Spec] = {
     MsgType.RECONNECT: Spec({}, frozenset({B}), optional={"broker": Bytes(8)}),
     MsgType.BATCH: Spec({"counts": ListOf(Int(1, MAX_TENSORS + 1), 1, MAX_BATCH)}, frozenset({B})),
 }
-SESSION_TYPES = frozenset(t for t, s in SPECS.items() if "session" in s.fields)
 _TYPES = {t.value: t for t in MsgType}
 
 
