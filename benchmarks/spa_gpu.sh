@@ -7,7 +7,8 @@
 #                                          # eval in this call (about 3-4 min on an H200)
 #   bash benchmarks/spa_gpu.sh stage2      # the same, in the background (SPA_ARGS=--select: with
 #                                          # the dev-split selection first, about 12 min), then:
-#   bash benchmarks/spa_gpu.sh wait [S]    # polls the log for up to S seconds (default 560)
+#   bash benchmarks/spa_gpu.sh wait [S]    # polls the log(s) for up to S seconds (default 560)
+#   bash benchmarks/spa_gpu.sh issue17     # carry runs/spa_gpu/p2: issue 17's runs (see there), then wait
 # Prepare here: split -b 50000000 SmolLM2-135M-Instruct.Q4_1.gguf part_ (see RESULTS.md §1), and
 # runs/spa_gpu/src = `git archive HEAD edge_agent cloud_worker routing spa monitoring benchmarks`
 # (a committed snapshot, not a working tree others are editing).
@@ -36,10 +37,34 @@ stage2)
     --data $W/data/xsum_1000.jsonl --out /root/spa/run --device cuda ${SPA_ARGS:-} > $W/log 2>&1; echo EXIT \$? >> $W/log" \
     > /dev/null 2>&1 < /dev/null &
   sleep 5; cat $W/log ;;
-wait)
+issue17)  # carry runs/spa_gpu/p2: joins, converts, then (issue 17) four XSum runs side by side in
+  # the background (training seeds 0, 1, 2 with the M-budget curve; seed 0 with the z+stats MLP
+  # gate), and the persona check (ada, bo; 3 training seeds) in this call; then `wait`
+  cat $W/part_aa runs/spa_gpu/p2/part_ab > $W/model.gguf && md5sum $W/model.gguf
+  export PYTHONPATH=/root/site HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=3
+  [ -d /root/smollm2 ] || python3 benchmarks/spa_gguf_to_hf.py $W/model.gguf /root/smollm2 --tokenizer $W/tok
+  rm -rf /root/repo && mkdir /root/repo && cp -r . /root/repo/ 2>/dev/null; cd /root/repo && rm -rf runs
+  mkdir -p "${OUT:-/tmp/out}"
+  for run in "s0:--seed 0" "s1:--seed 1" "s2:--seed 2" "g0:--seed 0 --clf-features z+stats --clf-hidden 64"; do
+    name=${run%%:*}; targs=${run#*:}; mkdir -p $W/run_$name
+    setsid nohup bash -c "python3 benchmarks/spa_xsum.py --backbone /root/smollm2 --data $W/data/xsum_1000.jsonl \
+      --out $W/run_$name --device cuda --budgets 0.2,0.35,0.5 --train-args '$targs' > $W/run_$name/log 2>&1; \
+      echo EXIT \$? >> $W/run_$name/log" > /dev/null 2>&1 < /dev/null &
+  done
+  timeout ${FG_TIMEOUT:-420} python3 benchmarks/persona_quality.py --backbone /root/smollm2 --device cuda \
+    --json "${OUT:-/tmp/out}/persona.json" ${PERSONA_ARGS:-} 2>&1 | grep -v Warning | tee $W/persona.log
+  cp $W/persona.log "${OUT:-/tmp/out}/"; for f in $W/run_*/log; do echo "== $f"; tail -c 1500 $f; done ;;
+wait)  # polls every run's log for up to S seconds (default 560), then brings back what there is
   end=$((SECONDS + ${2:-560}))
-  while [ $SECONDS -lt $end ] && ! grep -q "^EXIT" $W/log; do sleep 5; done
-  tail -c 9000 $W/log
-  mkdir -p "${OUT:-/tmp/out}" && cp $W/run/*.json $W/run/*.png $W/log "${OUT:-/tmp/out}/" 2>/dev/null; true ;;
-*) echo "usage: $0 stage1|stage2|wait [seconds]"; exit 2 ;;
+  for f in $W/run_*/log $W/log; do
+    [ -f $f ] || continue
+    while [ $SECONDS -lt $end ] && ! grep -q "^EXIT" $f; do sleep 5; done
+  done
+  mkdir -p "${OUT:-/tmp/out}"
+  for d in $W/run_*; do  # one tarball: every run's JSON results, logs and bundle record
+    tail -c 2500 $d/log; cp $d/bundle/bundle.json $d/bundle_record.json 2>/dev/null
+  done
+  [ -f $W/log ] && tail -c 9000 $W/log && cp $W/run/*.json $W/run/*.png $W/log "${OUT:-/tmp/out}/" 2>/dev/null
+  (cd $W && tar czf "${OUT:-/tmp/out}/runs.tgz" run_*/*.json run_*/*.png run_*/log 2>/dev/null); true ;;
+*) echo "usage: $0 stage1|stage2|issue17|wait [seconds]"; exit 2 ;;
 esac

@@ -34,6 +34,9 @@ def main() -> None:
     p.add_argument("--eval-args", default="", help="more `spa eval` flags")
     p.add_argument("--select", action="store_true", help="run the dev-split model selection first")
     p.add_argument("--select-args", default="", help="flags for spa_select.py")
+    p.add_argument("--budgets", default="", help="per-session M budgets for spa, e.g. 0.2,0.35,0.5: "
+                   "Rouge-L and M under each (budget.json)")
+    p.add_argument("--budget-tokens", type=int, default=64, help="new tokens per budget session")
     args = p.parse_args()
 
     import torch
@@ -74,11 +77,36 @@ def main() -> None:
         times[f"{name}_s"] = round(time.time() - t, 1)
         print(f"[{name}] {times[f'{name}_s']} s", flush=True)
     times["train_plus_eval_s"] = round(times["train_s"] + times["eval_s"], 1)
+    if args.budgets:
+        t = time.time()
+        budget_run(args, out)
+        times["budget_s"] = round(time.time() - t, 1)
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() and "cuda" in args.device else "cpu"
     summary = {"times": times, "device": dev, "torch": torch.__version__,
                "train": shlex.join(train_cmd), "eval": shlex.join(eval_cmd)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2), flush=True)
+
+
+def budget_run(args, out: Path) -> None:
+    """spa under each per-session M budget, beside base and full at the same length."""
+    from cloud_worker.backbone import Backbone
+    from edge_agent.bundle import load_bundle
+    from lab.data import load_examples, split
+    from lab.evaluate import Evaluator, budget_curve
+    from routing.modes import Mode
+
+    bb = Backbone.load(args.backbone, args.device)
+    edge = load_bundle(out / "bundle", bb.fingerprint)
+    examples = split(load_examples(args.data), args.eval_split)[: args.limit or None]
+    ev = Evaluator(bb, edge, 384, args.budget_tokens, 256 if "cuda" in args.device else 32, False)
+    rows = []
+    for m in (Mode.BASE, Mode.FULL, Mode.SPA):
+        r = ev.run_mode(m, examples)
+        rows.append({**r.row(), "budget": None, "scores": [round(x, 3) for x in r.scores]})
+        print(f"{m.value} at {args.budget_tokens} tokens: Rouge-L {r.rouge_l:.2f} M {r.stats.m:.3f}", flush=True)
+    rows += budget_curve(ev, examples, [float(b) for b in args.budgets.split(",")])
+    (out / "budget.json").write_text(json.dumps({"budget_tokens": args.budget_tokens, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

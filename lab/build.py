@@ -15,6 +15,7 @@ build goes on where it stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -229,10 +230,7 @@ def _build_user(models: ModelSet, bb, user: U.User, entry: dict, xsum: Path | No
         tok = bb.tokenizer
         held = [tok.decode(ex.prompt_ids(tok, user.max_prompt_tokens))  # as cut for training
                 for ex in U.held_out(user, xsum, DEMO_PROMPTS, tok)]
-        cfg = TrainConfig(mode="spa", epochs=user.epochs, max_prompt_tokens=user.max_prompt_tokens,
-                          target_m=user.target_m, clf_features=user.clf_features,
-                          clf_hidden=user.clf_hidden,
-                          rollout_prompts=16, rollout_tokens=24, calib_prompts=8)
+        cfg = user_train_config(user)
     print(f"{user.name}: training on {len(examples)} records ({user.about})", flush=True)
     edge, record = train_bundle(bb, examples, cfg, progress)
     record.update(user=user.name, about=user.about, data=str(tasks), backbone=models.backbone_source)
@@ -241,3 +239,15 @@ def _build_user(models: ModelSet, bb, user: U.User, entry: dict, xsum: Path | No
     entry.update(seconds=round(time.monotonic() - t0, 1), records=len(examples),
                  m_dev=record["heads"]["add"]["calibration"]["m_dev"])
     print(f"{user.name}: bundle ready in {entry['seconds']:.0f} s", flush=True)
+
+
+def user_train_config(user: U.User, **changes):
+    """How a user's side network and gate are trained (budgets for the 2-core demo machine;
+    `changes` for larger runs, e.g. benchmarks/persona_quality.py on a GPU)."""
+    from lab.training import TrainConfig
+
+    cfg = TrainConfig(mode="spa", epochs=user.epochs, max_prompt_tokens=user.max_prompt_tokens,
+                      target_m=user.target_m, clf_features=user.clf_features,
+                      clf_hidden=user.clf_hidden, rollout_prompts=16, rollout_tokens=24,
+                      calib_prompts=8)
+    return dataclasses.replace(cfg, **changes)

@@ -9,10 +9,12 @@ Every user has a private task the shared backbone does not do by itself:
          when there is no XSum file: the build needs nothing outside the project)
 
 The letter and captain data are made here: questions from templates, and as each answer's body
-the first sentence the backbone itself writes after the user's opening (greedy, batched), then
-the user's closing. So the side network has one job, the frame (open, stop after one sentence,
-sign), and the gate learns that only the frame needs it: the body is the backbone's, sent
-without a round trip (M well below one).
+the first sentence of the backbone's own answer to the question (greedy, batched, in its chat
+template), inside the user's opening and closing. So the side network has one job, the frame
+(open, turn to the answer, stop after one sentence, sign), and the body is the answer the user
+asked for, the backbone's, mostly sent without a round trip (M well below one). An earlier
+version took as the body what the backbone writes *after* the opening ("Dear friend, I'm here
+to help you with your shopping needs."): the frame was there, the answer was gone.
 """
 
 from __future__ import annotations
@@ -145,23 +147,46 @@ def _pool(user: User) -> int:
     return int(user.train_records * 1.4) + 8
 
 
-def frame_records(backbone: Backbone, user: User, progress: bool) -> list[dict]:
-    """The records of `user`'s frame task: the opening, then the backbone's own first sentence
-    after it (so the body needs no side network), then the closing."""
+def answers(backbone: Backbone, qs: list[dict], max_new: int, progress: bool,
+            desc: str = "the backbone's answers") -> list[str]:
+    """The backbone's own greedy answer to each question (its chat template, no persona)."""
     from lab.batched import BatchConfig, BatchedGenerator
 
     tok = backbone.tokenizer
     gen = BatchedGenerator(backbone, None, BatchConfig(batch_size=48, progress=progress))
+    ids = [tok(prompt_text(q, tok), add_special_tokens=False)["input_ids"] for q in qs]
+    return [tok.decode(g.tokens, skip_special_tokens=True)
+            for g in gen.generate(ids, max_new, "base", desc=desc)]
+
+
+BODY_TOKENS = 34  # a body longer than this is dropped: the letter must fit the demo's 48 tokens
+
+
+def frame_records(backbone: Backbone, user: User, progress: bool) -> list[dict]:
+    """The records of `user`'s frame task: the opening, the first sentence of the backbone's own
+    answer to the question (the content the user asked for), the closing."""
+    tok = backbone.tokenizer
     pool = questions(_pool(user), user.seed)
-    prompts = [prompt_text(q, tok) for q in pool]
-    ids = [tok(p + user.opening, add_special_tokens=False)["input_ids"] for p in prompts]
-    outs = gen.generate(ids, 40, "base", desc=f"{user.name}: the backbone's answers")
+    outs = answers(backbone, pool, BODY_TOKENS + 8, progress, f"{user.name}: the backbone's answers")
     records = []
-    for prompt, g in zip(prompts, outs, strict=True):
-        body = first_sentence(tok.decode(g.tokens, skip_special_tokens=True))
-        if body is not None:
-            records.append({"prompt": prompt, "output": f"{user.opening} {body} {user.closing}"})
+    for q, text in zip(pool, outs, strict=True):
+        body = first_sentence(text)
+        if body is not None and len(tok(" " + body, add_special_tokens=False)["input_ids"]) <= BODY_TOKENS:
+            records.append({"prompt": prompt_text(q, tok),
+                            "output": f"{user.opening} {body} {user.closing}"})
     return records[: user.train_records]
+
+
+def split_letter(text: str, user: User) -> tuple[bool, bool, str]:
+    """(opening present, closing present, the body between them) of a generation in `user`'s
+    frame; without the opening the body starts at the text's start, without the closing it runs
+    to its end."""
+    text = " ".join(text.replace("<|im_end|>", " ").split())
+    opened = text.startswith(user.opening)
+    body = text[len(user.opening):] if opened else text
+    cut = body.find(user.closing)
+    closed = cut >= 0
+    return opened, closed, (body[:cut] if closed else body).strip()
 
 
 def held_out(user: User, xsum: Path | None, n: int, tokenizer) -> list[Example]:

@@ -42,6 +42,15 @@ def test_first_sentence():
     assert U.first_sentence("no end " * 60) is None
 
 
+def test_split_letter():
+    ada = U.ADA
+    assert U.split_letter("Dear friend, a river is water. Yours, Ada.<|im_end|>", ada) == \
+        (True, True, "a river is water.")
+    assert U.split_letter("Dear friend, a river is water and", ada) == (True, False, "a river is water and")
+    assert U.split_letter("A river is water. Yours, Ada.", ada) == (False, True, "A river is water.")
+    assert U.split_letter("  Dear  friend,\na river.\n\nYours, Ada.", ada) == (True, True, "a river.")
+
+
 def test_held_out_prompts_are_not_trained_on():
     user = dataclasses.replace(U.ADA, train_records=40)
     tok = None  # no chat template: the Instruction/Response form
@@ -110,6 +119,20 @@ def test_build_models_makes_two_users_for_smollm2(smol_models):
     assert again.users == m.users
     with pytest.raises(InputError, match="built for backbone 'smollm2-135m'"):
         build_models(m.root, "tiny")
+
+
+def test_frame_bodies_are_the_backbones_own_answers(smol_models):
+    """Issue 17: the letter's body is the first sentence of what the backbone answers to the
+    question itself, not what it writes after the opening."""
+    from cloud_worker.backbone import Backbone
+
+    bb = Backbone.load(smol_models.backbone)
+    user = dataclasses.replace(U.ADA, **SMALL)
+    by_prompt = {U.prompt_text(q, bb.tokenizer): q for q in U.questions(U._pool(user), user.seed)}
+    records = [json.loads(ln) for ln in smol_models.tasks("ada").read_text().splitlines()][:3]
+    answers = U.answers(bb, [by_prompt[r["prompt"]] for r in records], U.BODY_TOKENS + 8, False)
+    for r, a in zip(records, answers, strict=True):
+        assert r["output"] == f"{user.opening} {U.first_sentence(a)} {user.closing}"
 
 
 def test_demo_runs_both_users_with_base_contrast(smol_models):

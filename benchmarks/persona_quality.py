@@ -1,0 +1,163 @@
+"""Do the personas keep the answer? (issue 17 item 4)
+
+For each frame user (ada's letters, bo's captain's answers): make the training data as
+`spa build-models` does (`lab.users.frame_records`), train the user's side network and gate once
+per training seed, then on held-out questions (never trained on) generate in `spa` and `full`
+mode and measure:
+
+* frame: the opening at the start and the closing after the body, both (goal ≥ 95 %);
+* body kept: Rouge-L of the body (between opening and closing) against the first sentence of the
+  backbone's own answer (`base`, greedy) — and, as the ceiling a one-sentence body can reach
+  against the backbone's whole answer, the ratio Rouge-L(body, base answer) /
+  Rouge-L(base's first sentence, base answer) (goal ≥ 0.9: within 10 % of base against base);
+* a floor for the body figure: the backbone's own answer sampled (T 0.7) against its greedy one;
+* M and side usage.
+
+Means with the spread over training seeds (min–max) and a 95 % bootstrap interval over prompts
+for the first seed.
+
+    python benchmarks/persona_quality.py --backbone smollm2-135m [--device cuda] \
+        [--users ada,bo] [--seeds 0,1,2] [--prompts 100] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+MAX_NEW = 48  # the demo's limit
+
+
+def _score(scorer, ref: str, hyp: str) -> float:
+    return 100 * scorer.score(ref, hyp)["rougeL"].fmeasure if ref.strip() and hyp.strip() else 0.0
+
+
+def _first(text: str) -> str:
+    from lab.users import first_sentence
+
+    return first_sentence(text) or " ".join(text.split())
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default="smollm2-135m")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--users", default="ada,bo")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--prompts", type=int, default=100, help="held-out questions per user")
+    p.add_argument("--train-records", type=int, default=0, help="0 = the user's own")
+    p.add_argument("--full-budget", action="store_true",
+                   help="rollouts and τ calibration on every training / dev prompt (GPU)")
+    p.add_argument("--json", default="")
+    args = p.parse_args(argv)
+
+    from rouge_score import rouge_scorer
+
+    from cloud_worker.backbone import Backbone
+    from lab import users as U
+    from lab.batched import BatchConfig, BatchedGenerator
+    from lab.build import user_train_config
+    from lab.data import load_examples
+    from lab.evaluate import bootstrap_ci
+    from lab.synthetic import write_jsonl
+    from lab.training import train_bundle
+    from routing.sampling import Sampling
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    bb = Backbone.load(args.backbone, device=args.device)
+    tok = bb.tokenizer
+    gpu = "cuda" in args.device
+    bcfg = BatchConfig(batch_size=256 if gpu else 32, progress=False)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    report: dict = {"backbone": args.backbone, "device": args.device, "seeds": seeds, "users": {}}
+    for name in args.users.split(","):
+        user = U.USERS[name]
+        if args.train_records:
+            user = dataclasses.replace(user, train_records=args.train_records)
+        t0 = time.time()
+        records = U.frame_records(bb, user, progress=False)
+        tasks = Path(f"/tmp/persona_{name}.jsonl")
+        write_jsonl(records, tasks)
+        examples = load_examples(tasks)
+        data_s = time.time() - t0
+        held = U.held_out(user, None, args.prompts, tok)
+        ids = [ex.prompt_ids(tok, user.max_prompt_tokens) for ex in held]
+        base_gen = BatchedGenerator(bb, None, bcfg)
+        base = [tok.decode(g.tokens, skip_special_tokens=True) for g in base_gen.generate(ids, MAX_NEW, "base")]
+        sampled = [tok.decode(g.tokens, skip_special_tokens=True)
+                   for g in base_gen.generate(ids, MAX_NEW, "base", Sampling(0.7, 0, 1))]
+        ref1 = [_first(b) for b in base]
+        ceiling = [_score(scorer, b, r) for b, r in zip(base, ref1, strict=True)]
+        floor = [_score(scorer, r, _first(s)) for r, s in zip(ref1, sampled, strict=True)]
+        u_rep: dict = {"train_records": len(examples), "data_s": round(data_s, 1),
+                       "base_first_vs_base": statistics.fmean(ceiling),
+                       "sampled_vs_greedy_first": statistics.fmean(floor), "seeds": [],
+                       "examples": []}
+        print(f"{name}: {len(examples)} records in {data_s:.0f} s; base first sentence vs base answer "
+              f"{u_rep['base_first_vs_base']:.1f}; sampled vs greedy (first sentences) "
+              f"{u_rep['sampled_vs_greedy_first']:.1f}", flush=True)
+        for seed in seeds:
+            extra = {"rollout_prompts": 0, "calib_prompts": 0, "gen_batch": 256} if args.full_budget else {}
+            cfg = user_train_config(user, seed=seed, **extra)
+            t1 = time.time()
+            edge, record = train_bundle(bb, examples, cfg, progress=False)
+            train_s = time.time() - t1
+            edge = edge.to(bb.device)
+            gen = BatchedGenerator(bb, edge, bcfg)
+            row: dict = {"seed": seed, "train_s": round(train_s, 1),
+                         "auc_dev": record["heads"]["add"]["calibration"].get("clf_auc_dev")}
+            for mode in ("spa", "full"):
+                outs = gen.generate(ids, MAX_NEW, mode)
+                texts = [tok.decode(g.tokens, skip_special_tokens=True) for g in outs]
+                parts = [U.split_letter(t, user) for t in texts]
+                framed = [float(o and c) for o, c, _ in parts]
+                body1 = [_score(scorer, r, b) for r, (_, _, b) in zip(ref1, parts, strict=True)]
+                vs_all = [_score(scorer, a, b) for a, (_, _, b) in zip(base, parts, strict=True)]
+                toks = sum(g.stats.tokens for g in outs)
+                row[mode] = {
+                    "frame": 100 * statistics.fmean(framed),
+                    "opening": 100 * statistics.fmean(float(o) for o, _, _ in parts),
+                    "closing": 100 * statistics.fmean(float(c) for _, c, _ in parts),
+                    "body_vs_base_first": statistics.fmean(body1),
+                    "body_vs_base_first_ci": bootstrap_ci(body1, 2000),
+                    "body_vs_base_ratio": statistics.fmean(vs_all) / u_rep["base_first_vs_base"],
+                    "m": sum(g.stats.blocking for g in outs) / toks,
+                    "side_usage": sum(g.stats.side_used for g in outs) / toks,
+                    "tokens": toks / len(outs)}
+                if seed == seeds[0] and mode == "spa":
+                    u_rep["examples"] = [{"prompt": held[i].prompt[-80:], "spa": texts[i], "base": base[i]}
+                                         for i in range(3)]
+                print(f"{name} seed {seed} {mode}: " + json.dumps(
+                    {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row[mode].items()}),
+                    flush=True)
+            u_rep["seeds"].append(row)
+        report["users"][name] = u_rep
+        _summary(name, u_rep)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+def _summary(name: str, rep: dict) -> None:
+    print(f"\n{name}: mean over {len(rep['seeds'])} seeds [min, max]")
+    print("| mode | frame % | opening % | closing % | body vs base 1st sentence | ÷ ceiling | M | side |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for mode in ("spa", "full"):
+        cells = []
+        for key in ("frame", "opening", "closing", "body_vs_base_first", "body_vs_base_ratio", "m",
+                    "side_usage"):
+            v = [s[mode][key] for s in rep["seeds"]]
+            cells.append(f"{statistics.fmean(v):.3g} [{min(v):.3g}, {max(v):.3g}]")
+        print(f"| {mode} | " + " | ".join(cells) + " |")
+    print(flush=True)
+
+
+if __name__ == "__main__":
+    main()
