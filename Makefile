@@ -31,3 +31,12 @@ test: $(STAMP) lint
 
 clean:
 	rm -rf $(VENV) .spa-cache
+
+# The compose stack under a real Docker engine (not part of `test`: it needs dockerd and minutes).
+# `images`: spa-serving:cpu and Prometheus, on a local Debian base when no registry answers.
+.PHONY: images compose-test
+images:
+	scripts/local-base.sh
+
+compose-test: $(STAMP)
+	scripts/compose-test.sh

@@ -5,6 +5,7 @@ works: the agents generate, Prometheus finds every target and records M."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -15,11 +16,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
 import yaml
 from prom import PrometheusServer
 
 from lab.build import ModelSet
-from lab.data import load_examples, write_prompt_file
+from lab.data import load_examples, read_prompt_file, write_prompt_file
 from monitoring.grafana import dashboard
 from spa.stack import free_port
 
@@ -302,3 +304,241 @@ def test_dockerfile_copies_every_package_and_the_wheel_holds_them(tmp_path):
     for module in ("loadgen/loadtest.py", "monitoring/health.py", "monitoring/grafana/dashboard.py",
                    "cloud_worker/worker.py", "broker/broker.py"):
         assert module in names, module
+
+
+# ---------------------------------------------------------------- the stack, for real
+# `make compose-test` (scripts/compose-test.sh) runs this with a Docker engine and the images built
+# (scripts/local-base.sh); SPA_COMPOSE is `docker compose` or `docker-compose` (v1.29), and
+# SPA_MODELS a host directory for the models (built by the stack's model-builder on the first run).
+# Grafana is not started: no registry reachable here has its image; its service stays in the file.
+REAL_STACK = ["keygen", "model-builder", "broker", "cloud-worker", "edge-agent", "prometheus"]
+PROJECT = "spa"
+
+
+class RunningPrometheus(PrometheusServer):
+    """The stack's Prometheus, published on the host's port: queried, not started."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def value(self, expr: str) -> float:
+        """The single value of `expr` (0 when it has no series: e.g. no error counted yet)."""
+        res = self.query(expr)
+        assert len(res) <= 1, (expr, res)
+        return float(res[0]["value"][1]) if res else 0.0
+
+    def jobs_up(self) -> dict[str, int]:
+        return {r["metric"]["job"]: int(float(r["value"][1]))
+                for r in self.query("count by (job) (up == 1)")}
+
+
+class DockerStack:
+    """compose.yaml under a real engine, driven from outside through the compose CLI."""
+
+    def __init__(self, capture: Path) -> None:
+        self.cmd = os.environ["SPA_COMPOSE"].split()
+        self.capture = capture
+
+    def compose(self, *args: str, timeout: float = 300) -> str:
+        res = subprocess.run([*self.cmd, *args], cwd=ROOT, capture_output=True, text=True,
+                             timeout=timeout)
+        assert res.returncode == 0, f"{' '.join(self.cmd)} {' '.join(args)}: {res.stdout}{res.stderr}"
+        return res.stdout
+
+    def containers(self, service: str) -> list[dict]:
+        ids = self.compose("ps", "-q", service).split()
+        if not ids:
+            return []
+        out = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, check=True)
+        return json.loads(out.stdout)
+
+    def wait_healthy(self, services: list[str], count: dict[str, int], timeout: float) -> None:
+        deadline, state = time.monotonic() + timeout, {}
+        while time.monotonic() < deadline:
+            state = {s: [c["State"].get("Health", {}).get("Status") for c in self.containers(s)]
+                     for s in services}
+            if all(len(v) == count.get(s, 1) and set(v) == {"healthy"} for s, v in state.items()):
+                return
+            time.sleep(2)
+        raise AssertionError(f"not healthy in {timeout:.0f}s: {state}\n{self.logs(*services)}")
+
+    def logs(self, *services: str) -> str:
+        res = subprocess.run([*self.cmd, "logs", "--no-color", "--tail", "30", *services], cwd=ROOT,
+                             capture_output=True, text=True, timeout=60)
+        return res.stdout[-6000:]
+
+    def leftovers(self) -> dict[str, list[str]]:
+        label = f"label=com.docker.compose.project={PROJECT}"
+        found = {}
+        for kind, cmd in (("containers", ["ps", "-aq"]), ("volumes", ["volume", "ls", "-q"]),
+                          ("networks", ["network", "ls", "-q"])):
+            out = subprocess.run(["docker", *cmd, "--filter", label], capture_output=True, text=True,
+                                 check=True).stdout.split()
+            found[kind] = out
+        return found
+
+    def say(self, text: str) -> None:
+        print(f"[compose-test {time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    def record(self, title: str, text: str) -> None:
+        with self.capture.open("a") as f:
+            f.write(f"$ {title}\n{text.rstrip()}\n\n")
+        print(f"$ {title}\n{text.rstrip()}", flush=True)
+
+
+def agent_from_host(models: ModelSet, keys: Path) -> tuple[str, str]:
+    """`spa agent --broker tcp://localhost:5555` with the volume's keys, and the reference's text."""
+    user = models.user_names()[0]
+    prompt = read_prompt_file(models.prompts(user))[0]
+    common = ["--bundle", str(models.bundle(user)), "--prompt", prompt, "--mode", "spa",
+              "--max-new-tokens", "16"]
+    spa = [sys.executable, "-m", "spa"]
+    agent = subprocess.run([*spa, "agent", "--broker", "tcp://localhost:5555", "--keys", str(keys),
+                            "--json", *common], capture_output=True, text=True, timeout=180)
+    assert agent.returncode == 0, agent.stdout + agent.stderr
+    lines = [json.loads(line) for line in agent.stdout.splitlines()]
+    assert lines[-1]["done"] and lines[-1]["tokens"] > 0, lines[-1]
+    ref = subprocess.run([*spa, "generate", "--backbone", str(models.backbone), *common],
+                         capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    return "".join(p["text"] for p in lines[:-1]), ref.stdout.rstrip("\n")
+
+
+@pytest.mark.skipif(os.environ.get("SPA_COMPOSE_TEST") != "1",
+                    reason="needs a Docker engine and the images: `make compose-test` runs it")
+def test_compose_up_for_real(tmp_path):
+    """The stack in containers, checked from outside: every healthcheck passes, the model builder
+    finished, an agent on the host joins through the published port with the volume's keys and
+    streams what the reference generator writes, Prometheus scrapes every replica and records M,
+    the agents generate a minute with 0 errors, a 4th agent replica raises tokens/s and is found
+    without a config change, a killed worker comes back (restart policy) and sessions are
+    replayed, and `down -v` leaves no container, volume or network."""
+    t0 = time.monotonic()
+    models = Path(os.environ["SPA_MODELS"])
+    stack = DockerStack(ROOT / ".spa-cache" / "compose" / "capture.txt")
+    stack.capture.write_text("")
+    prom = RunningPrometheus(9090)
+    stack.compose("down", "-v", "--remove-orphans")  # a previous run's leftovers
+    stack.say(f"{' '.join(stack.cmd)} up -d {' '.join(REAL_STACK)}  (grafana left out: no "
+              "registry here has grafana/grafana; its service stays in compose.yaml)")
+    try:
+        stack.compose("up", "-d", *REAL_STACK, timeout=1500)  # waits for the model builder
+        stack.say(f"up returned after {time.monotonic() - t0:.0f} s")
+        healthy = ["broker", "cloud-worker", "edge-agent", "prometheus"]
+        replicas = {"edge-agent": SERVICES["edge-agent"]["deploy"]["replicas"]}
+        stack.wait_healthy(healthy, replicas, timeout=300)
+        stack.say(f"every healthcheck passes after {time.monotonic() - t0:.0f} s")
+        for one_shot in ("keygen", "model-builder"):
+            (c,) = stack.containers(one_shot)
+            assert c["State"]["Status"] == "exited" and c["State"]["ExitCode"] == 0, (one_shot, c["State"])
+        built = ModelSet.load(models)
+        assert built.backbone.is_dir() and built.user_names(), built
+        assert all(built.bundle(u).is_dir() and built.prompts(u).is_file() for u in built.user_names())
+
+        # an agent on the host, through the published port, with the keys from the volume
+        (broker,) = stack.containers("broker")
+        keys = tmp_path / "keys"
+        subprocess.run(["docker", "cp", f"{broker['Id']}:{KEYS}", str(keys)], check=True)
+        streamed, reference = agent_from_host(built, keys)
+        assert streamed == reference, (streamed, reference)
+        stack.say(f"host agent streamed the reference's text: {streamed!r}")
+
+        # Prometheus: every replica of every service, by DNS; the recording rules give values
+        want = {"broker": 1, "cloud-worker": 1, "edge-agent": replicas["edge-agent"]}
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and (prom.jobs_up() != want or not prom.query(
+                "mode:spa_blocking_transmissions_per_token:ratio_rate1m")):
+            time.sleep(2)
+        assert prom.jobs_up() == want, (prom.jobs_up(), prom.targets_up())
+        by_mode = {r["metric"]["mode"]: float(r["value"][1]) for r in prom.query(
+            "mode:spa_blocking_transmissions_per_token:ratio_rate1m")}
+        assert by_mode.get("base") == 0.0 and abs(by_mode.get("full", 0) - 1) < 0.05, by_mode
+        assert 0 < by_mode["spa"] < 1, by_mode
+
+        # a minute of generation with 0 errors; its tokens/s is the 3-replica rate
+        finished = 'sum(spa_sessions_finished_total{job="edge-agent",outcome=~"eos|length"})'
+        failed = 'sum(spa_sessions_finished_total{job="edge-agent",outcome="error"}) + sum(spa_errors_total{job="edge-agent"} or vector(0))'
+        n0 = prom.value(finished)
+        time.sleep(62)
+        n1, errors = prom.value(finished), prom.value(failed)
+        tps3 = prom.value('sum(rate(spa_tokens_generated_total{job="edge-agent"}[1m]))')
+        assert n1 > n0 and errors == 0, (n0, n1, errors, stack.logs("edge-agent"))
+        stack.say(f"one minute: {n1 - n0:.0f} sessions finished, 0 errors, {tps3:.1f} tokens/s "
+                  f"with {replicas['edge-agent']} agent replicas")
+
+        # scale out: a 4th replica, found by Prometheus' DNS discovery, raises tokens/s
+        scaled = replicas["edge-agent"] + 1
+        stack.compose("up", "-d", "--no-deps", "--no-recreate", "--scale", f"edge-agent={scaled}",
+                      "edge-agent")
+        stack.wait_healthy(["edge-agent"], {"edge-agent": scaled}, timeout=180)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and prom.jobs_up().get("edge-agent") != scaled:
+            time.sleep(2)
+        assert prom.jobs_up().get("edge-agent") == scaled, prom.targets_up()
+        time.sleep(62)  # a whole rate window with every replica generating
+        tps4 = prom.value('sum(rate(spa_tokens_generated_total{job="edge-agent"}[1m]))')
+        stack.say(f"{scaled} agent replicas: {tps4:.1f} tokens/s (was {tps3:.1f})")
+        assert tps4 > tps3, (tps3, tps4)
+        stack.record(f"{' '.join(stack.cmd)} ps", stack.compose("ps"))
+        stack.record("curl -s localhost:9090/api/v1/query --data-urlencode "
+                     "'query=mode:spa_blocking_transmissions_per_token:ratio_rate1m'",
+                     "\n".join(f"{r['metric']} {float(r['value'][1]):.3f}" for r in prom.query(
+                         "mode:spa_blocking_transmissions_per_token:ratio_rate1m")))
+
+        # The worker dies twice; each time it comes back and the agents replay their sessions:
+        # its process is SIGKILLed inside the container (a crash, an OOM kill): the restart policy
+        # restarts the container; then `docker kill` of the container: Docker never restarts a
+        # container it was told to kill (a manual stop), so `up -d` starts it again, as an
+        # operator would.
+        def worker_dies(kill: list[str], bring_back: list[str] | None) -> str:
+            (worker,) = stack.containers("cloud-worker")
+            replays0, n0 = prom.value("sum(spa_session_replays_total)"), prom.value(finished)
+            subprocess.run([part.replace("{id}", worker["Id"]) for part in kill], check=True,
+                           capture_output=True)
+            if bring_back:
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline and stack.containers("cloud-worker")[0]["State"]["Running"]:
+                    time.sleep(1)
+                (w,) = stack.containers("cloud-worker")
+                assert not w["State"]["Running"] and w["RestartCount"] == worker["RestartCount"], w["State"]
+                stack.compose(*bring_back)
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline:
+                (w,) = stack.containers("cloud-worker")
+                if w["State"]["StartedAt"] != worker["State"]["StartedAt"] and w["State"].get(
+                        "Health", {}).get("Status") == "healthy":
+                    break
+                time.sleep(2)
+            assert w["State"]["StartedAt"] != worker["State"]["StartedAt"], w["State"]
+            stack.wait_healthy(["cloud-worker"], {}, timeout=5)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and (prom.value(finished) <= n0 or prom.value(
+                    "sum(spa_session_replays_total)") <= replays0):
+                time.sleep(2)
+            replays = prom.value("sum(spa_session_replays_total)") - replays0
+            assert prom.value(finished) > n0 and replays > 0, (replays, stack.logs("edge-agent"))
+            assert prom.value('sum(spa_sessions_finished_total{job="edge-agent",outcome="error"})') == 0
+            how = "its restart policy" if not bring_back else " ".join(bring_back)
+            return (f"back by {how} (restarts: {w['RestartCount']}), {replays:.0f} sessions replayed, "
+                    "generation goes on, 0 failed sessions")
+
+        crash = ["docker", "exec", "{id}", "python", "-c",
+                 "import os, signal; os.kill(-1, signal.SIGKILL)"]  # every process but init
+        stack.say("worker process SIGKILLed inside its container: " + worker_dies(crash, None))
+        stack.say("docker kill of the worker container: " + worker_dies(
+            ["docker", "kill", "{id}"], ["up", "-d", "--no-deps", "cloud-worker"]))
+
+        # the agents stop cleanly (SIGTERM via init): each prints its summary, exit 0
+        stack.compose("stop", "edge-agent", timeout=120)
+        for c in stack.containers("edge-agent"):
+            assert c["State"]["ExitCode"] == 0, c["State"]
+        summaries = [ln for ln in stack.logs("edge-agent").splitlines() if "sessions=" in ln]
+        assert summaries, stack.logs("edge-agent")
+    except BaseException:
+        print(stack.logs(), flush=True)
+        raise
+    finally:
+        stack.compose("down", "-v", "--remove-orphans", timeout=300)
+    left = stack.leftovers()
+    assert left == {"containers": [], "volumes": [], "networks": []}, left
+    stack.say(f"down -v: no container, volume or network left; {time.monotonic() - t0:.0f} s in all")
