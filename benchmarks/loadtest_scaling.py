@@ -3,6 +3,7 @@ run. Per level: tokens/s, TTFT p50, inter-token latency p50/p99, M, errors.
 
     .venv/bin/python benchmarks/loadtest_scaling.py [--users 1,4,16,64] [--sessions-per-user 4]
         [--modes spa] [--tokens 32] [--processes 1] [--backbone DIR --bundle DIR --device cuda]
+    .venv/bin/python benchmarks/loadtest_scaling.py --smoke   # seconds: 1 and 2 users, 4 tokens
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ def level(stack: LocalStack, bundle: Path, users: int, a, out: Path) -> dict:
     for k in range(procs):
         n = users // procs + (k < users % procs)
         cmd = [sys.executable, "-m", "spa", "loadtest", "--broker", stack.agents_addr, "--bundle",
-               str(bundle), "--modes", a.modes, "--concurrency", str(n), "--sessions",
+               str(bundle), "--modes", a.modes, "--concurrency", str(n), "--num-prompts",
                str(n * a.sessions_per_user), "--max-new-tokens", str(a.tokens), "--report", "0",
                "--seed", str(1000 * k), "--json", f"{out}.{k}", *stack.client_args]
         if a.prompts:
@@ -43,14 +44,16 @@ def level(stack: LocalStack, bundle: Path, users: int, a, out: Path) -> dict:
             raise SystemExit(f"loadtest at {users} users failed: {err[-2000:]}")
         parts.append(json.loads(Path(f"{out}.{k}").read_text()))
     tokens = sum(d["tokens"] for d in parts)
-    secs = max(d["seconds"] for d in parts)
+    secs = max(d["duration"] for d in parts)
 
     def worst(key: str) -> float:
-        return max(m[key] for d in parts for m in d["modes"].values() if m[key] is not None)
+        return max((m[key] for d in parts for m in d["modes"].values() if m[key] is not None),
+                   default=float("nan")) / 1000
 
     return {"tokens_per_s": tokens / secs, "m": sum(d["blocking"] for d in parts) / tokens,
-            "errors": sum(sum(d["errors"].values()) for d in parts), "ttft_p50_s": worst("ttft_p50_s"),
-            "itl_p50_s": worst("itl_p50_s"), "itl_p99_s": worst("itl_p99_s")}
+            "errors": sum(sum(d["errors"].values()) for d in parts),
+            "ttft_p50_s": worst("median_ttft_ms"), "itl_p50_s": worst("median_itl_ms"),
+            "itl_p99_s": worst("p99_itl_ms")}
 
 
 def main() -> None:
@@ -65,7 +68,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--processes", type=int, default=1, help="load-test processes per level")
     ap.add_argument("--agent-threads", type=int, default=1, help="torch threads per load test")
+    ap.add_argument("--smoke", action="store_true", help="seconds: 1 and 2 users, 4 tokens")
     a = ap.parse_args()
+    if a.smoke:
+        a.users, a.sessions_per_user, a.tokens = "1,2", 1, 4
     backbone, bundle = (Path(a.backbone), Path(a.bundle)) if a.backbone else models()
     rows = []
     with tempfile.TemporaryDirectory() as tmp, LocalStack(backbone, workers=1, max_sessions=256,

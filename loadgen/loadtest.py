@@ -1,278 +1,118 @@
-"""`spa loadtest`: one process hosting many edge users against a broker.
+"""`spa loadtest`: one process hosting many simulated devices against a broker.
 
-Each user runs generations back to back (prompt and mode taken in turn from the lists), all
-sessions of the process share one EdgeAgent (one DEALER socket). The process serves the agent
-metrics on /metrics, prints a progress line every few seconds and a summary at the end: per
-mode sessions, tokens, M, side usage, TTFT and inter-token latency percentiles, errors by code.
-
-Transient refusals (no worker yet, all busy, a worker lost beyond the replays, a timeout) are
-counted and retried after a back-off; any other ERROR (a bundle for another backbone, a bad
-request) stops the run with that error, since retrying cannot fix it.
+Closed loop (`--concurrency` users back to back) or open loop (`--request-rate R[,R2,…]`,
+Poisson or gamma arrivals, `--max-concurrency`), `--num-prompts`/`--duration` per run, a
+warm-up left out. The process serves the agent metrics on /metrics, shows progress (a bar on a
+terminal, lines otherwise) and prints a table per mode (one row per rate for a sweep); `--json`
+writes the figures (loadgen/figures.py), `--plot DIR` the PNGs (loadgen/plots.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import random
-import signal
+import math
 import sys
 import time
-from collections import Counter, deque
-from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
-from edge_agent.agent import EdgeAgent, SessionError
-from edge_agent.edge_model import EdgeModel
+from edge_agent.agent import SessionError
+from loadgen.cli_args import config
+from loadgen.config import LoadConfig
+from loadgen.figures import report
+from loadgen.progress import Progress
+from loadgen.prompts import load_prompts
+from loadgen.runner import LoadTest, Phase, offered
 from monitoring import metrics
-from routing import security
-from routing.errors import ErrorCode, InputError, SpaError
-from routing.modes import Mode
-from routing.sampling import Sampling
-
-RETRYABLE = frozenset(c.value for c in ErrorCode if c.retryable)  # the job is handed out again
+from routing.errors import InputError, SpaError
 
 
-@dataclass
-class LoadConfig:
-    broker: str
-    modes: list[Mode]
-    concurrency: int = 8  # users (sessions in flight); sane range 1–1024
-    sessions: int = 0  # stop after this many finished generations (0 = no limit)
-    duration_s: float = 0.0  # stop after this long (0 = no limit)
-    max_new_tokens: int = 32
-    window: int = 8
-    think_s: float = 0.0  # pause between one user's generations
-    ramp_s: float = 0.0  # users start spread over this long
-    backoff_s: float = 1.0  # wait after a transient refusal; sane range 0.1–10 s
-    session_timeout_s: float = 120.0
-    temperature: float = 0.0
-    top_k: int = 0
-    seed: int = 0
-    report_s: float = 5.0  # progress line interval (0 = none)
-    keys: security.ClientKeys | None = None  # CURVE; None = plaintext
-
-    def __post_init__(self) -> None:
-        if self.concurrency < 1:
-            raise InputError(f"--concurrency must be >= 1, got {self.concurrency}")
-        if self.sessions < 0 or self.duration_s < 0:
-            raise InputError("--sessions and --duration must be >= 0")
-        if not self.modes:
-            raise InputError("--modes is empty")
+def ms(v: float | None) -> str:
+    return f"{v:.1f}" if v is not None else "-"
 
 
-@dataclass
-class ModeTotals:
-    sessions: int = 0
-    tokens: int = 0
-    side: int = 0
-    blocking: int = 0
-    ttft_s: list[float] = field(default_factory=list)
-    itl_s: list[float] = field(default_factory=list)
-
-    def summary(self) -> dict:
-        def pct(xs: list[float], q: float) -> float | None:
-            return float(np.percentile(xs, q)) if xs else None
-
-        return {"sessions": self.sessions, "tokens": self.tokens, "blocking": self.blocking,
-                "m": self.blocking / self.tokens if self.tokens else 0.0,
-                "side_rate": self.side / self.tokens if self.tokens else 0.0,
-                "ttft_p50_s": pct(self.ttft_s, 50), "ttft_p95_s": pct(self.ttft_s, 95),
-                "itl_p50_s": pct(self.itl_s, 50), "itl_p95_s": pct(self.itl_s, 95),
-                "itl_p99_s": pct(self.itl_s, 99)}
+def results(phases: list[Phase], cfg: LoadConfig) -> list[dict]:
+    """One report per phase, with the run's settings beside its figures (vLLM's names)."""
+    meta = {"backend": "spa", "date": datetime.now(UTC).strftime("%Y%m%d-%H%M%S"),
+            "modes": [m.value for m in cfg.mode_list], "burstiness": cfg.burstiness,
+            "num_prompts": cfg.num_prompts, "max_new_tokens": cfg.max_new_tokens,
+            "goodput": {k: v * 1000 for k, v in cfg.slos.items()} or None}
+    out = []
+    for p in phases:
+        loop = ({"request_rate": None, "concurrency": cfg.concurrency} if p.rate is None else
+                {"request_rate": p.rate, "max_concurrency": cfg.max_concurrency or None})
+        out.append(report(p.records, p.seconds, cfg.slos, p.timeline, **meta, **loop))
+    return out
 
 
-@dataclass
-class LoadReport:
-    by_mode: dict[str, ModeTotals] = field(default_factory=dict)
-    errors: Counter = field(default_factory=Counter)
-    started: float = field(default_factory=time.monotonic)
-    seconds: float = 0.0
-
-    def add(self, mode: Mode, stream, finished: bool = True) -> None:
-        """A generation's counts; an unfinished one (cancelled, refused) adds its tokens so far
-        (the metrics counted them too) but not a session."""
-        t = self.by_mode.setdefault(mode.value, ModeTotals())
-        s = stream.stats
-        t.sessions += int(finished)
-        t.tokens += s.tokens
-        t.side += s.side_used
-        t.blocking += s.blocking
-        if s.tokens:
-            t.ttft_s.append(s.ttft_s)
-        t.itl_s.extend(s.inter_token_s)
-
-    @property
-    def sessions(self) -> int:
-        return sum(t.sessions for t in self.by_mode.values())
-
-    def to_dict(self) -> dict:
-        tokens = sum(t.tokens for t in self.by_mode.values())
-        blocking = sum(t.blocking for t in self.by_mode.values())
-        secs = self.seconds or time.monotonic() - self.started
-        return {"seconds": secs, "sessions": self.sessions, "tokens": tokens, "blocking": blocking,
-                "m": blocking / tokens if tokens else 0.0, "tokens_per_s": tokens / max(secs, 1e-9),
-                "errors": dict(self.errors),
-                "modes": {k: v.summary() for k, v in sorted(self.by_mode.items())}}
-
-    def line(self) -> str:
-        d = self.to_dict()
-        errs = " ".join(f"{k}={v}" for k, v in sorted(self.errors.items())) or "none"
-        return (f"[{d['seconds']:6.1f}s] sessions={d['sessions']} tokens={d['tokens']} "
-                f"({d['tokens_per_s']:.0f} tok/s) M={d['m']:.3f} errors: {errs}")
+def mode_table(d: dict) -> list[str]:
+    head = (f"{'mode':>6} {'done':>5} {'fail':>4} {'req/s':>6} {'tok/s':>7} {'M':>5} {'side':>5} "
+            f"{'corr':>5} {'B up/tok':>8} {'B dn/tok':>8} {'TTFT p50':>8} {'p99':>7} "
+            f"{'TPOT p50':>8} {'ITL p50':>7} {'p99':>7} {'E2E p50':>8} {'p99':>8}")
+    if d.get("goodput_share") is not None:
+        head += f" {'good':>5}"
+    rows = [head]
+    for mode, s in [*d["modes"].items(), ("all", d)]:
+        row = (f"{mode:>6} {s['completed']:>5} {s['failed']:>4} {s['request_throughput']:>6.2f} "
+               f"{s['output_throughput']:>7.1f} {s['m']:>5.3f} {s['side_rate']:>5.2f} "
+               f"{s['correction_rate']:>5.2f} {s['bytes_up_per_token'] or 0:>8.0f} "
+               f"{s['bytes_down_per_token'] or 0:>8.0f} {ms(s['median_ttft_ms']):>8} "
+               f"{ms(s['p99_ttft_ms']):>7} {ms(s['median_tpot_ms']):>8} {ms(s['median_itl_ms']):>7} "
+               f"{ms(s['p99_itl_ms']):>7} {ms(s['median_e2el_ms']):>8} {ms(s['p99_e2el_ms']):>8}")
+        if d.get("goodput_share") is not None:
+            row += f" {s['goodput_share'] or 0:>5.0%}"
+        rows.append(row)
+    return rows
 
 
-def load_prompts(path: str | None, tokenizer, max_prompt_tokens: int = 384,
-                 n_default: int = 64) -> list[list[int]]:
-    """Prompts as token ids, at most `max_prompt_tokens` each, from a JSONL task file
-    (instruction/output or document/summary: the long part is cut, the cue kept), a text file
-    (one prompt a line, `\\n` for a newline; the head is kept), or, with no path, the built-in
-    personal-style tasks."""
-    from lab.data import load_examples, read_prompt_file, record_to_example
-
-    if max_prompt_tokens < 1:
-        raise InputError(f"--max-prompt-tokens must be >= 1, got {max_prompt_tokens}")
-    if path is None:
-        from lab.synthetic import make_personal_tasks
-
-        examples = [record_to_example(r, i + 1, "builtin")
-                    for i, r in enumerate(make_personal_tasks(n_default, seed=2))]
-    elif path.endswith(".jsonl"):
-        examples = load_examples(path)
-    else:
-        return [tokenizer(ln)["input_ids"][:max_prompt_tokens] for ln in read_prompt_file(path)]
-    if not examples:
-        raise InputError(f"{path}: no prompts in the file")
-    return [ex.prompt_ids(tokenizer, max_prompt_tokens) for ex in examples]
+def sweep_table(reports: list[dict]) -> list[str]:
+    rows = [f"{'rate':>6} {'done':>5} {'fail':>4} {'req/s':>6} {'good/s':>6} {'tok/s':>7} "
+            f"{'TTFT p50':>8} {'p99':>7} {'TPOT p50':>8} {'ITL p99':>7} {'E2E p99':>8} {'M':>5} "
+            f"{'errors':>6}"]
+    for d in reports:
+        good = d["request_goodput"]
+        rows.append(f"{offered(d['request_rate']):>6} {d['completed']:>5} {d['failed']:>4} "
+                    f"{d['request_throughput']:>6.2f} {good if good is not None else 0:>6.2f} "
+                    f"{d['output_throughput']:>7.1f} {ms(d['median_ttft_ms']):>8} "
+                    f"{ms(d['p99_ttft_ms']):>7} {ms(d['median_tpot_ms']):>8} "
+                    f"{ms(d['p99_itl_ms']):>7} {ms(d['p99_e2el_ms']):>8} {d['m']:>5.3f} "
+                    f"{sum(d['errors'].values()):>6}")
+    return rows
 
 
-class LoadTest:
-    """`users` holds one (bundle, prompts) per private user; simulated user k is a device of
-    user k mod len(users), with that user's bundle and prompts, on that bundle's EdgeAgent."""
-
-    def __init__(self, users: list[tuple[EdgeModel, list[list[int]]]], cfg: LoadConfig) -> None:
-        if not users:
-            raise InputError("a load test needs at least one bundle")
-        for edge, _ in users:
-            for mode in cfg.modes:
-                if not edge.supports(mode):
-                    edge.head_for(mode)  # raises with the reason
-        self.users, self.cfg = users, cfg
-        self.report = LoadReport()
-        self.issued = 0  # generations handed out (picks prompt, mode and seed)
-        # refused jobs, per bundle, handed out again first
-        self.retry: list[deque[tuple[list[int], Mode, int]]] = [deque() for _ in users]
-        self.stopping = False
-        metrics.init_agent_series([m.value for m in cfg.modes])
-
-    def _next(self, u: int) -> tuple[list[int], Mode, int] | None:
-        cfg = self.cfg
-        if self.stopping:
-            return None
-        if self.retry[u]:
-            return self.retry[u].popleft()
-        if cfg.sessions and self.issued >= cfg.sessions:
-            return None
-        i = self.issued
-        self.issued += 1
-        prompts = self.users[u][1]
-        return prompts[i % len(prompts)], cfg.modes[i % len(cfg.modes)], cfg.seed + i
-
-    async def _user(self, agent: EdgeAgent, k: int) -> None:
-        cfg, u = self.cfg, k % len(self.users)
-        await asyncio.sleep(cfg.ramp_s * k / cfg.concurrency)
-        while (job := self._next(u)) is not None:
-            prompt, mode, seed = job
-            stream = agent.generate(prompt, cfg.max_new_tokens, mode,
-                                    Sampling(cfg.temperature, cfg.top_k, seed), cfg.window)
-            try:
-                async with asyncio.timeout(cfg.session_timeout_s):
-                    async for _ in stream:
-                        pass
-            except (SessionError, TimeoutError) as e:
-                code = e.code if isinstance(e, SessionError) else ErrorCode.TIMEOUT.value
-                self.report.add(mode, stream, finished=False)
-                if not self.report.errors[code]:  # the first of each code, with its detail
-                    detail = e.detail if isinstance(e, SessionError) else f"no answer in {cfg.session_timeout_s:g}s"
-                    print(f"loadtest: {code}: {detail}" + (" (retrying)" if code in RETRYABLE else ""),
-                          file=sys.stderr, flush=True)
-                self.report.errors[code] += 1
-                if code == ErrorCode.TIMEOUT:
-                    metrics.ERRORS.labels("agent", code).inc()
-                if code not in RETRYABLE:
-                    self.stopping = True
-                    raise
-                self.retry[u].append(job)  # handed out again: nothing is lost
-                await asyncio.sleep(cfg.backoff_s * (0.5 + random.random()))
-                continue
-            except asyncio.CancelledError:
-                self.report.add(mode, stream, finished=False)
-                raise
-            self.report.add(mode, stream)
-            if cfg.think_s:
-                await asyncio.sleep(cfg.think_s)
-
-    async def _progress(self) -> None:
-        while self.cfg.report_s:
-            await asyncio.sleep(self.cfg.report_s)
-            print(self.report.line(), file=sys.stderr, flush=True)
-
-    async def run(self) -> LoadReport:
-        """Until --sessions are done, --duration is up, SIGINT/SIGTERM, or an error that a
-        retry cannot fix (raised). Generations in flight at a stop are cancelled and their
-        tokens so far counted."""
-        cfg, loop = self.cfg, asyncio.get_running_loop()
-        self.report.started = time.monotonic()
-        agents = [EdgeAgent(edge, cfg.broker, cfg.window, cfg.keys) for edge, _ in self.users]
-        progress = loop.create_task(self._progress())
-        users = [loop.create_task(self._user(agents[k % len(agents)], k))
-                 for k in range(cfg.concurrency)]
-
-        def halt() -> None:
-            self.stopping = True
-            for u in users:
-                u.cancel()
-
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, halt)
-        timer = loop.call_later(cfg.duration_s, halt) if cfg.duration_s else None
-        try:
-            results = await asyncio.gather(*users, return_exceptions=True)
-        finally:
-            halt()
-            if timer:
-                timer.cancel()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
-            progress.cancel()
-            await asyncio.gather(*users, progress, return_exceptions=True)
-            for agent in agents:
-                await agent.close()
-            self.report.seconds = time.monotonic() - self.report.started
-        for r in results:
-            if isinstance(r, Exception):
-                raise r
-        return self.report
+def _strict(x):
+    """JSON has no infinity: an infinite rate is written "inf" (as the flag takes it)."""
+    if isinstance(x, float) and math.isinf(x):
+        return "inf"
+    if isinstance(x, dict):
+        return {k: _strict(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_strict(v) for v in x]
+    return x
 
 
-def ms(seconds: float | None) -> str:
-    return f"{seconds * 1000:.1f}" if seconds is not None else "-"
+def document(reports: list[dict]) -> dict:
+    """What --json writes: the one report, or for a sweep the reports under `sweep`."""
+    if len(reports) == 1:
+        return _strict(reports[0])
+    return _strict({"sweep": reports})
+
+
+def write_json(doc: dict, target: str) -> None:
+    if target == "-":
+        print(json.dumps(doc), flush=True)
+        return
+    tmp = Path(target + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(target)  # whole or absent, for whoever polls for it
 
 
 def main(args) -> None:
     from edge_agent.bundle import load_bundle
     from routing import aio
-    from routing.modes import parse_modes
     from routing.security import client_keys
 
-    cfg = LoadConfig(broker=args.broker, modes=[Mode.parse(m) for m in parse_modes(args.modes)],
-                     concurrency=args.concurrency, sessions=args.sessions,
-                     duration_s=args.duration, max_new_tokens=args.max_new_tokens,
-                     window=args.window, think_s=args.think, ramp_s=args.ramp,
-                     session_timeout_s=args.session_timeout, temperature=args.temperature,
-                     top_k=args.top_k, seed=args.seed, report_s=args.report)
+    cfg = config(args)
     if args.models:  # every user `spa build-models` made, each with its held-out prompts
         from lab.build import ModelSet
 
@@ -287,33 +127,41 @@ def main(args) -> None:
     users = []
     for bundle, prompts in sources:
         edge = load_bundle(bundle)
-        users.append((edge, load_prompts(prompts, edge.tokenizer, args.max_prompt_tokens)))
-    cfg.keys = client_keys(args, "agent")
-    test = LoadTest(users, cfg)  # its series exist at 0 before the first scrape
+        users.append((edge, load_prompts(prompts, edge.tokenizer, cfg.max_prompt_tokens)))
+    test = LoadTest(users, cfg, client_keys(args, "agent"))  # its series exist before a scrape
+    progress = Progress(test, cfg.report)
     metrics.serve(args.metrics_port, args.metrics_addr)
-    print(f"loadtest: {cfg.concurrency} users of {len(users)} bundles, modes {','.join(m.value for m in cfg.modes)}, "
-          f"broker {cfg.broker}" + (f", /metrics on :{args.metrics_port}" if args.metrics_port else ""),
+    load = (f"{cfg.concurrency} users" if not cfg.rates else
+            f"rate {','.join(offered(r) for r in cfg.rates)}/s"
+            + (f" (at most {cfg.max_concurrency} in flight)" if cfg.max_concurrency else ""))
+    print(f"loadtest: {load} of {len(users)} bundles, modes {cfg.modes}, broker {cfg.broker}"
+          + (f", /metrics on :{args.metrics_port}" if args.metrics_port else ""),
           file=sys.stderr, flush=True)
     if args.delay:
         time.sleep(args.delay)
     failure = None
     try:
-        report = aio.run(test.run())
-    except SessionError as e:  # the summary of what ran is still printed
-        failure, report = e, test.report
-    d = report.to_dict()
-    if args.json == "-":
-        print(json.dumps(d), flush=True)
-    elif args.json:
-        tmp = Path(args.json + ".tmp")
-        tmp.write_text(json.dumps(d, indent=1))
-        tmp.replace(args.json)  # whole or absent, for whoever polls for it
-    print(report.line(), file=sys.stderr)
-    for mode, s in d["modes"].items():
-        print(f"  {mode:>6}: sessions={s['sessions']} tokens={s['tokens']} M={s['m']:.3f} "
-              f"side={s['side_rate']:.2f} TTFT p50={ms(s['ttft_p50_s'])}ms "
-              f"ITL p50/p95/p99={ms(s['itl_p50_s'])}/{ms(s['itl_p95_s'])}/{ms(s['itl_p99_s'])}ms",
-              file=sys.stderr)
+        phases = aio.run(test.run())
+    except SessionError as e:  # the figures of what ran are still written
+        failure, phases = e, test.phases
+    progress.close()
+    reports = results(phases, cfg)
+    if args.json and reports:
+        write_json(document(reports), args.json)
+    if args.plot and reports:
+        from loadgen.plots import write_all
+
+        for p in write_all(phases, reports, Path(args.plot)):
+            print(f"plot: {p}", file=sys.stderr)
+    for d in reports:
+        errs = " ".join(f"{k}={v}" for k, v in d["errors"].items()) or "none"
+        print(f"offered {offered(d['request_rate'])}: {d['completed']} done, {d['failed']} not, "
+              f"{d['duration']:.1f} s, {d['output_throughput']:.0f} tok/s, M={d['m']:.3f}, "
+              f"errors: {errs}", file=sys.stderr)
+        if len(reports) == 1:
+            print("\n".join(mode_table(d)), file=sys.stderr)
+    if len(reports) > 1:
+        print("\n".join(sweep_table(reports)), file=sys.stderr)
     if args.linger and args.metrics_port:
         print(f"serving /metrics for {args.linger:g}s more", file=sys.stderr, flush=True)
         time.sleep(args.linger)

@@ -351,34 +351,11 @@ def build_parser() -> argparse.ArgumentParser:
     _security(q)
     q.set_defaults(func=cmd_agent)
 
-    q = sub.add_parser("loadtest", help="many edge users in one process, /metrics, a summary")
-    q.add_argument("--broker", default="tcp://127.0.0.1:5555")
-    q.add_argument("--bundle", help="one user's bundle (or --models)")
-    q.add_argument("--prompts", help="JSONL tasks or a text file, one prompt a line "
-                   "(default: built-in personal-style tasks)")
-    q.add_argument("--models", help="a `spa build-models` directory: every user's bundle with "
-                   "its held-out prompts, simulated users spread over them")
-    q.add_argument("--max-prompt-tokens", type=int, default=384, help="longer prompts are cut")
-    q.add_argument("--modes", default="spa", help="comma list, taken in turn (e.g. spa,full,base)")
-    q.add_argument("--concurrency", type=int, default=8, help="users, each one session at a time")
-    q.add_argument("--sessions", type=int, default=0, help="stop after this many (0 = no limit)")
-    q.add_argument("--duration", type=float, default=0.0, help="stop after seconds (0 = no limit)")
-    q.add_argument("--max-new-tokens", type=int, default=32)
-    q.add_argument("--window", type=int, default=8)
-    q.add_argument("--think", type=float, default=0.0, help="seconds between a user's generations")
-    q.add_argument("--ramp", type=float, default=0.0, help="seconds over which users start")
-    q.add_argument("--delay", type=float, default=0.0,
-                   help="seconds between serving /metrics and the first session (a first scrape "
-                   "at zero makes Prometheus' rates exact)")
-    q.add_argument("--linger", type=float, default=0.0,
-                   help="keep serving /metrics this long after the run (a last scrape)")
-    q.add_argument("--session-timeout", type=float, default=120.0)
-    q.add_argument("--temperature", type=float, default=0.0)
-    q.add_argument("--top-k", type=int, default=0)
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--report", type=float, default=5.0, help="progress line every N s (0 = off)")
-    q.add_argument("--json", help="write the summary here as JSON ('-' = stdout)")
-    q.add_argument("--metrics-port", type=int, default=0, help="serve /metrics here (0 = off)")
+    q = sub.add_parser("loadtest", help="many simulated devices in one process: closed or open "
+                       "loop, a rate sweep, figures per mode, JSON, plots, /metrics")
+    from loadgen.cli_args import add_arguments as add_loadtest_arguments
+
+    add_loadtest_arguments(q)
     _security(q)
     q.set_defaults(func=cmd_loadtest)
 

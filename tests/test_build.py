@@ -163,7 +163,7 @@ def test_loadtest_spreads_devices_over_every_user(smol_models, tmp_path):
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"4 users of {len(smol_models.users)} bundles" in res.stderr
     d = json.loads(summary.read_text())
-    assert d["sessions"] == 8 and not d["errors"], d
+    assert d["completed"] == 8 and not d["errors"], d
 
 
 def test_prompt_records_are_used_whole(tmp_path):

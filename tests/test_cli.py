@@ -80,9 +80,9 @@ def test_eval_end_to_end(backbone_dir, bundle_dir, tasks_file, tmp_path):
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["--concurrency", "0"], "--concurrency must be >= 1"),
+    (["--concurrency", "0"], "concurrency=0 outside its sane range"),
     (["--modes", "spa,nope"], "nope"),
-    (["--sessions", "-1"], "--sessions and --duration must be >= 0"),
+    (["--sessions", "-1"], "num_prompts=-1 outside its sane range"),
 ])
 def test_loadtest_bad_arguments(bundle_dir, args, needle):
     assert_clean_error(spa("loadtest", "--bundle", str(bundle_dir), *args), needle)
@@ -113,7 +113,7 @@ def test_loadtest_counts_and_retries_refusals(bundle_dir, tmp_path):
     assert res.returncode == 0, res.stderr
     assert "NO_WORKER: no live worker serves backbone" in res.stderr and "(retrying)" in res.stderr
     summary = json.loads(res.stdout)
-    assert summary["errors"]["NO_WORKER"] >= 2 and summary["sessions"] == 0
+    assert summary["errors"]["NO_WORKER"] >= 2 and summary["completed"] == 0
 
 
 def test_health(tmp_path):
