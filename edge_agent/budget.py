@@ -9,7 +9,8 @@ Two parts, both on the running count the decoder already keeps (`Transmissions`)
   is spent on the positions the classifier ranks highest *for this session*;
 * **a band** on the running total S after T tokens: a position may fire only while
   S + 1 ≤ b·(T + 1) + slack, and fires anyway when S < b·(T + 1) − slack. So S stays within
-  slack + 1 of b·T at every token: |M − b| ≤ (slack + 1)/T, 0.031 after 64 tokens at slack 1.
+  slack + 1 of b·T at every token: |M − b| ≤ (slack + 1)/T, 0.031 after 64 tokens at slack 1
+  (for b ≤ 1: a forced REQUEST costs at least 1, so the total keeps up with b·T).
 
 The decision depends only on the classifier's g for the position and the counts before it, so
 the reference generator, the batched generator and the agent (which drive the same `Decoder`)
@@ -21,17 +22,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from routing.config import Tunables, tunable
 from routing.modes import Mode
 from routing.transmissions import Transmissions
+
+if TYPE_CHECKING:
+    from edge_agent.edge_model import EdgeModel
 
 _CLAMP = 40.0  # logits beyond ±40 are saturated sigmoids in float64: compare them as equal
 
 
 @dataclass
 class BudgetConfig(Tunables):
-    m_budget: float = tunable(0.0, 0.0, 2.0, "the session's M budget b: blocking transmissions "
+    m_budget: float = tunable(0.0, 0.0, 1.0, "the session's M budget b: blocking transmissions "
                               "per token the gate adapts to (0 = none: the bundle's fixed τ)")
     budget_rate: float = tunable(0.5, 0.01, 5.0, "η: the gate's logit threshold moves by "
                                  "η·(cost − b) after each token")
@@ -58,23 +63,27 @@ class BudgetGate:
         self.theta = max(-_CLAMP, min(_CLAMP, threshold))
         self._tokens = 0  # the count `theta` has been updated for
         self._blocking = 0
-        self._last: tuple[int, bool] | None = None  # (pos, decision) of the latest frame
+        self._last: tuple[int, bool, bool] | None = None  # (pos, fire, gate's wish), latest frame
         self.forced = 0  # decisions the band made against the gate (both ways)
 
     @classmethod
-    def of(cls, cfg: BudgetConfig | None, threshold: float, mode: Mode) -> BudgetGate | None:
-        """The gate for a session in `mode`, or None: no budget, or a mode the classifier does
-        not gate (base never transmits, lockstep modes always do)."""
-        if cfg is None or cfg.m_budget <= 0.0 or mode.gate != "classifier":
+    def of(cls, cfg: BudgetConfig | None, edge: EdgeModel | None, mode: Mode) -> BudgetGate | None:
+        """A session's budget gate, starting from the bundle's calibrated threshold; None without
+        a budget or in a mode the classifier does not gate (base never transmits, lockstep modes
+        always do). The agent, the reference and the batched generator all make it here."""
+        if cfg is None or cfg.m_budget <= 0.0 or edge is None or not mode.gated:
             return None
-        return cls(cfg, threshold)
+        return cls(cfg, edge.head_for(mode).threshold)
 
     def decide(self, pos: int, g: float, stats: Transmissions) -> bool:
         if self._last is not None and self._last[0] == pos:
             return self._last[1]  # a replayed position: the first decision again
         if stats.tokens != self._tokens:  # the cost of the tokens since the last decision
-            done = stats.tokens - self._tokens
             cost = stats.blocking - self._blocking
+            if self._last is not None and self._last[1] != self._last[2]:
+                cost = float(self._last[2])  # the band overrode the gate: the gate's own cost, so
+                # its refusals do not pull τ further the wrong way (no wind-up)
+            done = stats.tokens - self._tokens
             self.theta = max(-_CLAMP, min(_CLAMP, self.theta + self.rate * (cost - self.budget * done)))
             self._tokens, self._blocking = stats.tokens, stats.blocking
         want = _logit(g) > self.theta
@@ -85,5 +94,5 @@ class BudgetGate:
         elif not want and stats.blocking < allowed - self.slack:
             fire = True
         self.forced += fire != want
-        self._last = (pos, fire)
+        self._last = (pos, fire, want)
         return fire

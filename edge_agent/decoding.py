@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from edge_agent.budget import BudgetGate
 from routing.errors import InputError
 from routing.modes import Mode
 from routing.protocol import MsgType
@@ -68,6 +69,7 @@ class Decoder:
     gates: list[float] = field(default_factory=list)  # classifier probability g_t per token
     differs: list[bool] = field(default_factory=list)  # side consulted and disagreed (any mode)
     finished_by: str = ""  # '' while running, then 'eos' or 'length'
+    budget: BudgetGate | None = None  # a per-session M budget: it decides instead of τ
     _base: int = -1  # the backbone token of the frame in hand
     _gate: float = 0.0
     _pending: Act | None = None  # REQUEST or SIDE awaiting side()
@@ -87,7 +89,9 @@ class Decoder:
             raise RuntimeError(f"decoder not ready for a frame: pos={self.pos} done={self.done} "
                                f"pending={self._pending}")
         self._base, self._gate = base_token, g
-        if not fire or self.mode.gate == "never":
+        if self.budget is not None:  # the budget's own τ, adapted to the running M
+            fire = self.budget.decide(self.pos, g, self.stats)
+        if not fire or not self.mode.uses_side:
             return self._emit(base_token, "base", None)
         if self.mode.lockstep:
             self._pending = Act.SIDE

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from edge_agent.side_network import Classifier, SideConfig, SideNetwork
 from routing.errors import InputError
-from routing.modes import Mode
+from routing.modes import Combine, Mode
 from routing.sampling import Sampling, pick_token
 
 WIRE_DTYPE = torch.float16  # z and hidden states travel as fp16 (DESIGN.md §4)
@@ -82,7 +82,7 @@ class EdgeModel(nn.Module):
 
     # ---------------------------------------------------------------- per mode
     def head_for(self, mode: Mode) -> Head:
-        if mode.combine == "none":
+        if not mode.uses_side:
             raise InputError(f"mode {mode.value} uses no side network")
         if mode.combine not in self.heads:
             have = ", ".join(sorted(self.heads)) or "none"
@@ -92,18 +92,16 @@ class EdgeModel(nn.Module):
         return self.heads[mode.combine]
 
     def supports(self, mode: Mode) -> bool:
-        return mode.combine == "none" or mode.combine in self.heads
+        return not mode.uses_side or mode.combine in self.heads
 
     def wire_layers(self, mode: Mode) -> list[int]:
-        return [] if mode.combine == "none" else self.head_for(mode).side.cfg.wire_layers
+        return self.head_for(mode).side.cfg.wire_layers if mode.uses_side else []
 
     @torch.inference_mode()
     def gate(self, mode: Mode, z: Tensor) -> tuple[bool, float]:
         """Does this position need the side network? z: (d,) wire dtype -> (fire, g)."""
-        if mode.gate == "never":
-            return False, 0.0
-        if mode.gate == "always":
-            return True, 1.0
+        if not mode.gated:
+            return mode.lockstep, float(mode.lockstep)
         head = self.head_for(mode)
         logit = float(head.classifier.logit(z.float()[None], self.lm_head)[0])
         return logit > head.threshold, 1.0 / (1.0 + math.exp(-max(-700.0, min(700.0, logit))))
@@ -111,8 +109,8 @@ class EdgeModel(nn.Module):
     @torch.inference_mode()
     def gate_batch(self, mode: Mode, z: Tensor) -> tuple[list[bool], list[float]]:
         """`gate` for many positions at once. z: (N, d) wire dtype -> (fire, g) per row."""
-        if mode.gate != "classifier":
-            return [mode.gate == "always"] * len(z), [float(mode.gate == "always")] * len(z)
+        if not mode.gated:
+            return [mode.lockstep] * len(z), [float(mode.lockstep)] * len(z)
         head = self.head_for(mode)
         logit = head.classifier.logit(z.float(), self.lm_head).double()  # (N,)
         return (logit > head.threshold).tolist(), torch.sigmoid(logit).tolist()
@@ -121,7 +119,7 @@ class EdgeModel(nn.Module):
         """z: (N, d); wire: (N, len(wire_layers), d) -> logits (N, V)."""
         head = self.head_for(mode)
         delta = head.side(head.side.assemble(wire.float(), z.float()))  # (N, d)
-        state = z.float() + delta if head.combine == "add" else delta
+        state = z.float() + delta if head.combine == Combine.ADD else delta
         return self.lm_head(state)
 
     @torch.inference_mode()

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from edge_agent.budget import BudgetConfig, BudgetGate
 from edge_agent.decoding import Act, Decoder, check_request
 from edge_agent.edge_model import WIRE_DTYPE, EdgeModel
 from lab.reference import Generation, check_modes
@@ -47,7 +48,7 @@ class BatchedGenerator:
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, mode: Mode | str = Mode.BASE,
                  sampling: Sampling | None = None, stop_at_eos: bool = True, keep_z: bool = False,
-                 desc: str | None = None) -> list[Generation]:
+                 desc: str | None = None, budget: BudgetConfig | None = None) -> list[Generation]:
         """One Generation per prompt, in the order given."""
         from tqdm import tqdm
 
@@ -69,7 +70,7 @@ class BatchedGenerator:
                 n, longest = n + 1, widest
             chunk = order[i : i + n]
             gens = self._chunk([prompts[j] for j in chunk], max_new_tokens, mode,
-                               sampling or Sampling(), stop_at_eos, keep_z)
+                               sampling or Sampling(), stop_at_eos, keep_z, budget)
             for j, g in zip(chunk, gens, strict=True):
                 out[j] = g
             i += n
@@ -81,14 +82,15 @@ class BatchedGenerator:
 
     @torch.inference_mode()
     def _chunk(self, prompts: list[list[int]], max_new: int, mode: Mode, sampling: Sampling,
-               stop_at_eos: bool, keep_z: bool) -> list[Generation]:
+               stop_at_eos: bool, keep_z: bool, budget: BudgetConfig | None = None) -> list[Generation]:
         bb, edge = self.backbone, self.edge
         started = time.perf_counter()
         eos = bb.eos_token_id if stop_at_eos else None
         pad = bb.eos_token_id if bb.eos_token_id is not None else 0
-        wire_layers = edge.wire_layers(mode) if mode is not Mode.BASE else []
+        wire_layers = edge.wire_layers(mode) if mode.uses_side else []
         edge_dev = edge.lm_head.weight.device if edge is not None else None
-        decs = [Decoder(mode, max_new, eos, len(p)) for p in prompts]
+        decs = [Decoder(mode, max_new, eos, len(p), budget=BudgetGate.of(budget, edge, mode))
+                for p in prompts]
         zs: list[list[torch.Tensor]] = [[] for _ in prompts]
         B, T = len(prompts), max(len(p) for p in prompts)
         ids = torch.full((B, T), pad, dtype=torch.long)
@@ -105,7 +107,7 @@ class BatchedGenerator:
         while True:
             z = out.z[:, -1].to(WIRE_DTYPE)  # (b, d) as FRAMEs carry it
             base = pick_tokens(out.logits[:, -1], [sampling] * len(rows), [decs[r].pos for r in rows])
-            if mode is Mode.BASE:
+            if not mode.uses_side:
                 fire, g = [False] * len(rows), [0.0] * len(rows)
             else:
                 fire, g = edge.gate_batch(mode, z.to(edge_dev))

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from cloud_worker.backbone import Backbone
+from edge_agent.budget import BudgetConfig
 from edge_agent.edge_model import EdgeModel
 from lab.batched import BatchConfig, BatchedGenerator
 from lab.data import Example
@@ -62,6 +63,7 @@ class ModeResult:
     scores: list[float] = field(default_factory=list, repr=False)  # per record, × 100
     ci: tuple[float, float] = (0.0, 0.0)
     seconds: float = 0.0
+    sessions: list[tuple[int, float]] = field(default_factory=list, repr=False)  # (tokens, M) each
 
     def row(self) -> dict:
         return {"mode": self.mode, "rouge_l": round(self.rouge_l, 2),
@@ -93,15 +95,15 @@ class Evaluator:
         return self._prompts[id(ex)]
 
     def run_mode(self, mode: Mode, examples: list[Example], threshold: float | None = None,
-                 ci: bool = True) -> ModeResult:
-        head = self.edge.head_for(mode) if mode.gate == "classifier" else None
+                 ci: bool = True, budget: BudgetConfig | None = None) -> ModeResult:
+        head = self.edge.head_for(mode) if mode.gated else None
         saved = head.threshold if head else None
         if head is not None and threshold is not None:
             head.threshold = threshold
         try:
             started = time.perf_counter()
             gens = self.gen.generate([self.prompt(ex) for ex in examples], self.max_new_tokens,
-                                     mode, desc=f"eval {mode.value}")
+                                     mode, desc=f"eval {mode.value}", budget=budget)
             seconds = time.perf_counter() - started
             stats, scores = Transmissions(), []
             for ex, gen in zip(examples, gens, strict=True):
@@ -111,10 +113,33 @@ class Evaluator:
             return ModeResult(mode.value, statistics.fmean(scores), stats,
                               stats.tokens / max(seconds, 1e-9), head.tau if head else None,
                               len(examples), scores, bootstrap_ci(scores) if ci else (0.0, 0.0),
-                              seconds)
+                              seconds, [(g.stats.tokens, g.stats.m) for g in gens])
         finally:
             if head is not None:
                 head.threshold = saved
+
+
+def budget_curve(ev: Evaluator, examples: list[Example], budgets: list[float],
+                 mode: Mode = Mode.SPA, long: int = 64) -> list[dict]:
+    """Rouge-L and M per session budget b (issue 17 item 3): the aggregate M, and per session
+    |M − b| — for every session, and for those of `long`+ tokens (the band's promise)."""
+    rows = []
+    for b in budgets:
+        r = ev.run_mode(mode, examples, budget=BudgetConfig(m_budget=b))
+        dev = [abs(m - b) for _, m in r.sessions]
+        dev_long = [abs(m - b) for t, m in r.sessions if t >= long]
+        rows.append({**r.row(), "budget": b,
+                     "sessions_within_005": sum(d <= 0.05 for d in dev) / len(dev),
+                     "long_sessions": len(dev_long),
+                     "long_within_005": (sum(d <= 0.05 for d in dev_long) / len(dev_long)
+                                         if dev_long else None),
+                     "max_dev_long": max(dev_long) if dev_long else None,
+                     "scores": [round(x, 3) for x in r.scores]})
+        print(f"budget {b}: Rouge-L {r.rouge_l:.2f} [{r.ci[0]:.2f}, {r.ci[1]:.2f}], M {r.stats.m:.3f}, "
+              f"{rows[-1]['sessions_within_005']:.0%} of sessions within 0.05"
+              + (f"; of the {len(dev_long)} with ≥ {long} tokens {rows[-1]['long_within_005']:.0%} "
+                 f"(max |M − b| {rows[-1]['max_dev_long']:.3f})" if dev_long else ""), flush=True)
+    return rows
 
 
 def markdown_table(results: list[ModeResult]) -> str:
@@ -173,11 +198,12 @@ def plot(points: dict[str, list[tuple[float, float]]], fixed: list[ModeResult], 
 def run_eval(backbone: Backbone, edge: EdgeModel | None, examples: list[Example], modes: list[Mode],
              json_out: Path | None, plot_out: Path | None, sweep_limit: int = 0,
              max_new_tokens: int = 48, max_prompt_tokens: int = 384, progress: bool = True,
-             batch_size: int = 64) -> dict:
-    """All `modes` on `examples`, the paired comparisons of spa, and (with a plot path) the τ
-    sweep on the first `sweep_limit` examples (0 = all)."""
+             batch_size: int = 64, budgets: list[float] | None = None, budget_tokens: int = 64) -> dict:
+    """All `modes` on `examples`, the paired comparisons of spa, (with a plot path) the τ
+    sweep on the first `sweep_limit` examples (0 = all), and (with `budgets`) spa under each
+    per-session M budget, generating up to `budget_tokens`, beside base and full at that length."""
     for m in modes:
-        if m is not Mode.BASE and (edge is None or not edge.supports(m)):
+        if m.uses_side and (edge is None or not edge.supports(m)):
             raise InputError(f"mode {m.value} is not supported by this bundle")
     ev = Evaluator(backbone, edge, max_prompt_tokens, max_new_tokens, batch_size, progress)
     started = time.time()
@@ -193,7 +219,7 @@ def run_eval(backbone: Backbone, edge: EdgeModel | None, examples: list[Example]
         print(paired_table(pairs), flush=True)
     sweeps: dict[str, list[tuple[float, float]]] = {}
     sweep_rows = []
-    gated = [m for m in modes if m.gate == "classifier"]
+    gated = [m for m in modes if m.gated]
     if plot_out is not None and gated:
         sub = examples[: sweep_limit or None]
         for m in gated:
@@ -202,10 +228,19 @@ def run_eval(backbone: Backbone, edge: EdgeModel | None, examples: list[Example]
                 sweeps.setdefault(m.value, []).append((r.stats.m, r.rouge_l))
                 sweep_rows.append({**r.row(), "threshold": thr})
         fixed = (results if len(sub) == len(examples) else
-                 [ev.run_mode(m, sub) for m in modes if m.gate != "classifier"])
+                 [ev.run_mode(m, sub) for m in modes if not m.gated])
         plot(sweeps, [r for r in fixed if r.mode not in sweeps], plot_out)
         print(f"plot: {plot_out}", flush=True)
+    budget_rows: list[dict] = []
+    if budgets:
+        ev_b = Evaluator(backbone, edge, max_prompt_tokens, budget_tokens, batch_size, progress)
+        for m in (Mode.BASE, Mode.FULL):
+            if m in modes:
+                r = ev_b.run_mode(m, examples)
+                budget_rows.append({**r.row(), "budget": None, "scores": [round(x, 3) for x in r.scores]})
+        budget_rows += budget_curve(ev_b, examples, budgets)
     report = {"results": [r.row() for r in results], "paired": pairs, "sweep": sweep_rows,
+              "budget": budget_rows, "budget_tokens": budget_tokens,
               "scores": {r.mode: [round(s, 3) for s in r.scores] for r in results},
               "examples": len(examples), "max_new_tokens": max_new_tokens,
               "max_prompt_tokens": max_prompt_tokens, "backbone": backbone.source,

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from edge_agent.budget import BudgetConfig, BudgetGate
 from edge_agent.decoding import Act, Decoder, check_request
 from edge_agent.edge_model import WIRE_DTYPE, EdgeModel
 from routing.errors import FingerprintMismatch, InputError
@@ -46,7 +47,7 @@ class Generation:
 
 
 def check_modes(edge: EdgeModel | None, mode: Mode) -> None:
-    if mode is not Mode.BASE:
+    if mode.uses_side:
         if edge is None:
             raise InputError(f"mode {mode.value} needs an edge bundle")
         edge.head_for(mode)  # raises with the reason when the bundle lacks it
@@ -67,15 +68,16 @@ class ReferenceGenerator:
         sampling: Sampling | None = None,
         stop_at_eos: bool = True,
         keep_z: bool = False,
+        budget: BudgetConfig | None = None,
     ) -> Generation:
         mode = Mode.parse(mode)
         check_request(prompt_ids, max_new_tokens)
         check_modes(self.edge, mode)
         sampling = sampling or Sampling()
         edge = self.edge
-        wire_layers = edge.wire_layers(mode) if mode is not Mode.BASE else []
+        wire_layers = edge.wire_layers(mode)
         eos = self.backbone.eos_token_id if stop_at_eos else None
-        dec = Decoder(mode, max_new_tokens, eos, len(prompt_ids))
+        dec = Decoder(mode, max_new_tokens, eos, len(prompt_ids), budget=BudgetGate.of(budget, edge, mode))
         zs: list[torch.Tensor] | None = [] if keep_z else None
         start = time.perf_counter()
         out = self.backbone.forward(torch.tensor([prompt_ids]), use_cache=True, logits_last_only=True)
@@ -84,7 +86,7 @@ class ReferenceGenerator:
             z = out.z[0, -1].to(WIRE_DTYPE).cpu()  # (d,) as a FRAME carries it
             if zs is not None:
                 zs.append(z)
-            fire, g = edge.gate(mode, z) if mode is not Mode.BASE else (False, 0.0)
+            fire, g = edge.gate(mode, z)
             step = dec.frame(base_tok, fire, g)
             if step.act is not Act.EMIT:  # REQUEST → HIDDEN, or lockstep states in the frame
                 wire = torch.stack([out.hidden[i][0, -1] for i in wire_layers]).to(WIRE_DTYPE).cpu()

@@ -32,11 +32,9 @@ from edge_agent.side_network import Classifier, SideConfig
 from lab.batched import BatchConfig, BatchedGenerator
 from lab.data import Example
 from routing.errors import InputError
-from routing.modes import Mode
+from routing.modes import Combine, Mode, training_choices, training_heads
 from routing.transmissions import Transmissions
 
-COMBINES_FOR = {"spa": ["add"], "full": ["add"], "lst": ["replace"], "choice": ["replace"],
-                "all": ["add", "replace"]}
 NEVER = 1e9  # a logit threshold no classifier reaches: the gate never fires
 CLF_OBJECTIVES = ("onpolicy", "mixture", "both")
 
@@ -79,8 +77,8 @@ class TrainConfig:
     overrides: dict = field(default_factory=lambda: {"replace": {"width_div": 4, "dropout": 0.1}})
 
     def __post_init__(self) -> None:
-        if self.mode not in COMBINES_FOR:
-            raise InputError(f"unknown training mode {self.mode!r}: expected {sorted(COMBINES_FOR)}")
+        if self.mode not in training_choices():
+            raise InputError(f"unknown training mode {self.mode!r}: expected {training_choices()}")
         if not 0.0 <= self.target_m <= 1.0:
             raise InputError(f"target M must be in [0, 1], got {self.target_m}")
         if self.lam < 0:
@@ -176,7 +174,7 @@ def extract_features(backbone: Backbone, examples: list[Example], side_cfg: Side
 
 def _side_logits(edge: EdgeModel, head: Head, states: Tensor, z: Tensor) -> Tensor:
     delta = head.side(states)
-    return edge.lm_head(z + delta if head.combine == "add" else delta)  # (N, V)
+    return edge.lm_head(z + delta if head.combine == Combine.ADD else delta)  # (N, V)
 
 
 def _scheduler(opt, cfg: TrainConfig, steps: int):
@@ -317,7 +315,7 @@ def rollouts(backbone: Backbone, edge: EdgeModel, head: Head, examples: list[Exa
     """On-policy states: generate with the side network always on (the trajectory a firing
     gate follows) and label each position 1 where the side token differs from the backbone's.
     Teacher-forced answers alone leave the gate blind to its own generations."""
-    mode = Mode.FULL if head.combine == "add" else Mode.LST
+    mode = Mode.FULL if head.combine == Combine.ADD else Mode.LST
     gen = BatchedGenerator(backbone, edge, BatchConfig(cfg.gen_batch, progress=progress))
     gens = gen.generate(_prompts(backbone, examples, cfg), cfg.rollout_tokens, mode, keep_z=True,
                         desc=f"rollouts {mode.value}")
@@ -329,7 +327,7 @@ def rollouts(backbone: Backbone, edge: EdgeModel, head: Head, examples: list[Exa
 def measured_m(backbone: Backbone, edge: EdgeModel, head: Head, prompts: list[list[int]],
                threshold: float, cfg: TrainConfig) -> Transmissions:
     """Transmission counts of real gated generations (batched) on `prompts` at `threshold`."""
-    mode = Mode.SPA if head.combine == "add" else Mode.CHOICE
+    mode = Mode.SPA if head.combine == Combine.ADD else Mode.CHOICE
     saved, head.threshold = head.threshold, threshold
     try:
         gen = BatchedGenerator(backbone, edge, BatchConfig(cfg.gen_batch, progress=False))
@@ -460,7 +458,7 @@ def train_bundle(backbone: Backbone, examples: list[Example], cfg: TrainConfig,
     torch.manual_seed(cfg.seed)
     started = time.time()
     train_ex, dev_ex = split_dev(examples, cfg)
-    wanted = sorted({i for c in COMBINES_FOR[cfg.mode]
+    wanted = sorted({i for c in training_heads(cfg.mode)
                      for i in cfg.for_combine(c).side_config(backbone.d_model, backbone.n_layers).layers})
     side_cfg = SideConfig(backbone.d_model, backbone.n_layers, layers=wanted)
     feats_train = extract_features(backbone, train_ex, side_cfg, cfg, progress)
@@ -468,7 +466,7 @@ def train_bundle(backbone: Backbone, examples: list[Example], cfg: TrainConfig,
     edge = EdgeModel.for_backbone(backbone).to(backbone.device)
     record: dict = {"config": asdict(cfg), "train_records": len(train_ex), "dev_records": len(dev_ex),
                     "train_positions": len(feats_train), "dev_positions": len(feats_dev), "heads": {}}
-    for combine in COMBINES_FOR[cfg.mode]:
+    for combine in training_heads(cfg.mode):
         head = train_head(backbone, edge, combine, train_ex, dev_ex, feats_train, feats_dev, cfg,
                           progress)
         record["heads"][combine] = head.info

@@ -53,7 +53,11 @@ class User:
 
 # Frame users: where the frame goes is where the backbone is confident of something else; a
 # linear gate on z alone missed a third of those positions ("Dear Sarah,"), this one does not.
-_FRAME = {"target_m": 0.6, "clf_features": "z+stats", "clf_hidden": 64}
+# The side network is needed at the frame and at the body's first token (turning from the
+# opening to the answer): about 0.3 of the positions, each a REQUEST and mostly a CORRECT, so
+# M ≈ 0.6 is the floor of a perfect gate; at target 0.6 the gate missed bo's opening in 13 % of
+# held-out answers (RESULTS.md §7), at 0.7 it has room.
+_FRAME = {"target_m": 0.7, "clf_features": "z+stats", "clf_hidden": 64}
 ADA = User("ada", "writes every answer as a short letter", "frame", "Dear friend,", "Yours, Ada.",
            seed=1, **_FRAME)
 BO = User("bo", "answers like a ship's captain", "frame", "Ahoy, matey!", "Arr, Captain Bo.",
@@ -171,6 +175,8 @@ def frame_records(backbone: Backbone, user: User, progress: bool) -> list[dict]:
     records = []
     for q, text in zip(pool, outs, strict=True):
         body = first_sentence(text)
+        if body is not None and not user.opening.endswith(","):  # "Ahoy, matey! The river …"
+            body = body[0].upper() + body[1:]
         if body is not None and len(tok(" " + body, add_special_tokens=False)["input_ids"]) <= BODY_TOKENS:
             records.append({"prompt": prompt_text(q, tok),
                             "output": f"{user.opening} {body} {user.closing}"})

@@ -1,0 +1,94 @@
+"""The XSum table over training seeds, from the run directories `benchmarks/spa_xsum.py` wrote
+(eval.json, budget.json, bundle_record.json each): Rouge-L per mode as the mean over seeds with
+its min–max, spa ÷ full per seed, the paired bootstraps per seed, gate AUC, the M where the τ
+sweep first reaches 0.97 × full, Rouge-L at M 0.3 / 0.5 (linear between sweep points), and the
+M-budget curve.
+
+    python benchmarks/seed_table.py runs/s0 runs/s1 runs/s2 [--label g0=runs/g0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+
+def _ms(v: list[float], fmt: str = "{:.2f}") -> str:
+    return (fmt.format(statistics.fmean(v)) + (f" [{fmt.format(min(v))}, {fmt.format(max(v))}]"
+                                                 if len(v) > 1 else ""))
+
+
+def _at(points: list[tuple[float, float]], m: float) -> float:
+    """Rouge-L at M = m, linear between the sweep's points (sorted by M)."""
+    pts = sorted(points)
+    for (m0, r0), (m1, r1) in zip(pts, pts[1:], strict=False):
+        if m0 <= m <= m1:
+            return r0 if m1 == m0 else r0 + (r1 - r0) * (m - m0) / (m1 - m0)
+    return float("nan")
+
+
+def load(run: Path) -> dict:
+    ev = json.loads((run / "eval.json").read_text())
+    res = {r["mode"]: r for r in ev["results"]}
+    spa = [(r["m"], r["rouge_l"]) for r in ev["sweep"] if r["mode"] == "spa"]
+    full = res["full"]["rouge_l"]
+    reach = min((m for m, r in spa if r >= 0.97 * full), default=float("nan"))
+    rec = json.loads((run / "bundle_record.json").read_text())["record"]["heads"]
+    out = {"res": res, "paired": ev["paired"], "reach": reach, "at03": _at(spa, 0.3), "at05": _at(spa, 0.5),
+           "auc": rec["add"]["calibration"]["clf_auc_dev"],
+           "auc_choice": rec.get("replace", {}).get("calibration", {}).get("clf_auc_dev")}
+    if (run / "budget.json").is_file():
+        out["budget"] = json.loads((run / "budget.json").read_text())
+    return out
+
+
+def table(runs: list[dict], title: str) -> None:
+    print(f"\n### {title}: {len(runs)} training seed(s), mean [min, max]\n")
+    print("| mode | Rouge-L | M | side usage |\n|---|---:|---:|---:|")
+    for mode in ("base", "lst", "full", "choice", "spa"):
+        rows = [r["res"][mode] for r in runs if mode in r["res"]]
+        print(f"| {mode} | {_ms([x['rouge_l'] for x in rows])} | {_ms([x['m'] for x in rows], '{:.3f}')} | "
+              f"{_ms([x['side_rate'] for x in rows], '{:.3f}')} |")
+    ratio = [r["res"]["spa"]["rouge_l"] / r["res"]["full"]["rouge_l"] for r in runs]
+    print(f"\nspa ÷ full {_ms(ratio, '{:.3f}')}; gate AUC (dev) {_ms([r['auc'] for r in runs], '{:.3f}')}; "
+          f"M where the sweep first reaches 0.97 × full {_ms([r['reach'] for r in runs], '{:.3f}')}; "
+          f"spa Rouge-L at M 0.3 {_ms([r['at03'] for r in runs])}, at M 0.5 {_ms([r['at05'] for r in runs])}")
+    print("\n| comparison | " + " | ".join(f"seed {i}" for i in range(len(runs))) + " |")
+    print("|---|" + "---:|" * len(runs))
+    for k in runs[0]["paired"]:
+        cells = [f"{p['diff']:+.2f} [{p['lo']:+.2f}, {p['hi']:+.2f}]" for p in (r["paired"][k] for r in runs)]
+        print(f"| {k} | " + " | ".join(cells) + " |")
+    if all("budget" in r for r in runs):
+        tokens = runs[0]["budget"]["budget_tokens"]
+        print(f"\nM budget ({tokens} new tokens; the fixed-τ rows for comparison):\n")
+        print("| budget b | Rouge-L | M (all sessions) | sessions within ±0.05 | sessions ≥ "
+              f"{tokens} tokens within ±0.05 | max |M − b| there |\n|---|---:|---:|---:|---:|---:|")
+        keys = [(row["mode"], row["budget"]) for row in runs[0]["budget"]["rows"]]
+        for i, (mode, b) in enumerate(keys):
+            rows = [r["budget"]["rows"][i] for r in runs]
+            if b is None:
+                print(f"| {mode} (fixed τ) | {_ms([x['rouge_l'] for x in rows])} | "
+                      f"{_ms([x['m'] for x in rows], '{:.3f}')} | | | |")
+                continue
+            longs = [x["long_within_005"] for x in rows if x["long_within_005"] is not None]
+            print(f"| spa, b = {b} | {_ms([x['rouge_l'] for x in rows])} | {_ms([x['m'] for x in rows], '{:.3f}')} "
+                  f"| {_ms([100 * x['sessions_within_005'] for x in rows], '{:.0f}')} % | "
+                  f"{_ms([100 * v for v in longs], '{:.0f}')} % ({sum(x['long_sessions'] for x in rows)} sessions) | "
+                  f"{max(x['max_dev_long'] or 0 for x in rows):.3f} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--label", action="append", default=[], help="NAME=DIR: a variant shown apart")
+    args = p.parse_args()
+    table([load(r) for r in args.runs], "XSum, SmolLM2-135M-Instruct")
+    for lab in args.label:
+        name, _, d = lab.partition("=")
+        table([load(Path(x)) for x in d.split(",")], name)
+
+
+if __name__ == "__main__":
+    main()
