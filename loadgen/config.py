@@ -59,6 +59,8 @@ def parse_goodput(text: str) -> dict[str, float]:
 @dataclass
 class LoadConfig(Tunables):
     broker: str = tunable("tcp://127.0.0.1:5555", help="the broker's agent address")
+    broker_metrics: str = tunable("", help="the broker's /metrics URL: the OPENs that waited in "
+                                  "its admission queue and their mean wait, per run")
     modes: str = tunable("spa", help="comma list of modes, taken in turn (e.g. spa,full,base)")
     concurrency: int = tunable(8, 1, 4096, "closed loop: simulated users, each one session at a time")
     request_rate: str = tunable("", help="open loop: requests per second arriving (Poisson unless "

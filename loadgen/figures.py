@@ -4,7 +4,7 @@ Field names follow vLLM's benchmark JSON where the meaning is the same (`complet
 `request_throughput`, `output_throughput`, `request_goodput`, `mean_ttft_ms`, `p99_itl_ms`,
 `median_e2el_ms`, …); the rest is SPA's own: M (blocking edge↔cloud transmissions per token),
 side usage, corrections, bytes per token each way, errors by code, attempts (refused and tried
-again), queue wait where the broker reports it.
+again); queue wait comes from the broker (loadgen/queue_wait.py).
 
 - TTFT: from the request's first attempt to its first token (refusals and retries included).
 - TPOT: per request, (E2E − TTFT) / (output tokens − 1); requests of one token have none.
@@ -43,7 +43,6 @@ class RequestRecord:
     attempts: int = 0
     errors: list[str] = field(default_factory=list)  # the code of every failed attempt
     error: str | None = None  # what left it unfinished: a code, or 'cancelled' (None = completed)
-    queue_wait: float | None = None
 
     @property
     def completed(self) -> bool:
@@ -98,7 +97,6 @@ def summarize(records: list[RequestRecord], seconds: float, slos: dict[str, floa
         if r.error is not None:
             unfinished[r.error] = unfinished.get(r.error, 0) + 1
     good = sum(r.meets(slos) for r in done)
-    waits = [r.queue_wait for r in records if r.queue_wait is not None]
     d = {
         "duration": seconds,
         "completed": len(done),
@@ -126,7 +124,6 @@ def summarize(records: list[RequestRecord], seconds: float, slos: dict[str, floa
     }
     for name in LATENCIES:
         d.update(latency_stats(name, samples(records, name)))
-    d.update(latency_stats("queue_wait", waits) if waits else {})
     return d
 
 

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from edge_agent.agent import EdgeAgent, SessionError
 from edge_agent.edge_model import EdgeModel
+from loadgen import queue_wait
 from loadgen.arrivals import gaps
 from loadgen.config import LoadConfig
 from loadgen.figures import RequestRecord, Timeline
@@ -44,6 +45,7 @@ class Phase:
     seconds: float = 0.0
     timeline: Timeline = field(default_factory=Timeline)
     started: float = field(default_factory=time.perf_counter)
+    queue: dict = field(default_factory=dict)  # the broker's admission-queue figures (queue_wait)
 
 
 def retryable(code: str) -> bool:
@@ -226,7 +228,9 @@ class LoadTest:
                      duration: float, measured: bool = True) -> Phase:
         phase = Phase(rate)
         self.phase = phase if measured else None
-        t0 = phase.started
+        url, loop = self.cfg.broker_metrics, asyncio.get_running_loop()
+        before = await loop.run_in_executor(None, queue_wait.read, url) if url and measured else None
+        phase.started = t0 = time.perf_counter()
         sampler = asyncio.get_running_loop().create_task(self._sample(phase, t0))
         if rate is None:
             work = self._closed(agents, phase, t0, limit, self.cfg.concurrency if measured
@@ -248,6 +252,8 @@ class LoadTest:
             await asyncio.gather(sampler, return_exceptions=True)
             phase.timeline.add(phase.seconds, sum(r.sent.tokens for r in phase.records),
                                sum(r.sent.blocking for r in phase.records), 0)
+        if url and measured:
+            phase.queue = queue_wait.between(before, await loop.run_in_executor(None, queue_wait.read, url))
         return phase
 
     async def run(self) -> list[Phase]:

@@ -18,7 +18,7 @@ from spa.stack import LocalStack
 
 @pytest.fixture(scope="module")
 def stack(backbone_dir):
-    with LocalStack(backbone_dir, workers=1, max_sessions=8) as s:
+    with LocalStack(backbone_dir, workers=1, max_sessions=8, metrics=True) as s:
         yield s
 
 
@@ -44,7 +44,8 @@ def test_closed_and_open_loops(stack, edge, prompts):
     assert {r.mode for r in closed.records} == {"spa", "base"}
     assert all(r.sent.m == 0 for r in closed.records if r.mode == "base")
 
-    cfg = cfg.replace(request_rate="40,inf", max_concurrency=2, warmup=0, modes="spa")
+    cfg = cfg.replace(request_rate="40,inf", max_concurrency=2, warmup=0, modes="spa",
+                      broker_metrics=f"http://127.0.0.1:{stack.metrics_ports['broker']}/metrics")
     test = LoadTest([(edge, prompts)], cfg, stack.agent_keys)
     peak = []
     test.on_sample = lambda phase: peak.append(len(test.live))
@@ -53,6 +54,10 @@ def test_closed_and_open_loops(stack, edge, prompts):
         check_requests(phase, 6, 6)
         assert phase.timeline.points
     assert max(peak) <= 2  # --max-concurrency held
+    from monitoring import metrics
+
+    if hasattr(metrics, "ADMISSION_WAIT"):  # the broker queues OPENs: the wait is read back
+        assert fast.queue["queued_opens"] == 0  # two in flight, eight slots: none waited
     starts = sorted(r.start for r in fast.records)
     assert starts[-1] > 0.05  # 40/s spreads six arrivals over ~0.15 s; inf sends them at once
 

@@ -208,3 +208,25 @@ def test_json_and_plots_from_a_sweep(tmp_path):
     assert d["request_rate"] is None and d["concurrency"] == 8 and set(d["modes"]) <= {"spa", "full", "base"}
     assert {p.name for p in write_all(closed, single, tmp_path / "one")} == {
         "latency_cdf.png", "timeline.png"}
+
+
+def test_queue_wait_from_the_brokers_histogram():
+    from prometheus_client import CollectorRegistry, Histogram, start_http_server
+
+    from loadgen import queue_wait
+    from spa.stack import free_port
+
+    reg = CollectorRegistry()
+    h = Histogram(queue_wait.WAIT, "wait", registry=reg)
+    port = free_port()
+    start_http_server(port, addr="127.0.0.1", registry=reg)
+    url = f"http://127.0.0.1:{port}/metrics"
+    h.observe(0.5)
+    before = queue_wait.read(url)
+    assert before == (0.5, 1.0)
+    for w in (0.1, 0.3):
+        h.observe(w)
+    assert queue_wait.between(before, queue_wait.read(url)) == {
+        "queued_opens": 2, "mean_queue_wait_ms": pytest.approx(200.0)}
+    assert queue_wait.read(f"http://127.0.0.1:{free_port()}/metrics") is None  # nobody there
+    assert queue_wait.between(None, before)["mean_queue_wait_ms"] is None

@@ -1,0 +1,61 @@
+"""Benchmarks that cannot rot (issue 21 step 7): every script in benchmarks/ runs in its
+`--smoke` mode (seconds, the test session's tiny backbone and bundle through
+SPA_BENCH_BACKBONE/SPA_BENCH_BUNDLE) and must exit 0 with output; shell scripts must parse
+(`bash -n`). A new file in benchmarks/ must be listed here, so none is forgotten."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+
+# script → who keeps its --smoke working
+SMOKE = {
+    "loadtest_scaling.py": "load", "wan_latency.py": "load", "delay_proxy.py": "load",
+    "stack_efficiency.py": "load", "spa_batched_speed.py": "load", "spa_gguf_to_hf.py": "load",
+    "gpu_engine.py": "worker", "batching.py": "worker", "bare_hop.py": "worker",
+    "broker_overhead.py": "broker",
+    "spa_xsum.py": "method", "spa_select.py": "method", "first_token_eos.py": "method",
+    "persona_quality.py": "method",
+    "edge_devices.py": "device",
+}
+SHELL = ("gpu_stack.sh", "gpu_loadtest.sh", "spa_gpu.sh", "xsum_results.sh")
+LIBRARIES = ("common.py",)  # imported by the scripts
+TIMEOUT_S = 420  # a smoke run takes seconds; this is for a 2-core machine under load
+
+
+def test_every_benchmark_is_listed():
+    present = {p.name for p in BENCH.iterdir() if p.suffix in (".py", ".sh")}
+    listed = set(SMOKE) | set(SHELL) | set(LIBRARIES)
+    assert present <= listed, f"add to tests/test_benchmarks.py: {sorted(present - listed)}"
+
+
+@pytest.mark.parametrize("script", SHELL)
+def test_shell_scripts_parse(script):
+    res = subprocess.run(["bash", "-n", str(BENCH / script)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.fixture(scope="module")
+def bench_env(backbone_dir, bundle_dir) -> dict:
+    return {**os.environ, "SPA_BENCH_BACKBONE": str(backbone_dir), "SPA_BENCH_BUNDLE": str(bundle_dir),
+            "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.mark.parametrize("script", sorted(SMOKE))
+def test_smoke(script, bench_env, tmp_path):
+    path = BENCH / script
+    if not path.exists():
+        pytest.skip(f"{script} does not exist yet ({SMOKE[script]} engineer)")
+    if "--smoke" not in path.read_text():
+        pytest.skip(f"{script} has no --smoke mode yet ({SMOKE[script]} engineer)")
+    res = subprocess.run([sys.executable, str(path), "--smoke"], cwd=tmp_path, env=bench_env,
+                         capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert res.returncode == 0, f"{script} --smoke failed:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
+    assert res.stdout.strip(), f"{script} --smoke printed nothing"
