@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train-records", type=int, default=0, help="0 = the user's own")
     p.add_argument("--full-budget", action="store_true",
                    help="rollouts and τ calibration on every training / dev prompt (GPU)")
+    p.add_argument("--bundles", default="", help="NAME=DIR,…: measure these trained bundles (e.g. "
+                   "`spa build-models`' users/ada) instead of training; one 'seed' each")
     p.add_argument("--json", default="")
     args = p.parse_args(argv)
 
@@ -82,10 +84,14 @@ def main(argv: list[str] | None = None) -> dict:
         if args.train_records:
             user = dataclasses.replace(user, train_records=args.train_records)
         t0 = time.time()
-        records = U.frame_records(bb, user, progress=False)
-        tasks = Path(f"/tmp/persona_{name}.jsonl")
-        write_jsonl(records, tasks)
-        examples = load_examples(tasks)
+        given = dict(kv.split("=", 1) for kv in args.bundles.split(",") if kv)
+        if name in given:
+            examples = []
+        else:
+            records = U.frame_records(bb, user, progress=False)
+            tasks = Path(f"/tmp/persona_{name}.jsonl")
+            write_jsonl(records, tasks)
+            examples = load_examples(tasks)
         data_s = time.time() - t0
         held = U.held_out(user, None, args.prompts, tok)
         ids = [ex.prompt_ids(tok, user.max_prompt_tokens) for ex in held]
@@ -103,16 +109,22 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name}: {len(examples)} records in {data_s:.0f} s; base first sentence vs base answer "
               f"{u_rep['base_first_vs_base']:.1f}; sampled vs greedy (first sentences) "
               f"{u_rep['sampled_vs_greedy_first']:.1f}", flush=True)
-        for seed in seeds:
-            extra = {"rollout_prompts": 0, "calib_prompts": 0, "gen_batch": 256} if args.full_budget else {}
-            cfg = user_train_config(user, seed=seed, **extra)
+        for seed in seeds if name not in given else [0]:
             t1 = time.time()
-            edge, record = train_bundle(bb, examples, cfg, progress=False)
+            if name in given:
+                from edge_agent.bundle import load_bundle
+
+                edge = load_bundle(given[name], bb.fingerprint)
+                record = {"heads": {"add": edge.heads["add"].info}}
+            else:
+                extra = {"rollout_prompts": 0, "calib_prompts": 0, "gen_batch": 256} if args.full_budget else {}
+                edge, record = train_bundle(bb, examples, user_train_config(user, seed=seed, **extra),
+                                            progress=False)
             train_s = time.time() - t1
             edge = edge.to(bb.device)
             gen = BatchedGenerator(bb, edge, bcfg)
             row: dict = {"seed": seed, "train_s": round(train_s, 1),
-                         "auc_dev": record["heads"]["add"]["calibration"].get("clf_auc_dev")}
+                         "auc_dev": record["heads"]["add"].get("calibration", {}).get("clf_auc_dev")}
             for mode in ("spa", "full"):
                 outs = gen.generate(ids, MAX_NEW, mode)
                 texts = [tok.decode(g.tokens, skip_special_tokens=True) for g in outs]
