@@ -9,6 +9,7 @@
 #                                          # the dev-split selection first, about 12 min), then:
 #   bash benchmarks/spa_gpu.sh wait [S]    # polls the log(s) for up to S seconds (default 560)
 #   bash benchmarks/spa_gpu.sh issue17     # carry runs/spa_gpu/p2: issue 17's runs (see there), then wait
+#   RUNS="t0:sums:--seed 0|t1:sums:--seed 1|c0:compare:--seed 0" bash benchmarks/spa_gpu.sh issue17
 # Prepare here: split -b 50000000 SmolLM2-135M-Instruct.Q4_1.gguf part_ (see RESULTS.md §1), and
 # runs/spa_gpu/src = `git archive HEAD edge_agent cloud_worker routing spa monitoring benchmarks`
 # (a committed snapshot, not a working tree others are editing).
@@ -45,13 +46,21 @@ issue17)  # carry runs/spa_gpu/p2: joins, converts, then (issue 17) four XSum ru
   [ -d /root/smollm2 ] || python3 benchmarks/spa_gguf_to_hf.py $W/model.gguf /root/smollm2 --tokenizer $W/tok
   rm -rf /root/repo && mkdir /root/repo && cp -r . /root/repo/ 2>/dev/null; cd /root/repo && rm -rf runs
   mkdir -p "${OUT:-/tmp/out}"
-  for run in "s0:--seed 0" "s1:--seed 1" "s2:--seed 2" "g0:--seed 0 --clf-features z+stats --clf-hidden 64"; do
-    name=${run%%:*}; targs=${run#*:}; mkdir -p $W/run_$name
-    setsid nohup bash -c "python3 benchmarks/spa_xsum.py --backbone /root/smollm2 --data $W/data/xsum_1000.jsonl \
-      --out $W/run_$name --device cuda --budgets 0.2,0.35,0.5 --train-args '$targs' > $W/run_$name/log 2>&1; \
+  # RUNS: "name:data:train args" each, data = xsum or a lab/tasks.py task (generated here, 1000
+  # records: train :800, evaluate 800:); `issue17 persona` runs the persona check alone,
+  # `issue17 runs` the runs alone.
+  RUNS=${RUNS:-"s0:xsum:--seed 0|s1:xsum:--seed 1|s2:xsum:--seed 2|g0:xsum:--seed 0 --clf-features z+stats --clf-hidden 64"}
+  [ "${2:-}" = persona ] && RUNS=""
+  IFS='|' read -ra runs <<< "$RUNS"
+  for run in "${runs[@]}"; do
+    name=${run%%:*}; rest=${run#*:}; data=${rest%%:*}; targs=${rest#*:}; mkdir -p $W/run_$name
+    if [ "$data" = xsum ]; then file=$W/data/xsum_1000.jsonl; budgets="--budgets 0.2,0.35,0.5"
+    else file=$W/data/$data.jsonl; budgets=""; [ -f $file ] || python3 -m lab.tasks $data --out $file; fi
+    setsid nohup bash -c "python3 benchmarks/spa_xsum.py --backbone /root/smollm2 --data $file \
+      --out $W/run_$name --device cuda $budgets --train-args '$targs' > $W/run_$name/log 2>&1; \
       echo EXIT \$? >> $W/run_$name/log" > /dev/null 2>&1 < /dev/null &
   done
-  timeout ${FG_TIMEOUT:-420} python3 benchmarks/persona_quality.py --backbone /root/smollm2 --device cuda \
+  [ "${2:-}" = runs ] || timeout ${FG_TIMEOUT:-420} python3 benchmarks/persona_quality.py --backbone /root/smollm2 --device cuda \
     --json "${OUT:-/tmp/out}/persona.json" ${PERSONA_ARGS:-} 2>&1 | grep -v Warning | tee $W/persona.log
   cp $W/persona.log "${OUT:-/tmp/out}/"; for f in $W/run_*/log; do echo "== $f"; tail -c 1500 $f; done ;;
 wait)  # polls every run's log for up to S seconds (default 560), then brings back what there is
