@@ -2,28 +2,39 @@
 
 `mediate()` is one loop that reads like the protocol: drain what workers sent (registration,
 heartbeats, frames back to the session's agent), drain what agents sent (heartbeats, OPENs
-admitted and placed, session messages checked for ownership and routed), then flush — one
-coalesced BATCH send per worker per tick — and, once per heartbeat, beat to every worker, expire
-silent workers (their sessions get WORKER_LOST) and expired leases (LEASE_EXPIRED).
+admitted, session messages checked for ownership and routed), place queued OPENs where slots are
+free, then flush — one coalesced BATCH send per worker per tick — and, once per heartbeat, beat to
+every worker, expire silent workers (their sessions get WORKER_LOST), leases (LEASE_EXPIRED),
+OPENs that waited too long (BUSY), and re-read the allow-lists.
 
 Every agent is untrusted: each message is validated in full against the contract
-(`routing.protocol`) and answered with an ERROR naming what was wrong; queues are bounded and
-overload is answered BUSY. A session belongs to the key that opened it (CURVE `User-Id`; the
-routing id on a plaintext broker), so a reconnect keeps it and a stranger cannot touch it.
+(`routing.protocol`) and answered with an ERROR naming what was wrong (within the key's answer
+budget); what the broker holds per key is bounded (`broker/config.py` says by what). A session
+belongs to the key that opened it (CURVE `User-Id`; the routing id on a plaintext broker), so a
+reconnect keeps it and a stranger cannot touch it. Pieces: `admission.py` (the queue),
+`placement.py` (workers and the capacity the broker can check), `allowlist.py` (keys reloaded
+while running), `budget.py` (answers per key), `config.py` (every tunable).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import zmq
 
+from broker.admission import AdmissionQueue, Waiting
+from broker.allowlist import AllowLists
+from broker.budget import Budgets
+from broker.config import BrokerConfig
+from broker.placement import WorkerInfo, pick
 from monitoring import metrics
 from routing import security
-from routing.errors import ErrorCode, InputError
+from routing.errors import ErrorCode
 from routing.protocol import (
     MAX_BATCH,
     Message,
@@ -38,40 +49,9 @@ from routing.protocol import (
     peek,
 )
 
+__all__ = ["Broker", "BrokerConfig", "main"]
 log = logging.getLogger("spa.broker")
 FORWARD_FAST = frozenset({MsgType.FRAME, MsgType.HIDDEN})  # worker → agent on a header peek
-
-
-@dataclass
-class BrokerConfig:
-    """Every tunable of the broker, with its sane range."""
-
-    heartbeat_s: float = 0.5  # beat to workers; sane range 0.1–5 s
-    liveness: int = 4  # beats a worker may miss before it is dead; sane range 3–10
-    lease_s: float = 10.0  # a session whose agent is silent this long is freed; sane range 2–120 s
-    max_agent_sessions: int = 256  # open sessions per agent key; sane range 1–1024
-    outbox_max: int = 20_000  # messages queued for one worker per tick; sane range 1k–100k
-    hwm: int = 10_000  # ZeroMQ high-water marks (messages per peer); sane range 1k–100k
-    tick_ms: int = 50  # idle poll timeout; sane range 5–500 ms
-    drain_max: int = 1024  # messages read per socket per tick before flushing; sane range 64–8192
-
-    def __post_init__(self) -> None:
-        checks = {"heartbeat_s": 0.01 <= self.heartbeat_s <= 60, "liveness": 2 <= self.liveness <= 100,
-                  "lease_s": 0.1 <= self.lease_s <= 3600, "max_agent_sessions": 1 <= self.max_agent_sessions <= 1024,
-                  "outbox_max": 1 <= self.outbox_max <= 1_000_000, "hwm": 100 <= self.hwm <= 1_000_000,
-                  "tick_ms": 1 <= self.tick_ms <= 1000, "drain_max": 1 <= self.drain_max <= 100_000}
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise InputError(f"broker setting out of range: {', '.join(f'{k}={getattr(self, k)}' for k in bad)}")
-
-
-@dataclass
-class WorkerInfo:
-    identity: bytes
-    fingerprint: str
-    capacity: int
-    expiry: float
-    sessions: set[bytes] = field(default_factory=set)
 
 
 @dataclass
@@ -79,16 +59,22 @@ class Route:
     owner: bytes  # the authenticated key (or plaintext routing id) that opened the session
     agent: bytes  # routing id to answer on (moves when the owner reconnects)
     worker: bytes
-    expiry: float  # lease: renewed by the owner's traffic for this session and its heartbeats
+    progress: float  # last message of this session either way (the lease's clock)
+    beat: float  # last heartbeat of its agent listing it (renews only while nobody waits)
+    opened: Waiting | None = None  # the OPEN, kept until the worker answers (re-queued on BUSY)
+    requests: int = 0  # REQUESTs forwarded and not yet answered by a HIDDEN
+    frames: int = 0  # FRAMEs forwarded to the agent
+    hiddens: int = 0  # HIDDENs forwarded to the agent
 
 
 class Broker:
     def __init__(self, agents: str, workers: str, keys: security.ServerKeys | None = None,
                  config: BrokerConfig | None = None) -> None:
         """keys=None: plaintext (anyone who reaches the ports gets in: local demos and tests)."""
-        self.cfg = config or BrokerConfig()
+        self.cfg = cfg = config or BrokerConfig()
         self.ctx = zmq.Context.instance()
         self.auth = security.start_authenticator(self.ctx, keys) if keys else None
+        self.allow = AllowLists(keys, self.auth) if keys else None
         self.secure = keys is not None
         security.seed_routing_ids()  # generated routing ids unpredictable (issue 20: libzmq abort)
         self.front = self._router(agents, keys, security.AGENTS)
@@ -97,10 +83,14 @@ class Broker:
         self.workers: dict[bytes, WorkerInfo] = {}
         self.routes: dict[bytes, Route] = {}
         self.owned: dict[bytes, set[bytes]] = {}  # owner -> its sessions (per-agent limit)
+        self.links: dict[bytes, dict[bytes, float]] = {}  # owner -> {routing id: last heard}
+        self.queue = AdmissionQueue(cfg.queue_max, cfg.queue_per_key, cfg.queue_bytes_max)
+        self.budgets = Budgets(cfg.key_errors_per_s, 4 * cfg.key_errors_per_s)
         self.outbox: dict[bytes, list[list]] = {}
         self.errors: dict[str, int] = {}
         self._tally: dict[tuple[str, str], list[int]] = {}  # (type, direction) -> [messages, bytes]
-        self.next_beat = 0.0
+        self.next_beat = self.next_reload = 0.0
+        self.reload_now = threading.Event()  # set by SIGHUP
         self.running = True
 
     def _router(self, addr: str, keys, domain: str) -> zmq.Socket:
@@ -110,6 +100,7 @@ class Broker:
         s.setsockopt(zmq.SNDHWM, self.cfg.hwm)  # bounded: a peer that does not read gets no more
         s.setsockopt(zmq.RCVHWM, self.cfg.hwm)  # bounded: a flooding peer is throttled by TCP
         s.setsockopt(zmq.MAXMSGSIZE, 80 << 20)  # a message larger than any valid one is cut off
+        security.keep_alive(s, self.cfg.zmq_heartbeat_s, self.cfg.zmq_timeout_s, self.cfg.tcp_keepalive_s)
         if keys is not None:
             security.serve(s, keys, domain)
         elif domain == security.AGENTS:
@@ -128,20 +119,28 @@ class Broker:
                 self._drain(self.back, self.on_worker)
             if self.front in events:
                 self._drain(self.front, self.on_agent)
+            if self.queue:
+                self.place_queued()
             self.flush()
             now = time.monotonic()
             if now >= self.next_beat:
                 self.beat()
                 self.expire_workers(now)
                 self.expire_leases(now)
+                self.expire_queue(now)
+                self.forget_links(now)
                 self.next_beat = now + self.cfg.heartbeat_s
+            if self.allow is not None and (self.reload_now.is_set() or
+                                           (self.cfg.reload_s and now >= self.next_reload)):
+                self.reload_now.clear()
+                self.reload_keys()
+                self.next_reload = now + self.cfg.reload_s
             self.publish()
 
     def _drain(self, sock: zmq.Socket, handler) -> None:
-        keyed = self.secure and sock is self.front  # agents: the session owner is the CURVE key
         for _ in range(self.cfg.drain_max):
             try:
-                if keyed:  # the routing id as a Frame (it carries the key), the rest as bytes
+                if self.secure:  # the routing id as a Frame (it carries the key), the rest as bytes
                     first = sock.recv(zmq.NOBLOCK, copy=False)
                     peer, owner = first.bytes, first.get("User-Id").encode()
                     frames = sock.recv_multipart() if first.more else []
@@ -158,6 +157,16 @@ class Broker:
 
     # ------------------------------------------------------------------ agents
     def on_agent(self, agent: bytes, owner: bytes, frames: list) -> None:
+        if self.allow is not None and not self.allow.allows(security.AGENTS, owner):
+            self._counted("REVOKED", "from_agent", frames)
+            self.error_to_agent(agent, owner, ErrorCode.REVOKED, "this key was removed from the broker's "
+                                "allow-list", None)
+            return
+        if not self._connection(owner, agent):
+            self._counted("REFUSED", "from_agent", frames)
+            self.error_to_agent(agent, owner, ErrorCode.BUSY, f"this key is connected {len(self.links[owner])} "
+                                f"times already (the limit is {self.cfg.max_key_connections})", None)
+            return
         try:
             m = decode(frames, tensors=False, sender=Role.AGENT)
         except ProtocolError as e:
@@ -170,73 +179,128 @@ class Broker:
                 self.renew(agent, owner, m.get("sessions", []))
                 return
             if m.type is MsgType.OPEN:
-                self.admit(agent, owner, m)
-                self.to_worker(self.routes[m.session].worker, frames)
+                self.admit(agent, owner, m, frames)
                 return
             route = self.routes.get(m.session)
             if route is None:
                 if m.type is MsgType.CLOSE:
+                    w = self.queue.by_sid.get(m.session)
+                    if w is not None and w.owner == owner:
+                        self.queue.remove(m.session)  # closed while it waited
                     return  # closing what is gone already (refused, expired) is fine
                 raise ProtocolError(ErrorCode.UNKNOWN_SESSION, f"no session {m.session.hex()}", m.session)
             if route.owner != owner:
                 raise ProtocolError(ErrorCode.NOT_OWNER, f"session {m.session.hex()} belongs to another "
                                     "agent", m.session)
-            route.agent, route.expiry = agent, time.monotonic() + self.cfg.lease_s
-            if m.type is MsgType.CLOSE:
+            route.agent, route.progress = agent, time.monotonic()
+            if m.type is MsgType.REQUEST:
+                slack = self.cfg.max_requests_in_flight
+                if route.requests >= slack or route.hiddens + route.requests >= route.frames + slack:
+                    raise ProtocolError(ErrorCode.BUSY, f"session {m.session.hex()}: {route.requests} "
+                                        f"REQUESTs unanswered, {route.hiddens} answered for {route.frames} "
+                                        "frames (one REQUEST per frame)", m.session)
+                route.requests += 1
+            elif m.type is MsgType.CORRECT:
+                route.requests = 0  # a new epoch: REQUESTs of the old one are not answered
+            elif m.type is MsgType.CLOSE:
                 self.drop_route(m.session)
             self.to_worker(route.worker, frames)
         except ProtocolError as e:
             self._refuse(agent, owner, e)
 
+    def _connection(self, owner: bytes, agent: bytes) -> bool:
+        """Note that `owner` speaks on routing id `agent`; False when the key is on too many
+        connections (what the broker queues for a key is bounded per connection by the HWM)."""
+        links = self.links.setdefault(owner, {})
+        now = time.monotonic()
+        if agent in links or len(links) < self.cfg.max_key_connections:
+            links[agent] = now
+            return True
+        for rid, seen in list(links.items()):  # forget connections silent for a lease
+            if seen < now - self.cfg.lease_s:
+                del links[rid]
+        if len(links) < self.cfg.max_key_connections:
+            links[agent] = now
+            return True
+        return False
+
     def _refuse(self, agent: bytes, owner: bytes, e: ProtocolError) -> None:
         """Answer a bad or refused message; a session-ending error on the sender's own session
         frees it (never someone else's)."""
-        self.error_to_agent(agent, e.code, e.detail, e.session)
+        self.error_to_agent(agent, owner, e.code, e.detail, e.session)
         route = self.routes.get(e.session) if e.session else None
         if route is not None and route.owner == owner and e.code.ends_session:
             self.to_worker(route.worker, encode(msg(MsgType.CLOSE, session=e.session)))
             self.drop_route(e.session)
 
-    def admit(self, agent: bytes, owner: bytes, m: Message) -> None:
+    def admit(self, agent: bytes, owner: bytes, m: Message, frames: list) -> None:
+        """An OPEN: refused if it cannot be served at all, else queued; `place_queued` places
+        it (at once when a slot is free)."""
         sid = m.session
-        if sid in self.routes:
+        if sid in self.routes or sid in self.queue:
             raise ProtocolError(ErrorCode.DUPLICATE_SESSION, f"session {sid.hex()} is open already", sid)
-        mine = self.owned.get(owner, ())
-        if len(mine) >= self.cfg.max_agent_sessions:
-            raise ProtocolError(ErrorCode.BUSY, f"this agent holds {len(mine)} sessions (the limit is "
+        held = len(self.owned.get(owner, ())) + self.queue.waiting(owner)
+        if held >= self.cfg.max_agent_sessions:
+            raise ProtocolError(ErrorCode.BUSY, f"this agent holds {held} sessions (the limit is "
                                 f"{self.cfg.max_agent_sessions})", sid)
-        fitting = [w for w in self.workers.values() if w.fingerprint == m["fingerprint"]]
-        if not fitting:
+        if not any(w.fingerprint == m["fingerprint"] for w in self.workers.values()):
             raise ProtocolError(ErrorCode.NO_WORKER, f"no live worker serves backbone "
                                 f"{m['fingerprint'][:16]}… ({len(self.workers)} workers live)", sid)
-        free = [w for w in fitting if len(w.sessions) < w.capacity
-                and len(self.outbox.get(w.identity, ())) < self.cfg.outbox_max]
-        if not free:
-            raise ProtocolError(ErrorCode.BUSY, f"all {len(fitting)} workers are full", sid)
-        w = min(free, key=lambda w: len(w.sessions) / w.capacity)  # least loaded; sticky from now on
-        w.sessions.add(sid)
-        self.routes[sid] = Route(owner, agent, w.identity, time.monotonic() + self.cfg.lease_s)
-        self.owned.setdefault(owner, set()).add(sid)
+        size = sum(map(len, frames))
+        why = self.queue.full_for(owner, size)
+        if why is not None and not self._place(Waiting(sid, owner, agent, m["fingerprint"], frames, size,
+                                                       time.monotonic())):
+            raise ProtocolError(ErrorCode.BUSY, f"every worker is full and {why}", sid)
+        if why is None:
+            self.queue.push(Waiting(sid, owner, agent, m["fingerprint"], frames, size, time.monotonic()))
+            self.place_queued()
+
+    def place_queued(self) -> None:
+        self.queue.place(lambda owner: len(self.owned.get(owner, ())), self._place)
+        metrics.ADMISSION_QUEUE.set(len(self.queue))
+
+    def _place(self, w: Waiting) -> bool:
+        """Place one OPEN on the fitting worker with the most free slots; False if none has one."""
+        fitting = [x for x in self.workers.values()
+                   if len(self.outbox.get(x.identity, ())) < self.cfg.outbox_max]
+        worker = pick(fitting, w.fingerprint)
+        if worker is None:
+            return False
+        now = time.monotonic()
+        worker.sessions.add(w.sid)
+        worker.unanswered.add(w.sid)
+        self.routes[w.sid] = Route(w.owner, w.agent, worker.identity, now, now, opened=w)
+        self.owned.setdefault(w.owner, set()).add(w.sid)
+        metrics.ADMISSION_WAIT.observe(now - w.since)
+        self.to_worker(worker.identity, w.frames)
+        return True
 
     def renew(self, agent: bytes, owner: bytes, sessions: list[bytes]) -> None:
-        """An agent's heartbeat: renew the leases of the sessions it lists (and move them to the
-        routing id it speaks from now: a reconnect keeps them); answer for those it lost."""
-        expiry = time.monotonic() + self.cfg.lease_s
+        """An agent's heartbeat: note its sessions' beat (a lease is renewed by it only while no
+        OPEN waits for a slot) and move them to the routing id it speaks from now (a reconnect
+        keeps them); answer for those it lost, counted once per heartbeat."""
+        now, lost = time.monotonic(), 0
         for sid in sessions:
             route = self.routes.get(sid)
             if route is None:
-                self.error_to_agent(agent, ErrorCode.UNKNOWN_SESSION, f"no session {sid.hex()} "
-                                    "(freed, or the broker restarted)", sid)
+                if sid not in self.queue:
+                    lost += 1
+                    self.error_to_agent(agent, owner, ErrorCode.UNKNOWN_SESSION, f"no session {sid.hex()} "
+                                        "(freed, or the broker restarted)", sid, count=lost == 1)
             elif route.owner == owner:
-                route.agent, route.expiry = agent, expiry
+                route.agent, route.beat = agent, now
         self._send_agent(agent, encode(msg(MsgType.HEARTBEAT, broker=self.instance)))
 
     def drop_route(self, sid: bytes) -> None:
         route = self.routes.pop(sid, None)
         if route is None:
             return
-        if route.worker in self.workers:
-            self.workers[route.worker].sessions.discard(sid)
+        w = self.workers.get(route.worker)
+        if w is not None:
+            if sid in w.sessions:
+                w.sessions.discard(sid)
+                w.finished()
+            w.unanswered.discard(sid)
         mine = self.owned.get(route.owner)
         if mine is not None:
             mine.discard(sid)
@@ -244,18 +308,40 @@ class Broker:
                 del self.owned[route.owner]
 
     def expire_leases(self, now: float) -> None:
-        for sid, route in [(s, r) for s, r in self.routes.items() if r.expiry < now]:
-            self._count(ErrorCode.LEASE_EXPIRED)
+        """Free sessions without progress for a lease; while OPENs wait for a slot, heartbeats
+        alone do not keep a session (a key that holds slots and never reads loses them)."""
+        contended = bool(self.queue)
+        limit = now - self.cfg.lease_s
+        for sid, route in [(s, r) for s, r in self.routes.items()
+                           if (r.progress if contended else max(r.progress, r.beat)) < limit]:
             self.to_worker(route.worker, encode(msg(MsgType.CLOSE, session=sid)))
             self.drop_route(sid)
-            self.error_to_agent(route.agent, ErrorCode.LEASE_EXPIRED, f"session {sid.hex()}: the agent "
-                                f"was silent for {self.cfg.lease_s}s", sid, count=False)
+            why = "made no progress" if contended and route.beat >= limit else "was silent"
+            self.error_to_agent(route.agent, route.owner, ErrorCode.LEASE_EXPIRED, f"session {sid.hex()}: "
+                                f"the agent {why} for {self.cfg.lease_s}s", sid)
+
+    def forget_links(self, now: float) -> None:
+        """Keys silent for a lease on every connection are forgotten (bounded map)."""
+        for owner in [o for o, links in self.links.items() if max(links.values()) < now - self.cfg.lease_s]:
+            del self.links[owner]
+
+    def expire_queue(self, now: float) -> None:
+        for w in self.queue.expired(now - self.cfg.queue_wait_s):
+            self.error_to_agent(w.agent, w.owner, ErrorCode.BUSY, f"every worker stayed full for "
+                                f"{self.cfg.queue_wait_s}s", w.sid)
+        metrics.ADMISSION_QUEUE.set(len(self.queue))
 
     # ------------------------------------------------------------------ workers
-    def on_worker(self, wid: bytes, _owner: bytes, frames: list) -> None:
+    def on_worker(self, wid: bytes, key: bytes, frames: list) -> None:
         """Workers are authenticated (their own allow-list): their FRAMEs and HIDDENs are
         forwarded on a header peek (the agent validates them in full), only for sessions placed on
         that very worker; everything else is decoded here."""
+        if self.allow is not None and not self.allow.allows(security.WORKERS, key):
+            self._counted("REVOKED", "from_worker", frames)
+            self._drop("revoked_worker")
+            if wid in self.workers:
+                self.unregister(wid, "its key was removed from the allow-list")
+            return
         w = self.workers.get(wid)
         try:
             t, sid = peek(frames)
@@ -264,9 +350,15 @@ class Broker:
                 w.expiry = time.monotonic() + self.cfg.heartbeat_s * self.cfg.liveness
                 route = self.routes.get(sid)
                 if route is not None and route.worker == wid:
+                    self._answered(w, route, sid)
+                    if t is MsgType.HIDDEN:
+                        route.hiddens += 1
+                        route.requests = max(0, route.requests - 1)
+                    else:
+                        route.frames += 1
                     self._send_agent(route.agent, frames, sid)
                 else:  # the agent closed the session while the worker decoded ahead
-                    self._count("LATE_FRAME")
+                    self._drop("late_frame")
                 return
             m = decode(frames, tensors=False, sender=Role.WORKER)
         except ProtocolError as e:
@@ -274,35 +366,67 @@ class Broker:
             self._count(e.code)
             return
         if m.type is MsgType.READY:
-            self.register(wid, m)
+            self.register(wid, key, m)
             return
         if w is None:  # a worker we do not know (we restarted, or expired it): register again
-            self._count("UNREGISTERED")
+            self._drop("unregistered_worker")
             self._send_worker(wid, encode(msg(MsgType.RECONNECT, broker=self.instance)))
             return
         w.expiry = time.monotonic() + self.cfg.heartbeat_s * self.cfg.liveness
         if m.type is MsgType.HEARTBEAT:
             return
         route = self.routes.get(m.session) if m.session else None
-        if m.type is MsgType.DONE:
-            w.sessions.discard(m.session)
         if route is None or route.worker != wid:
+            if m.type is MsgType.DONE and m.session in w.sessions:
+                w.sessions.discard(m.session)
+                w.finished()
             if m.type is MsgType.ERROR and m.session is None:
                 log.warning("worker %s error: %s %s", wid.hex(), m["code"], m["detail"])
             return  # for a session the agent already closed
-        if m.type is MsgType.DONE or (m.type is MsgType.ERROR and
-                                      (ErrorCode.of(m["code"]) or ErrorCode.INTERNAL).ends_session):
+        code = ErrorCode.of(m["code"]) or ErrorCode.INTERNAL if m.type is MsgType.ERROR else None
+        if code is ErrorCode.BUSY and route.opened is not None and self._requeue(w, route, m.session):
+            return  # the worker was fuller than announced: the OPEN waits again, unseen by the agent
+        self._answered(w, route, m.session)
+        if m.type is MsgType.DONE or (code is not None and code.ends_session):
             self.drop_route(m.session)  # the worker freed it
         self._send_agent(route.agent, frames, m.session)
 
-    def register(self, wid: bytes, m: Message) -> None:
+    def _answered(self, w: WorkerInfo, route: Route, sid: bytes) -> None:
+        route.progress = time.monotonic()
+        if route.opened is not None:
+            route.opened = None
+            w.unanswered.discard(sid)
+
+    def _requeue(self, w: WorkerInfo, route: Route, sid: bytes) -> bool:
+        """A placed OPEN refused BUSY: lower the worker's estimate and queue the OPEN at the head
+        of its key's line (twice at most; then the agent hears BUSY)."""
+        waiting = route.opened
+        w.refused()
+        w.sessions.discard(sid)
+        w.unanswered.discard(sid)
+        self.drop_route(sid)
+        waiting.refusals += 1
+        if waiting.refusals > 2 or self.queue.full_for(waiting.owner, waiting.size) is not None:
+            return False
+        self.queue.push(waiting, front=True)
+        return True
+
+    def register(self, wid: bytes, key: bytes, m: Message) -> None:
         old = self.workers.pop(wid, None)
         if old is not None:  # a worker registers anew after losing us: its sessions are gone
             self._lose_sessions(old, "registered again (it lost the broker)")
-        self.workers[wid] = WorkerInfo(wid, m["fingerprint"], m["capacity"],
-                                       time.monotonic() + self.cfg.heartbeat_s * self.cfg.liveness)
+        claimed = min(m["capacity"], self.cfg.worker_capacity_max)
+        self.workers[wid] = WorkerInfo(wid, m["fingerprint"], claimed,
+                                       time.monotonic() + self.cfg.heartbeat_s * self.cfg.liveness, key)
         self._send_worker(wid, encode(msg(MsgType.HEARTBEAT, broker=self.instance)))
-        log.info("worker %s ready (capacity %d)", wid.hex(), m["capacity"])
+        log.info("worker %s ready (capacity %d, announced %d)", wid.hex(), claimed, m["capacity"])
+
+    def unregister(self, wid: bytes, why: str) -> None:
+        w = self.workers.pop(wid, None)
+        if w is not None:
+            log.warning("worker %s unregistered with %d sessions: %s", wid.hex(), len(w.sessions), why)
+            self.outbox.pop(wid, None)
+            self._lose_sessions(w, why)
 
     def beat(self) -> None:
         for wid in list(self.workers):
@@ -311,17 +435,35 @@ class Broker:
     def expire_workers(self, now: float) -> None:
         for wid, w in list(self.workers.items()):
             if w.expiry < now:
-                log.warning("worker %s expired with %d sessions", wid.hex(), len(w.sessions))
-                del self.workers[wid]
-                self.outbox.pop(wid, None)
-                self._lose_sessions(w, "stopped answering")
+                self.unregister(wid, "stopped answering")
 
     def _lose_sessions(self, w: WorkerInfo, why: str) -> None:
         for sid in list(w.sessions):
             route = self.routes.get(sid)
             self.drop_route(sid)
             if route:
-                self.error_to_agent(route.agent, ErrorCode.WORKER_LOST, f"worker {w.identity.hex()} {why}", sid)
+                self.error_to_agent(route.agent, route.owner, ErrorCode.WORKER_LOST,
+                                    f"worker {w.identity.hex()} {why}", sid)
+
+    # ------------------------------------------------------------------ allow-lists
+    def reload_keys(self) -> None:
+        """Re-read the allow-lists: a removed agent key's sessions end with REVOKED (queued ones
+        too); a removed worker is unregistered (its sessions replay elsewhere)."""
+        removed = self.allow.reload()
+        gone = removed.get(security.AGENTS, frozenset())
+        for owner in gone:
+            for sid in list(self.owned.get(owner, ())):
+                route = self.routes[sid]
+                self.to_worker(route.worker, encode(msg(MsgType.CLOSE, session=sid)))
+                self.drop_route(sid)
+                self.error_to_agent(route.agent, owner, ErrorCode.REVOKED, "this key was removed from "
+                                    "the broker's allow-list", sid)
+            for w in self.queue.drop_owner(owner):
+                self.error_to_agent(w.agent, owner, ErrorCode.REVOKED, "this key was removed from the "
+                                    "broker's allow-list", w.sid)
+        for key in removed.get(security.WORKERS, frozenset()):
+            for wid in [wid for wid, w in self.workers.items() if w.key == key]:
+                self.unregister(wid, "its key was removed from the allow-list")
 
     # ------------------------------------------------------------------ sending
     def to_worker(self, wid: bytes, frames: list) -> None:
@@ -341,7 +483,7 @@ class Broker:
         try:
             self.back.send_multipart([wid, *frames], zmq.NOBLOCK)
         except zmq.ZMQError as exc:  # gone (EHOSTUNREACH) or not reading (EAGAIN): expiry decides
-            self._count("WORKER_UNREACHABLE")
+            self._drop("worker_unreachable")
             log.debug("cannot reach worker %s: %s", wid.hex(), exc)
 
     def _send_agent(self, agent: bytes, frames: list, sid: bytes | None = None) -> bool:
@@ -352,23 +494,23 @@ class Broker:
             return True
         except zmq.Again:
             self._count(ErrorCode.SLOW_AGENT)
-            route = self.routes.get(sid) if sid else None
-            if route is not None:
-                self.to_worker(route.worker, encode(msg(MsgType.CLOSE, session=sid)))
-                self.drop_route(sid)
-        except zmq.ZMQError:
-            self._count("AGENT_UNREACHABLE")
-            route = self.routes.get(sid) if sid else None
-            if route is not None:  # frames were lost: free it; the agent's heartbeat learns so
-                self.to_worker(route.worker, encode(msg(MsgType.CLOSE, session=sid)))
-                self.drop_route(sid)
+        except zmq.ZMQError:  # frames were lost: free it; the agent's heartbeat learns so
+            self._drop("agent_unreachable")
+        route = self.routes.get(sid) if sid else None
+        if route is not None:
+            self.to_worker(route.worker, encode(msg(MsgType.CLOSE, session=sid)))
+            self.drop_route(sid)
         return False
 
-    def error_to_agent(self, agent: bytes, code: ErrorCode, detail: str, sid: bytes | None,
+    def error_to_agent(self, agent: bytes, owner: bytes, code: ErrorCode, detail: str, sid: bytes | None,
                        count: bool = True) -> None:
+        """Answer an ERROR (counted once, under its code) within the owner's answer budget."""
         if count:
             self._count(code)
-        self._send_agent(agent, encode(error(code, detail, sid)))
+        if self.budgets.take(owner, time.monotonic()):
+            self._send_agent(agent, encode(error(code, detail, sid)))
+        else:
+            self._drop("error_budget")
 
     # ------------------------------------------------------------------ metrics
     def _counted(self, type_: str, direction: str, frames: list) -> None:
@@ -389,9 +531,12 @@ class Broker:
         metrics.LIVE_WORKERS.set(len(self.workers))
         metrics.ACTIVE_SESSIONS.labels("broker").set(len(self.routes))
 
-    def _count(self, code: str) -> None:
+    def _count(self, code: ErrorCode) -> None:
         self.errors[code] = self.errors.get(code, 0) + 1
-        metrics.ERRORS.labels("broker", str(code)).inc()
+        metrics.ERRORS.labels("broker", code.value).inc()
+
+    def _drop(self, reason: str) -> None:
+        metrics.BROKER_DROPPED.labels(reason).inc()
 
     def close(self) -> None:
         self.running = False
@@ -405,6 +550,8 @@ def main(agents: str, workers: str, metrics_port: int = 0, keys: security.Server
          config: BrokerConfig | None = None, metrics_addr: str = "127.0.0.1") -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s broker %(levelname)s %(message)s")
     b = Broker(agents, workers, keys, config)
+    if keys is not None:
+        signal.signal(signal.SIGHUP, lambda *_: b.reload_now.set())  # re-read the allow-lists
     metrics.serve(metrics_port, metrics_addr)
     mode = "CURVE" if keys else "PLAINTEXT (no authentication, no encryption)"
     print(f"broker: agents on {agents}, workers on {workers}, {mode}", flush=True)

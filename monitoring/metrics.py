@@ -56,6 +56,14 @@ LIVE_WORKERS = Gauge("spa_live_workers", "Workers with a recent heartbeat", regi
 ACTIVE_SESSIONS = Gauge("spa_active_sessions", "Open sessions", ["component"], registry=REGISTRY)
 QUEUE_DEPTH = Gauge("spa_broker_queue_depth", "Messages waiting in the per-worker outboxes at flush",
                     registry=REGISTRY)
+ADMISSION_QUEUE = Gauge("spa_broker_admission_queue", "OPENs waiting at the broker for a free worker slot",
+                        registry=REGISTRY)
+ADMISSION_WAIT = Histogram("spa_broker_admission_wait_seconds", "Time an OPEN waited for a slot "
+                           "before it was placed (part of time to first token)", buckets=_TTFT,
+                           registry=REGISTRY)
+BROKER_DROPPED = Counter("spa_broker_dropped", "Messages the broker did not deliver, by reason (not "
+                         "errors: late frames of closed sessions, peers gone, answers over a key's "
+                         "budget)", ["reason"], registry=REGISTRY)
 
 # ---- worker ---------------------------------------------------------------------------
 STEP = Histogram("spa_backbone_step_seconds", "One batched backbone forward", buckets=_STEP,

@@ -73,6 +73,7 @@ class ErrorCode(StrEnum):
     SLOW_AGENT = "SLOW_AGENT"  # the agent does not read what it asked for
     INTERNAL = "INTERNAL"  # the worker failed on this session (not the message's fault)
     TIMEOUT = "TIMEOUT"  # the agent heard nothing for its silence timeout
+    REVOKED = "REVOKED"  # the sender's key was removed from the broker's allow-list
 
     @property
     def retryable(self) -> bool:

@@ -26,6 +26,11 @@ from zmq.auth.thread import ThreadAuthenticator
 from routing.errors import InputError
 
 AGENTS, WORKERS = "agents", "workers"  # ZAP domains, one allow-list each
+# Connection liveness of clients (agents, workers): a ZeroMQ heartbeat every CLIENT_HEARTBEAT_S;
+# a connection that hears nothing for CLIENT_TIMEOUT_S is dropped and ZeroMQ reconnects (a new
+# TCP connection). Above the broker's own timeout (BrokerConfig.zmq_timeout_s, 3 s), so the
+# broker has let go of the dead connection's routing id when the client comes back with it.
+CLIENT_HEARTBEAT_S, CLIENT_TIMEOUT_S, TCP_KEEPALIVE_S = 1.0, 4.0, 10
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,23 @@ def connect_as(sock: zmq.Socket, keys: ClientKeys) -> None:
     sock.curve_serverkey = broker_public
     if not sock.getsockopt(zmq.ROUTING_ID):
         sock.setsockopt(zmq.ROUTING_ID, random_routing_id())
+    keep_alive(sock, CLIENT_HEARTBEAT_S, CLIENT_TIMEOUT_S, TCP_KEEPALIVE_S)
+    sock.setsockopt(zmq.RECONNECT_IVL, 100)
+    sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)  # back-off while the broker is away
+
+
+def keep_alive(sock: zmq.Socket, heartbeat_s: float, timeout_s: float, keepalive_s: int) -> None:
+    """Notice a dead path (dropped packets, an expired NAT mapping, a peer gone without a FIN)
+    within `timeout_s`: ZeroMQ pings every `heartbeat_s` and drops a connection that has heard
+    nothing for `timeout_s` (and asks the peer to do the same: TTL); TCP keepalive under it for
+    whatever ZeroMQ does not see. Call before bind/connect."""
+    sock.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat_s * 1000))
+    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(timeout_s * 1000))
+    sock.setsockopt(zmq.HEARTBEAT_TTL, min(int(timeout_s * 1000), 6_553_500))
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, keepalive_s)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, max(1, keepalive_s // 3))
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, 3)
 
 
 def random_routing_id() -> bytes:

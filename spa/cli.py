@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from routing.errors import SpaError
+from routing.modes import training_choices
 
 
 def _progress(args) -> bool:
@@ -66,8 +67,10 @@ def cmd_eval(args) -> None:
     edge = load_bundle(args.bundle, backbone.fingerprint) if args.bundle else None
     json_out = Path(args.json) if args.json else None
     plot_out = Path(args.plot) if args.plot else (json_out.with_suffix(".png") if json_out else None)
+    budgets = [float(b) for b in args.budgets.split(",") if b.strip()]
     run_eval(backbone, edge, examples, modes, json_out, plot_out, args.sweep_limit,
-             args.max_new_tokens, args.max_prompt_tokens, _progress(args), args.batch_size)
+             args.max_new_tokens, args.max_prompt_tokens, _progress(args), args.batch_size,
+             budgets, args.budget_tokens)
 
 
 def cmd_generate(args) -> None:
@@ -82,8 +85,11 @@ def cmd_generate(args) -> None:
     backbone = Backbone.load(args.backbone, args.device)
     edge = load_bundle(args.bundle, backbone.fingerprint) if args.bundle else None
     ref = ReferenceGenerator(backbone, edge)
+    from edge_agent.budget import BudgetConfig
+
+    budget = BudgetConfig.from_args(args) if args.m_budget > 0 else None
     gen = ref.generate(backbone.encode(args.prompt), args.max_new_tokens, args.mode,
-                       Sampling(args.temperature, args.top_k, args.seed))
+                       Sampling(args.temperature, args.top_k, args.seed), budget=budget)
     print(backbone.tokenizer.decode(gen.tokens, skip_special_tokens=True))
     s = gen.stats
     print(f"[{args.mode}] tokens={s.tokens} M={s.m:.3f} side={s.side_rate:.3f} "
@@ -127,22 +133,20 @@ def cmd_keys(args) -> None:
 
 
 def cmd_broker(args) -> None:
-    from broker.broker import BrokerConfig
     from broker.broker import main as broker_main
+    from broker.config import BrokerConfig
 
-    cfg = BrokerConfig(lease_s=args.lease, max_agent_sessions=args.max_agent_sessions,
-                       heartbeat_s=args.heartbeat, hwm=args.hwm)
+    cfg = BrokerConfig.from_args(args)
     broker_main(args.agents, args.workers, args.metrics_port, _server_keys(args), cfg, args.metrics_addr)
 
 
 def cmd_worker(args) -> None:
-    from cloud_worker.config import from_args
+    from cloud_worker.config import WorkerConfig
     from cloud_worker.worker import main as worker_main
     from routing.security import client_keys
 
-    worker_main(args.backbone, args.broker, args.device, args.max_sessions, args.dtype, args.threads,
-                args.metrics_port, client_keys(args, "worker"), args.metrics_addr,
-                engine=from_args(args))
+    worker_main(args.backbone, args.broker, args.device, args.dtype, args.threads, args.metrics_port,
+                client_keys(args, "worker"), args.metrics_addr, config=WorkerConfig.from_args(args))
 
 
 def cmd_agent(args) -> None:
@@ -244,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data", required=True, help="JSONL: instruction/input/output or document/summary")
     q.add_argument("--out", required=True)
     q.add_argument("--split", default="", help="records to use, 'start:stop' (e.g. ':800')")
-    q.add_argument("--mode", default="all", choices=["all", "spa", "lst", "full", "choice"])
+    q.add_argument("--mode", default="all", choices=training_choices())
     q.add_argument("--target-m", type=float, default=0.62)
     q.add_argument("--lambda", dest="lam", type=float, default=0.05)
     q.add_argument("--epochs", type=int, default=10)
@@ -295,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--max-prompt-tokens", type=int, default=384)
     q.add_argument("--json")
     q.add_argument("--plot", help="PNG path (default: next to --json)")
+    q.add_argument("--budgets", default="", help="per-session M budgets for spa, e.g. 0.2,0.35,0.5: "
+                   "Rouge-L and per-session |M − b| under each (issue 17)")
+    q.add_argument("--budget-tokens", type=int, default=64, help="new tokens per budget session")
     q.add_argument("--device", default="cpu")
     q.add_argument("--quiet", action="store_true")
     q.set_defaults(func=cmd_eval)
@@ -309,18 +316,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--top-k", type=int, default=0)
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--device", default="cpu")
+    from edge_agent.budget import BudgetConfig
+
+    BudgetConfig.add_arguments(q)  # --m-budget B: the gate adapts τ to B per token (issue 17)
     q.set_defaults(func=cmd_generate)
 
     q = sub.add_parser("broker", help="the broker: admission, placement, routing, liveness")
     q.add_argument("--agents", default="tcp://*:5555")
     q.add_argument("--workers", default="tcp://*:5556")
     q.add_argument("--metrics-port", type=int, default=0, help="serve /metrics here (0 = off)")
-    q.add_argument("--lease", type=float, default=10.0,
-                   help="seconds of agent silence before its sessions are freed (2–120)")
-    q.add_argument("--max-agent-sessions", type=int, default=256, help="open sessions per agent key")
-    q.add_argument("--heartbeat", type=float, default=0.5, help="seconds between beats to workers")
-    q.add_argument("--hwm", type=int, default=10_000,
-                   help="messages queued per peer before it counts as not reading (1k–1M)")
+    from broker.config import BrokerConfig
+
+    BrokerConfig.add_arguments(q)  # every tunable, declared once in broker/config.py
+    for old_flag, dest in (("--lease", "lease_s"), ("--heartbeat", "heartbeat_s")):  # older names
+        q.add_argument(old_flag, dest=dest, type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     _security(q, server=True)
     q.set_defaults(func=cmd_broker)
 
@@ -329,12 +338,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--backbone", required=True)
     q.add_argument("--device", default="cpu")
     q.add_argument("--dtype", default=None)
-    q.add_argument("--max-sessions", type=int, default=64)
     q.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = half the cores)")
     q.add_argument("--metrics-port", type=int, default=0, help="serve /metrics here (0 = off)")
-    from cloud_worker.config import add_arguments as engine_arguments
+    from cloud_worker.config import WorkerConfig
 
-    engine_arguments(q)  # --max-batch, --chunk-tokens, --block-size, --kv-…, --cuda-graphs, --engine
+    WorkerConfig.add_arguments(q)  # --max-sessions, --max-batch, --chunk-tokens, --kv-…, --engine …
     _security(q)
     q.set_defaults(func=cmd_worker)
 
