@@ -100,7 +100,8 @@ class Broker:
         s.setsockopt(zmq.SNDHWM, self.cfg.hwm)  # bounded: a peer that does not read gets no more
         s.setsockopt(zmq.RCVHWM, self.cfg.hwm)  # bounded: a flooding peer is throttled by TCP
         s.setsockopt(zmq.MAXMSGSIZE, 80 << 20)  # a message larger than any valid one is cut off
-        security.keep_alive(s, self.cfg.zmq_heartbeat_s, self.cfg.zmq_timeout_s, self.cfg.tcp_keepalive_s)
+        security.keep_alive(s, self.cfg.zmq_heartbeat_s, self.cfg.zmq_timeout_s, self.cfg.tcp_keepalive_s,
+                            peer_ttl_s=self.cfg.zmq_timeout_s + 1.0)  # peers let go after we do
         if keys is not None:
             security.serve(s, keys, domain)
         elif domain == security.AGENTS:

@@ -20,8 +20,8 @@ class BrokerConfig(Tunables):
     zmq_heartbeat_s: float = tunable(
         1.0, 0.1, 60, "ZeroMQ connection heartbeat (HEARTBEAT_IVL) on both broker sockets")
     zmq_timeout_s: float = tunable(
-        3.0, 0.3, 600, "a connection silent this long is dropped (HEARTBEAT_TIMEOUT, and TTL asked "
-        "of the peer); keep it below the clients' (routing.security.CLIENT_TIMEOUT_S)")
+        3.0, 0.3, 600, "a connection silent this long is dropped (HEARTBEAT_TIMEOUT; peers are "
+        "asked to drop it a second later: TTL); keep it below routing.security.CLIENT_TIMEOUT_S")
     tcp_keepalive_s: int = tunable(10, 1, 7200, "TCP keepalive idle seconds (probes every third of it)")
     # sessions: leases, per-key limits, admission queue
     lease_s: float = tunable(
@@ -37,7 +37,7 @@ class BrokerConfig(Tunables):
         8, 1, 256, "REQUESTs of one session unanswered; a session's HIDDENs stay within its FRAMEs "
         "plus this many (a REQUEST flood cannot multiply the largest message)")
     max_key_connections: int = tunable(
-        8, 1, 1024, "connections (routing ids) one agent key is served on at a time; one silent "
+        64, 1, 4096, "connections (routing ids) one agent key is served on at a time; one silent "
         "for a lease is forgotten")
     key_errors_per_s: float = tunable(
         200.0, 1, 1e6, "ERROR answers per second to one agent key (burst 4×); more are dropped, counted")

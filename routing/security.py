@@ -104,14 +104,17 @@ def connect_as(sock: zmq.Socket, keys: ClientKeys) -> None:
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)  # back-off while the broker is away
 
 
-def keep_alive(sock: zmq.Socket, heartbeat_s: float, timeout_s: float, keepalive_s: int) -> None:
+def keep_alive(sock: zmq.Socket, heartbeat_s: float, timeout_s: float, keepalive_s: int,
+               peer_ttl_s: float | None = None) -> None:
     """Notice a dead path (dropped packets, an expired NAT mapping, a peer gone without a FIN)
     within `timeout_s`: ZeroMQ pings every `heartbeat_s` and drops a connection that has heard
-    nothing for `timeout_s` (and asks the peer to do the same: TTL); TCP keepalive under it for
-    whatever ZeroMQ does not see. Call before bind/connect."""
+    nothing for `timeout_s`, and asks the peer to drop it after `peer_ttl_s` (default the same;
+    the broker asks a second more, so it has let go of a dead connection's routing id before the
+    client reconnects with it); TCP keepalive under it for whatever ZeroMQ does not see. Call
+    before bind/connect."""
     sock.setsockopt(zmq.HEARTBEAT_IVL, int(heartbeat_s * 1000))
     sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, int(timeout_s * 1000))
-    sock.setsockopt(zmq.HEARTBEAT_TTL, min(int(timeout_s * 1000), 6_553_500))
+    sock.setsockopt(zmq.HEARTBEAT_TTL, min(int((peer_ttl_s or timeout_s) * 1000), 6_553_500))
     sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
     sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, keepalive_s)
     sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, max(1, keepalive_s // 3))
