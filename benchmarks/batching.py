@@ -1,6 +1,6 @@
 """Continuous batching: aggregate tokens/s with 16 concurrent sessions vs 1, one run.
 
-    .venv/bin/python benchmarks/batching.py [--sessions 16] [--tokens 64] [--repeats 3]
+    .venv/bin/python benchmarks/batching.py [--sessions 16] [--tokens 64] [--repeats 3] [--smoke]
 """
 
 from __future__ import annotations
@@ -35,10 +35,13 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--mode", default="base")
+    ap.add_argument("--smoke", action="store_true", help="seconds: 2 sessions of 4 tokens, once")
     a = ap.parse_args()
+    if a.smoke:
+        a.sessions, a.tokens, a.repeats = 2, 4, 1
     backbone, bundle = models()
     edge = load_bundle(bundle)
-    edge.eos_token_id = -1  # run every session to --tokens: equal work per session
+    edge.eos_token_id = None  # no EOS: every session runs to --tokens, equal work per session
     ps = prompts(a.sessions)
     with LocalStack(backbone, workers=1) as stack:
         async def run():

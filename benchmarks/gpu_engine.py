@@ -9,7 +9,12 @@ floor = (weight bytes + KV bytes read per step) / measured device copy bandwidth
 handling costs. Plus: bf16 batched greedy agreement with single-sequence HF greedy, and z of the
 engine (CUDA graphs) against an HF forward over the same tokens.
 
-    python3 benchmarks/gpu_engine.py [--steps 32] [--tiny]   # --tiny: small model, CPU smoke run
+`--shape smollm2` swaps in SmolLM2-135M's shape (30 layers, d = 576, GQA 9/3, vocab 49152): the
+small model whose KV budget on an H200 allows batches far beyond 256 (`--batches 256,512,1024
+--graph-max 512`: graphs up to 512, 1024 eager). Also checks the Triton paged-decode kernel
+(plain and split-K) against the PyTorch reference.
+
+    python3 benchmarks/gpu_engine.py [--steps 32] [--shape 7b|smollm2|tiny] [--smoke]
 """
 
 from __future__ import annotations
@@ -34,12 +39,17 @@ from cloud_worker.scheduler import Scheduler  # noqa: E402
 from routing.protocol import msg  # noqa: E402
 
 
-def build(tiny: bool, device: str):
+def build(shape: str, device: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    tiny = shape == "tiny"
     if tiny:
         cfg = LlamaConfig(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=4,
                           num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=2048)
+    elif shape == "smollm2":
+        cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                          num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                          tie_word_embeddings=True, rope_theta=100000.0)
     else:
         cfg = LlamaConfig(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
                           num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=4096)
@@ -172,8 +182,8 @@ def fairness(sched, n: int, rows: int, P: int, steps: int, vocab: int) -> dict:
     """n sessions, `rows` per step (n/rows x oversubscribed): every session advances, the longest
     wait for a turn, tokens/s."""
     bb = sched.backbone
-    keep = sched.config.max_batch
-    sched.config.max_batch = rows
+    keep = sched.config
+    sched.config = keep.replace(max_batch=rows)
     opens = [open_msg(bb, torch.randint(1, vocab, (P,)).tolist(), 64) for _ in range(n)]
     for m in opens:
         sched.handle(m)
@@ -184,28 +194,56 @@ def fairness(sched, n: int, rows: int, P: int, steps: int, vocab: int) -> dict:
     gen = [sched.sessions[m.session].generated for m in opens]
     for m in opens:
         sched.close(m.session)
-    sched.config.max_batch = keep
+    sched.config = keep
     return {"sessions": n, "rows": rows, "steps": steps, "min_generated": min(gen),
             "max_generated": max(gen), "longest_wait_steps": sched.longest_wait_steps,
             "longest_wait_ms": sched.longest_wait_s * 1e3, "tok_s": frames / dt}
 
 
+def kernel_check(device: str) -> float | None:
+    """The Triton paged-decode kernel (plain and split-K) against the PyTorch reference: the
+    largest absolute difference, None off cuda."""
+    from cloud_worker import attention
+
+    if device != "cuda" or not attention.paged_decode_available(64):
+        return None
+    torch.manual_seed(0)
+    worst = 0.0
+    for H, Hkv, D, B in [(4, 2, 32, 3), (8, 8, 64, 3), (9, 3, 64, 1), (9, 3, 64, 300)]:
+        bs = 16
+        kc, vc = torch.randn(64 * bs, Hkv, D, device=device), torch.randn(64 * bs, Hkv, D, device=device)
+        bt = torch.randint(1, 64, (B, 12), dtype=torch.int32, device=device)
+        lens = torch.randint(1, 12 * bs, (B,), dtype=torch.int32, device=device)
+        q = torch.randn(B, H, D, device=device)
+        got = attention.paged_decode(q, kc, vc, bt, lens, D**-0.5, bs)
+        want = attention.decode_reference(q.cpu(), kc.cpu(), vc.cpu(), bt.cpu(), lens.cpu(), bs, D**-0.5)
+        worst = max(worst, float((got.cpu() - want).abs().max()))
+    return worst
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=32)
-    ap.add_argument("--tiny", action="store_true", help="small fp32 model (CPU smoke run)")
+    ap.add_argument("--shape", choices=("7b", "smollm2", "tiny"), default="7b")
+    ap.add_argument("--tiny", action="store_true", help="--shape tiny: small fp32 model (CPU run)")
     ap.add_argument("--batches", default="1,16,64,256")
     ap.add_argument("--prompts", default="128,1024")
+    ap.add_argument("--graph-max", type=int, default=0, help="largest CUDA graph batch (0: the largest batch)")
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--json", default="")
+    ap.add_argument("--smoke", action="store_true", help="seconds on a CPU: tiny model, small batches")
     a = ap.parse_args()
+    if a.smoke:
+        a.shape, a.steps, a.batches, a.prompts = "tiny", 4, "1,4", "16"
+    a.tiny = a.tiny or a.shape == "tiny"
+    a.shape = "tiny" if a.tiny else a.shape
     device = "cuda" if torch.cuda.is_available() else "cpu"
     batches = [int(x) for x in a.batches.split(",")]
     prompts = [int(x) for x in a.prompts.split(",")]
     res: dict = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                  "torch": torch.__version__, "steps": a.steps, "rows": []}
     t0 = time.perf_counter()
-    model = build(a.tiny, device)
+    model = build(a.shape, device)
     V = model.config.vocab_size
     bw = copy_bandwidth(device)
     wb = weight_bytes(model)
@@ -214,6 +252,8 @@ def main() -> None:
     res.update(copy_bw_GBps=bw / 1e9, weight_GB=wb / 1e9, kv_bytes_per_token=kv_tok)
     print(f"model built in {time.perf_counter() - t0:.1f}s; copy bandwidth {bw / 1e9:.0f} GB/s; "
           f"weights {wb / 1e9:.2f} GB; KV {kv_tok / 1024:.0f} KiB/token", flush=True)
+    res["kernel_max_abs_err"] = kernel_check(device)
+    print(f"Triton paged decode vs reference: max |diff| {res['kernel_max_abs_err']}", flush=True)
     free = torch.cuda.mem_get_info()[0] if device == "cuda" else 1 << 40
     hf: dict = {}
     if not a.no_hf:
@@ -231,14 +271,16 @@ def main() -> None:
     bb = Backbone(model, None)
     bb.__dict__["fingerprint"] = "bench"  # skip hashing 13 GB of weights
     t = time.perf_counter()
-    cfg = WorkerConfig(max_batch=max(batches), max_sessions=max(batches + [256]) + 16, chunk_tokens=8192,
-                       graph_max_batch=max(batches), cpu_kv_mb=4096)
+    cfg = WorkerConfig(max_batch=max(batches), chunk_tokens=max(8192, max(batches)),
+                       graph_max_batch=a.graph_max or max(batches), cpu_kv_mb=4096)
     sched = Scheduler(bb, config=cfg)
-    cap = sched.runner.blocks.capacity_tokens
+    cap = sched.blocks.capacity_tokens
     res["engine_setup_s"] = time.perf_counter() - t
     res["kv_capacity_tokens"] = cap
-    print(f"engine ready in {res['engine_setup_s']:.1f}s: KV {cap} tokens, graphs {sorted(sched.runner.graphs)}",
-          flush=True)
+    res["capacity_sessions"] = sched.capacity  # what READY would announce
+    res["graphs"] = sorted(sched.runner.graphs)
+    print(f"engine ready in {res['engine_setup_s']:.1f}s: KV {cap} tokens (capacity {sched.capacity} "
+          f"sessions of {cfg.session_tokens} tokens), graphs {res['graphs']}", flush=True)
     try:
         res["agreement"] = agreement(model, sched, 8, 128 if not a.tiny else 16, 32, device)
         print("agreement", res["agreement"], flush=True)
@@ -247,7 +289,8 @@ def main() -> None:
         for sid in list(sched.sessions):
             sched.close(sid)
     try:
-        res["fairness"] = fairness(sched, 4 * 64, 64, 128, 4 * a.steps, V)
+        res["fairness"] = (fairness(sched, 16, 4, 16, 8, V) if a.smoke
+                           else fairness(sched, 4 * 64, 64, 128, 4 * a.steps, V))
         print("fairness", res["fairness"], flush=True)
     except Exception:
         traceback.print_exc()
@@ -261,7 +304,8 @@ def main() -> None:
                 continue
             try:
                 ms, ctx = engine_ms_per_step(sched, B, P, a.steps, "base", V)
-                row = {"P": P, "B": B, "fits": True, "ms": ms, "tok_s": B / ms * 1e3, "ctx": ctx}
+                row = {"P": P, "B": B, "fits": True, "ms": ms, "tok_s": B / ms * 1e3, "ctx": ctx,
+                       "graph": bool(sched.runner.graphs) and B <= max(sched.runner.graphs)}
                 floor = (wb + B * (ctx - a.steps / 2) * kv_tok) / bw * 1e3  # mean context, timed steps
                 row["floor_ms"] = floor
                 if P == min(prompts):
@@ -277,17 +321,17 @@ def main() -> None:
                 row["hf_ms"], row["hf_tok_s"] = h, B / h * 1e3
             res["rows"].append(row)
             print(json.dumps(row), flush=True)
-    print("\n| prompt | batch | engine ms/step | × floor | engine tok/s | HF generate ms/step | HF tok/s "
+    print("\n| prompt | batch | graph | engine ms/step | × floor | engine tok/s | HF generate ms/step | HF tok/s "
           "| engine / HF | spa mode ms/step | hidden-state share |")
-    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in res["rows"]:
         if not r["fits"]:
-            print(f"| {r['P']} | {r['B']} | over KV budget | | | | | | | |")
+            print(f"| {r['P']} | {r['B']} | | over KV budget | | | | | | | |")
             continue
         hf_cols = (f"{r['hf_ms']:.1f} | {r['hf_tok_s']:.0f} | {r['tok_s'] / r['hf_tok_s']:.1f}×"
                    if "hf_ms" in r else "does not fit | | ")
         spa = (f"{r['spa_ms']:.2f} | {100 * r['hidden_share']:.1f}%" if "spa_ms" in r else " | ")
-        print(f"| {r['P']} | {r['B']} | {r['ms']:.2f} | {r['ms'] / r['floor_ms']:.2f}× (floor "
+        print(f"| {r['P']} | {r['B']} | {'yes' if r['graph'] else 'eager'} | {r['ms']:.2f} | {r['ms'] / r['floor_ms']:.2f}× (floor "
               f"{r['floor_ms']:.2f}) | {r['tok_s']:.0f} | {hf_cols} | {spa} |")
     print(f"\ntotal {time.perf_counter() - t0:.0f}s", flush=True)
     if a.json:

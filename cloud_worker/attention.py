@@ -91,21 +91,16 @@ def decode_reference(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: 
 if triton is not None:
 
     @triton.jit
-    def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, len_ptr, o_ptr, scale, bt_stride,
-                             H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
-                             BS: tl.constexpr, BLOCK_N: tl.constexpr):
-        b = tl.program_id(0)
-        h = tl.program_id(1)
-        kvh = h // (H // HKV)
-        n = tl.load(len_ptr + b)
-        d = tl.arange(0, D)
-        q = tl.load(q_ptr + (b * H + h) * D + d).to(tl.float32) * scale  # (D,)
+    def _attend(q, k_ptr, v_ptr, bt_ptr, b, bt_stride, kvh, lo, hi, d, HKV: tl.constexpr,
+                D: tl.constexpr, BS: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Online softmax of query `q` (D,) over tokens lo … hi-1 of row b's pages ->
+        (unnormalised acc (D,), running max, running sum): the loop both kernels share."""
         m = tl.max(tl.full([BLOCK_N], float("-inf"), tl.float32), 0)
         lsum = tl.sum(tl.zeros([BLOCK_N], tl.float32), 0)
         acc = tl.zeros([D], tl.float32)
-        for start in range(0, n, BLOCK_N):
+        for start in range(lo, hi, BLOCK_N):
             t = start + tl.arange(0, BLOCK_N)
-            valid = t < n
+            valid = t < hi
             page = tl.load(bt_ptr + b * bt_stride + t // BS, mask=valid, other=0)
             off = ((page.to(tl.int64) * BS + t % BS) * HKV + kvh) * D  # (BLOCK_N,)
             k = tl.load(k_ptr + off[:, None] + d[None, :], mask=valid[:, None], other=0.0)
@@ -118,6 +113,19 @@ if triton is not None:
             acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), 0)
             lsum = lsum * alpha + tl.sum(p, 0)
             m = m_new
+        return acc, m, lsum
+
+    @triton.jit
+    def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, len_ptr, o_ptr, scale, bt_stride,
+                             H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr,
+                             BS: tl.constexpr, BLOCK_N: tl.constexpr):
+        b = tl.program_id(0)
+        h = tl.program_id(1)
+        kvh = h // (H // HKV)
+        n = tl.load(len_ptr + b)
+        d = tl.arange(0, D)
+        q = tl.load(q_ptr + (b * H + h) * D + d).to(tl.float32) * scale  # (D,)
+        acc, m, lsum = _attend(q, k_ptr, v_ptr, bt_ptr, b, bt_stride, kvh, 0, n, d, HKV, D, BS, BLOCK_N)
         tl.store(o_ptr + (b * H + h) * D + d, (acc / lsum).to(o_ptr.dtype.element_ty))
 
     @triton.jit
@@ -135,24 +143,7 @@ if triton is not None:
         hi = tl.minimum(lo + part, n)
         d = tl.arange(0, D)
         q = tl.load(q_ptr + (b * H + h) * D + d).to(tl.float32) * scale
-        m = tl.max(tl.full([BLOCK_N], float("-inf"), tl.float32), 0)
-        lsum = tl.sum(tl.zeros([BLOCK_N], tl.float32), 0)
-        acc = tl.zeros([D], tl.float32)
-        for start in range(lo, hi, BLOCK_N):
-            t = start + tl.arange(0, BLOCK_N)
-            valid = t < hi
-            page = tl.load(bt_ptr + b * bt_stride + t // BS, mask=valid, other=0)
-            off = ((page.to(tl.int64) * BS + t % BS) * HKV + kvh) * D
-            k = tl.load(k_ptr + off[:, None] + d[None, :], mask=valid[:, None], other=0.0)
-            s = tl.sum(k.to(tl.float32) * q[None, :], 1)
-            s = tl.where(valid, s, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, 0))
-            p = tl.exp(s - m_new)
-            alpha = tl.exp(m - m_new)
-            v = tl.load(v_ptr + off[:, None] + d[None, :], mask=valid[:, None], other=0.0)
-            acc = acc * alpha + tl.sum(p[:, None] * v.to(tl.float32), 0)
-            lsum = lsum * alpha + tl.sum(p, 0)
-            m = m_new
+        acc, m, lsum = _attend(q, k_ptr, v_ptr, bt_ptr, b, bt_stride, kvh, lo, hi, d, HKV, D, BS, BLOCK_N)
         i = (b * H + h) * SPLITS + sp
         tl.store(acc_ptr + i * D + d, acc)
         tl.store(ml_ptr + i * 2, m)

@@ -33,7 +33,6 @@ class RowResult:
 class BatchRunner:
     def __init__(self, backbone: Backbone) -> None:
         self.backbone = backbone
-        self.forwards = 0  # backbone forwards run (the continuous-batching test counts them)
 
     def step(self, rows: list[tuple[KV | None, list[int]]]) -> list[RowResult]:
         """rows: (past KV or None, new token ids) per session -> results at each last token.
@@ -67,7 +66,6 @@ class BatchRunner:
                 cache.update(ks, vs, layer)
         out = bb.forward(ids, attention_mask=mask, position_ids=pos, past_key_values=cache,
                          use_cache=True, logits_last_only=True)
-        self.forwards += 1
         hidden = torch.stack([h[:, -1] for h in out.hidden], dim=1)  # (B, L+1, d)
         results = []
         layers = out.past_key_values.layers

@@ -1,90 +1,61 @@
-"""Every tunable of the cloud worker's engine in one dataclass, each with its sane range.
+"""Every tunable of the cloud worker (engine and link to the broker), each declared once.
 
-`spa worker` exposes each field as a flag (`--max-batch`, `--chunk-tokens`, …); `validate()`
-refuses values outside the ranges below with an InputError that names the field.
+`spa worker` makes a flag of each field (`--max-sessions`, `--max-batch`, …) with
+`WorkerConfig.add_arguments`; construction refuses values outside the ranges with an
+InputError naming the field. Nobody mutates a config it was handed: `cfg.replace(...)`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
+from routing.config import Tunables, tunable
 from routing.errors import InputError
 
-# field -> (low, high) inclusive sane range
-RANGES: dict[str, tuple[float, float]] = {
-    "max_sessions": (1, 4096),
-    "max_batch": (1, 1024),
-    "chunk_tokens": (16, 65536),
-    "block_size": (8, 256),
-    "kv_memory_fraction": (0.05, 0.95),
-    "kv_reserve_mb": (0, 65536),
-    "cpu_kv_mb": (16, 262144),
-    "kv_tokens": (0, 1 << 26),
-    "graph_max_batch": (0, 1024),
-    "max_context": (0, 1 << 20),
-    "heartbeat_s": (0.01, 60),
-    "liveness": (2, 100),
-    "session_idle_s": (1, 86_400),
-    "link_hwm": (100, 10_000_000),
-}
+MAX_CAPACITY = 1 << 16  # sessions a READY can announce (routing/protocol.py)
 
 
 @dataclass
-class WorkerConfig:
-    max_sessions: int = 64  # open sessions at most (READY's capacity); sane range 1–4096
-    max_batch: int = 64  # rows (sessions) in one step; the rest take turns; sane range 1–1024
-    chunk_tokens: int = 512  # tokens in one step (decodes count 1, prefill chunks fill the rest);
-    # bounds a step's time so heartbeats keep flowing; sane range 16–65536
-    block_size: int = 16  # tokens per KV block (page); sane range 8–256, a power of two
-    kv_memory_fraction: float = 0.9  # cuda: share of free memory (after the model) for the KV
-    # cache; sane range 0.05–0.95
-    kv_reserve_mb: int = 2048  # cuda: memory kept back for activations and graphs; 0–65536
-    cpu_kv_mb: int = 4096  # cpu: KV cache size (pages are touched only when used); 16–262144
-    kv_tokens: int = 0  # fixed KV budget in tokens; 0 = from memory as above; 0–2^26
-    cuda_graphs: bool = True  # capture decode steps as CUDA graphs (cuda only)
-    fused_kernels: bool = True  # Triton add+RMSNorm, RoPE+KV store, SiLU·up (cuda only)
-    graph_max_batch: int = 256  # largest captured decode batch (buckets 1,2,4,8,16,32,…); 0–1024
-    max_context: int = 0  # longest session (prompt + new tokens); 0 = the model's; 0–2^20
-    engine: str = "auto"  # 'auto' (paged engine for Llama-family models, else 'hf'), 'paged', 'hf'
+class WorkerConfig(Tunables):
+    max_sessions: int = tunable(
+        0, 0, MAX_CAPACITY, "open sessions at most; 0 = as many as the KV budget holds at "
+        "--session-tokens each (the capacity announced in READY)")
+    session_tokens: int = tunable(
+        512, 16, 1 << 20, "a typical session's KV need (prompt + new tokens), for the announced "
+        "capacity; every OPEN is still admitted by its own need")
+    max_batch: int = tunable(64, 1, 65536, "rows (sessions) in one step; the rest take turns")
+    chunk_tokens: int = tunable(
+        512, 16, 65536, "tokens in one step (decodes count 1, prefill chunks fill the rest); "
+        "bounds a step's time so heartbeats keep flowing")
+    block_size: int = tunable(16, 8, 256, "tokens per KV block (page), a power of two")
+    kv_memory_fraction: float = tunable(
+        0.9, 0.05, 0.95, "cuda: share of free memory (after the model) for the KV cache")
+    kv_reserve_mb: int = tunable(2048, 0, 65536, "cuda: memory (MiB) kept back for activations and graphs")
+    cpu_kv_mb: int = tunable(4096, 16, 262144, "cpu: KV cache size in MiB (pages touched only when used)")
+    kv_tokens: int = tunable(0, 0, 1 << 26, "fixed KV budget in tokens; 0 = from memory as above")
+    cuda_graphs: bool = tunable(True, help="capture decode steps as CUDA graphs (cuda only)")
+    fused_kernels: bool = tunable(True, help="Triton add+RMSNorm, RoPE+KV store, SiLU·up (cuda only)")
+    graph_max_batch: int = tunable(
+        256, 0, 4096, "largest captured decode batch (buckets 1,2,4,…; also capped by the "
+        "capacity and --max-batch); bigger batches run eagerly")
+    max_context: int = tunable(0, 0, 1 << 20, "longest session (prompt + new tokens); 0 = the model's")
+    engine: str = tunable("auto", help="'auto' (paged for Llama-family models, else hf), 'paged', 'hf'",
+                          choices=("auto", "paged", "hf"))
     # the link to the broker (cloud_worker/worker.py's I/O thread)
-    heartbeat_s: float = 0.5  # beat to the broker, also during steps; match the broker's; 0.01–60
-    liveness: int = 4  # broker beats missed before the broker is called dead; 2–100
-    session_idle_s: float = 120.0  # a session with no message this long is freed; 1–86400
-    link_hwm: int = 100_000  # ZeroMQ high-water mark to the broker (messages); 100–10M
-
-    def __post_init__(self) -> None:
-        self.validate()
+    heartbeat_s: float = tunable(0.5, 0.01, 60, "seconds between beats to the broker; match the broker's")
+    liveness: int = tunable(4, 2, 100, "broker beats missed before the broker is called dead")
+    session_idle_s: float = tunable(120.0, 1, 86_400, "a session with no message this long is freed")
+    link_hwm: int = tunable(100_000, 100, 10_000_000, "ZeroMQ high-water mark to the broker (messages)")
 
     def validate(self) -> WorkerConfig:
-        for f in fields(self):
-            if f.name in RANGES:
-                lo, hi = RANGES[f.name]
-                v = getattr(self, f.name)
-                if isinstance(v, bool) or not isinstance(v, int | float) or not lo <= v <= hi:
-                    raise InputError(f"worker config {f.name}={v!r} outside its sane range {lo}–{hi}")
+        super().validate()
         if self.block_size & (self.block_size - 1):
-            raise InputError(f"worker config block_size={self.block_size} is not a power of two")
-        if self.engine not in ("auto", "paged", "hf"):
-            raise InputError(f"worker config engine={self.engine!r}: expected auto, paged or hf")
+            raise InputError(f"WorkerConfig.block_size={self.block_size} is not a power of two")
         return self
 
-
-def add_arguments(parser) -> None:
-    """A flag for every WorkerConfig field but max_sessions (the worker's own flag): --max-batch …"""
-    for f in fields(WorkerConfig):
-        if f.name == "max_sessions":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes", "on"),
-                                default=f.default, metavar="BOOL")
-        else:
-            kind = {"int": int, "float": float, "str": str}[str(f.type)]
-            lo_hi = RANGES.get(f.name)
-            parser.add_argument(flag, type=kind, default=f.default,
-                                help=f"sane range {lo_hi[0]}–{lo_hi[1]}" if lo_hi else None)
-
-
-def from_args(args) -> WorkerConfig:
-    """The WorkerConfig of parsed `add_arguments` flags (validated)."""
-    return WorkerConfig(**{f.name: getattr(args, f.name) for f in fields(WorkerConfig)})
+    def capacity(self, kv_tokens: int) -> int:
+        """Sessions to announce for a KV cache of `kv_tokens`: --max-sessions, or (0) what the
+        budget holds at --session-tokens each; at least 1, at most MAX_CAPACITY."""
+        if self.max_sessions:
+            return self.max_sessions
+        return max(1, min(MAX_CAPACITY, kv_tokens // self.session_tokens))

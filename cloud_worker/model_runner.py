@@ -25,7 +25,7 @@ from torch import Tensor
 from cloud_worker import fused
 from cloud_worker.attention import AttnBatch, paged_decode_available
 from cloud_worker.backbone import Backbone
-from cloud_worker.block_manager import SCRATCH_SLOT, ZERO_SLOT, BlockManager
+from cloud_worker.block_manager import SCRATCH_SLOT, ZERO_SLOT, table_slots, token_slots
 from cloud_worker.config import WorkerConfig
 from cloud_worker.session import Session
 from routing.sampling import choose_tokens, noise_key
@@ -76,21 +76,21 @@ class ModelRunner:
         if self.paged:
             self.model = llama.LlamaModel(backbone.model, self.max_context)
             per_token = self.model.kv_bytes_per_token()
-            self.blocks = BlockManager(self._kv_tokens(per_token) // self.bs + 1, self.bs)
+            self.num_blocks = self._kv_tokens(per_token) // self.bs + 1  # KV pages (+ page 0)
             m = self.model
-            self.model.kv = torch.empty((m.n_layers, 2, self.blocks.num_blocks * self.bs, m.n_kv, m.head_dim),
+            self.model.kv = torch.empty((m.n_layers, 2, self.num_blocks * self.bs, m.n_kv, m.head_dim),
                                         dtype=m.dtype, device=self.device)
             self.model.kv[:, :, : self.bs].zero_()  # block 0: the zero / scratch page
             self.decode_kernel = self.cuda and paged_decode_available(m.head_dim)
             m.fused = self.decode_kernel and cfg.fused_kernels and fused.AVAILABLE
-            log.info("paged engine: KV %d tokens (%.2f GiB), block %d", self.blocks.capacity_tokens,
+            log.info("paged engine: KV %d tokens (%.2f GiB), block %d", (self.num_blocks - 1) * self.bs,
                      self.model.kv.numel() * self.model.kv.element_size() / 2**30, self.bs)
         else:
             from cloud_worker.batch_runner import HFEngine
 
             log.info("HF engine (%s)", why or "asked for")
             self.model = HFEngine(backbone)
-            self.blocks = BlockManager(self._kv_tokens(0) // self.bs + 1, self.bs)  # accounting only
+            self.num_blocks = self._kv_tokens(0) // self.bs + 1  # accounting only
             self.decode_kernel = False
         self.max_blocks = -(-self.max_context // self.bs)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
@@ -129,7 +129,7 @@ class ModelRunner:
             start = s.kv_len
             ids.extend(s.seq[start : start + n])
             pos.extend(range(start, start + n))
-            slots.extend(self.blocks.slots(s.block_table, start, n))
+            slots.extend(token_slots(s.block_table, bs, start, n))
             last.append(len(ids) - 1)
         a = AttnBatch(slots=self._to(slots), block_size=bs, n_decode=nd)
         if nd:
@@ -144,7 +144,7 @@ class ModelRunner:
             q_pad = []
             for r, (s, n) in enumerate(g):
                 c = s.kv_len + n
-                kv_slots[r, :c] = self.blocks.all_slots(s.block_table, c)
+                kv_slots[r, :c] = table_slots(s.block_table, bs, c)
                 qpos[r, :n] = np.arange(s.kv_len, c)
                 q_pad.extend(range(r * tq, r * tq + n))
             a.kv_slots, a.tq, a.q_pad = self._to(kv_slots), tq, self._to(q_pad)
@@ -246,11 +246,10 @@ class ModelRunner:
         torch.cuda.current_stream(self.device).synchronize()
         return self._host[:n].numpy().copy()
 
-    def free(self, s: Session) -> None:
-        self.blocks.free(s.block_table, s.reservation)
-        s.reservation = 0
+    def forget(self, sid: bytes) -> None:
+        """A session ended: drop what the runner keeps of it (the HF path's per-session KV)."""
         if not self.paged:
-            self.model.free(s.id)
+            self.model.free(sid)
 
     # ------------------------------------------------------------------ CUDA graphs
     def _bucket(self, b: int) -> int:

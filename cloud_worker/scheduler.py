@@ -1,15 +1,19 @@
 """The worker's scheduler: who runs in the next step, and how many tokens each.
 
-nano-vllm's shape: a step is schedule → run → postprocess. The scheduler only schedules; each
-session owns its state changes (`Session.advance/emit/rollback/…`); the model runner prepares
-inputs, runs the backbone and returns the step's tokens in one transfer.
+nano-vllm's shape: a step is schedule → run → postprocess. The scheduler owns admission and the
+block manager (the free KV pages); each session owns its state and changes it only through its
+methods (`Session.reserve/grow/advance/emit/rollback/heard/…`), which the scheduler calls; the
+model runner only reads sessions: it prepares inputs, runs the backbone and returns the step's
+tokens in one transfer.
 
 Scheduling: runnable sessions are taken least-recently-run first (sessions beyond `max_batch`
 take turns, none waits more than its share), up to `max_batch` rows and `chunk_tokens` tokens per
 step. Decodes cost one token each; prompts (and catch-up after a rollback) are cut into chunks that
 fill the rest, so a long prompt never stalls the others and a step stays short (heartbeats keep
 flowing). Admission is by the KV budget: a session reserves prompt + max_new_tokens at OPEN, a full
-worker answers BUSY. Gated sessions decode ahead up to their window; lockstep sessions (lst, full)
+worker answers BUSY; so does one holding --max-sessions sessions when that is set. The capacity
+announced to the broker is --max-sessions, or what the KV budget holds at --session-tokens each
+(`WorkerConfig.capacity`). Gated sessions decode ahead up to their window; lockstep sessions (lst, full)
 wait for the agent's TOKEN after every frame.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import time
 
 from cloud_worker.backbone import Backbone
+from cloud_worker.block_manager import BlockManager
 from cloud_worker.config import WorkerConfig
 from cloud_worker.model_runner import ModelRunner, Row, StepOutput
 from cloud_worker.session import Session
@@ -29,16 +34,12 @@ from routing.sampling import Sampling
 
 
 class Scheduler:
-    def __init__(self, backbone: Backbone, max_sessions: int | None = None, max_batch: int | None = None,
-                 config: WorkerConfig | None = None) -> None:
-        cfg = config or WorkerConfig()
-        if max_sessions is not None:
-            cfg.max_sessions = max_sessions
-        if max_batch is not None:
-            cfg.max_batch = max_batch
-        self.config = cfg.validate()
+    def __init__(self, backbone: Backbone, config: WorkerConfig | None = None) -> None:
+        cfg = self.config = config or WorkerConfig()
         self.backbone = backbone
         self.runner = ModelRunner(backbone, cfg)
+        self.blocks = BlockManager(self.runner.num_blocks, cfg.block_size)  # admission's budget
+        self.capacity = cfg.capacity(self.blocks.capacity_tokens)  # sessions (READY)
         # what only this worker knows, checked on every message before use
         self.limits = Limits(backbone.vocab_size, backbone.n_layers, self.runner.max_context)
         self.sessions: dict[bytes, Session] = {}
@@ -46,21 +47,18 @@ class Scheduler:
         self.longest_wait_steps = 0  # most steps a runnable session waited for its turn
         self.longest_wait_s = 0.0  # … and in seconds
 
-    @property
-    def max_sessions(self) -> int:
-        return self.config.max_sessions
-
-    @property
-    def max_batch(self) -> int:
-        return self.config.max_batch
-
     def has_work(self) -> bool:
         return any(s.runnable for s in self.sessions.values())
 
     # ------------------------------------------------------------- protocol
+    def expired(self, idle_s: float, now: float) -> list[bytes]:
+        """Sessions whose agent has sent nothing for more than `idle_s` seconds."""
+        return [sid for sid, s in self.sessions.items() if now - s.heard_at > idle_s]
+
     def handle(self, m: Message) -> list[Message]:
         """Apply one agent message (already valid by the contract); returns immediate answers
-        (HIDDEN, DONE). Values the model cannot take raise ProtocolError before any use."""
+        (HIDDEN, DONE). Values the model cannot take raise ProtocolError before any use. A
+        message taken renews its session's idle lease."""
         self.limits.check(m)
         sid = m.session
         if m.type == MsgType.OPEN:
@@ -70,6 +68,13 @@ class Scheduler:
             if m.type in (MsgType.ACK, MsgType.CLOSE):  # late after a free: harmless
                 return []
             raise ProtocolError(ErrorCode.UNKNOWN_SESSION, f"worker has no session {sid.hex()}", sid)
+        answers = self._apply(s, m)
+        if sid in self.sessions:
+            s.heard(time.monotonic())
+        return answers
+
+    def _apply(self, s: Session, m: Message) -> list[Message]:
+        sid = s.id
         if m.type == MsgType.ACK:
             if m["pos"] > len(s.seq):
                 raise ProtocolError(ErrorCode.BAD_POSITION, f"ACK session={sid.hex()} pos={m['pos']} "
@@ -110,30 +115,30 @@ class Scheduler:
                                 f"worker has {self.backbone.fingerprint[:16]}…", sid)
         if sid in self.sessions:
             raise ProtocolError(ErrorCode.DUPLICATE_SESSION, f"session {sid.hex()} is open already", sid)
-        if len(self.sessions) >= self.max_sessions:
-            raise ProtocolError(ErrorCode.BUSY, f"worker holds {len(self.sessions)} sessions (max)", sid)
+        if self.config.max_sessions and len(self.sessions) >= self.config.max_sessions:
+            raise ProtocolError(ErrorCode.BUSY, f"worker holds {len(self.sessions)} sessions (--max-sessions)", sid)
         prompt = m["prompt"]
         try:
             mode, sampling = Mode.parse(m["mode"]), Sampling.from_dict(m["sampling"])
         except Exception as exc:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, str(exc), sid) from None
-        need = len(prompt) + m["max_new_tokens"]  # the session's KV reservation (Session.max_len)
-        runner = self.runner
-        if not runner.blocks.can_admit(need):
-            raise ProtocolError(ErrorCode.BUSY, f"KV cache full: {runner.blocks.free_tokens} tokens free, "
-                                f"session needs {need}", sid)
         s = Session(sid, list(prompt), len(prompt), m["max_new_tokens"], mode, m["window"], sampling,
                     m["eos"], list(m["wire_layers"]))
-        s.reservation = runner.blocks.admit(s.block_table, need)
+        if not self.blocks.can_admit(s.max_len):
+            raise ProtocolError(ErrorCode.BUSY, f"KV cache full: {self.blocks.free_tokens} tokens free, "
+                                f"session needs {s.max_len}", sid)
+        s.reserve(self.blocks)
+        s.heard(time.monotonic())
         self.sessions[sid] = s
         return []
 
     def close(self, sid: bytes) -> list[Message]:
-        s = self.sessions.pop(sid, None)  # frees KV pages and ring at once
+        """Free a session at once: its KV pages, reservation, ring and the runner's state of it."""
+        s = self.sessions.pop(sid, None)
         if s is None:
             return []
-        self.runner.free(s)
-        s.ring.clear()
+        s.release(self.blocks)
+        self.runner.forget(sid)
         return [msg(MsgType.DONE, session=sid, wasted=s.wasted)]
 
     # ------------------------------------------------------------- compute
@@ -171,34 +176,28 @@ class Scheduler:
         ran = {id(s) for s, _ in rows}
         for s in runnable:
             if id(s) in ran:
-                self.longest_wait_steps = max(self.longest_wait_steps, s.waited)
-                if s.waited:
-                    self.longest_wait_s = max(self.longest_wait_s, now - s.wait_since)
-                s.waited = 0
+                steps, seconds = s.scheduled(now)
+                self.longest_wait_steps = max(self.longest_wait_steps, steps)
+                self.longest_wait_s = max(self.longest_wait_s, seconds)
             else:
-                if not s.waited:
-                    s.wait_since = now
-                s.waited += 1
+                s.passed_over(now)
         for s, n in rows:
-            self.runner.blocks.ensure(s.block_table, s.reservation, s.kv_len + n)
+            s.grow(self.blocks, s.kv_len + n)
         return rows
 
     def postprocess(self, out: StepOutput) -> list[Message]:
         """Each session takes its step's result: KV length, token, ring, FRAME."""
         frames = []
         for s, n in out.rows:
-            s.advance(n)
-            s.last_run = self.steps
+            s.advance(n, self.steps)
         for e, i in enumerate(out.emit):
             s = out.rows[i][0]
             pos = len(s.seq)
             tensors = [out.z[e]]
             if i in out.shipped:
                 tensors.append(out.shipped[i])
-            if i in out.ring:
-                s.ring[pos] = out.ring[i]
             frames.append(msg(MsgType.FRAME, tensors, session=s.id, pos=pos, epoch=s.epoch,
                               token=out.tokens[e]))
-            s.emit(out.tokens[e], pos)
+            s.emit(out.tokens[e], pos, out.ring.get(i))
         self.steps += 1
         return frames

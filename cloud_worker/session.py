@@ -1,5 +1,9 @@
-"""A session on the cloud worker: its tokens, KV length and pages, epoch, acknowledged position
-and ring. The session owns its state changes; the scheduler only decides who runs.
+"""A session on the cloud worker: its tokens, KV length and pages, epoch, acknowledged position,
+ring, turn-taking and idle lease.
+
+One writer per piece of state: every field of a Session is changed only by the methods below.
+The scheduler decides who runs and calls them (it owns the block manager, whose free pages these
+methods take and give back); the model runner only reads sessions.
 
 Positions are indices in the full sequence (prompt + generated). FRAME(pos) carries the token
 at `pos` and z of the state that predicted it; REQUEST(pos) asks for that state's per-layer
@@ -12,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from cloud_worker.block_manager import BlockManager
 from routing.modes import Mode
 from routing.sampling import Sampling
 
@@ -38,6 +43,7 @@ class Session:
     last_run: int = -1  # the scheduler step this session last ran in (fairness)
     waited: int = 0  # steps it has been runnable but not scheduled (fairness report)
     wait_since: float = 0.0  # monotonic time its current wait began
+    heard_at: float = 0.0  # monotonic time of its agent's latest message (idle lease)
 
     def __post_init__(self) -> None:
         self.acked = self.n_prompt
@@ -64,26 +70,60 @@ class Session:
         return self.mode.lockstep or len(self.seq) - self.acked < self.window
 
     @property
-    def gated(self) -> bool:
-        """Decodes ahead and keeps per-layer states in the ring for REQUESTs."""
-        return bool(self.wire_layers) and not self.mode.lockstep
-
-    @property
     def ships_hidden(self) -> bool:
         """Lockstep: every FRAME carries the wire layers."""
         return bool(self.wire_layers) and self.mode.lockstep
 
-    def new_tokens(self) -> list[int]:
-        return self.seq[self.kv_len :]
+    # ------------------------------------------------------------- KV pages
+    def reserve(self, blocks: BlockManager) -> None:
+        """Admission: promise this session its worst case (max_len) of pages."""
+        assert not self.block_table and not self.reservation
+        self.reservation = blocks.reserve(self.max_len)
 
-    # ------------------------------------------------------------- state changes
-    def advance(self, n: int) -> bool:
-        """`n` more tokens went into the KV; True when the row reached its last token (a FRAME)."""
+    def grow(self, blocks: BlockManager, tokens: int) -> None:
+        """Pages for `tokens` tokens in the KV (within the reservation)."""
+        need = blocks.blocks_for(tokens)
+        if need > self.reservation:
+            raise MemoryError(f"session needs {need} blocks but reserved {self.reservation}")
+        if need > len(self.block_table):
+            self.block_table.extend(blocks.take(need - len(self.block_table)))
+
+    def release(self, blocks: BlockManager) -> None:
+        """Closing: pages and reservation back to the manager, ring dropped."""
+        blocks.give_back(self.block_table, self.reservation)
+        self.block_table, self.reservation = [], 0
+        self.ring.clear()
+
+    # ------------------------------------------------------------- turns and lease
+    def heard(self, now: float) -> None:
+        """Its agent sent a message: the idle lease starts again."""
+        self.heard_at = now
+
+    def passed_over(self, now: float) -> None:
+        """Runnable but not scheduled this step."""
+        if not self.waited:
+            self.wait_since = now
+        self.waited += 1
+
+    def scheduled(self, now: float) -> tuple[int, float]:
+        """Runs this step: returns (steps, seconds) it waited for this turn."""
+        waited = (self.waited, now - self.wait_since if self.waited else 0.0)
+        self.waited = 0
+        return waited
+
+    # ------------------------------------------------------------- the step's results
+    def advance(self, n: int, step: int) -> bool:
+        """`n` more tokens went into the KV in scheduler step `step`; True when the row reached
+        its last token (a FRAME)."""
         self.kv_len += n
+        self.last_run = step
         return self.kv_len == len(self.seq)
 
-    def emit(self, token: int, pos: int) -> None:
-        """After a FRAME for `pos`: decode on (gated) or wait for the agent's TOKEN (lockstep)."""
+    def emit(self, token: int, pos: int, states: torch.Tensor | None = None) -> None:
+        """After a FRAME for `pos`: keep its per-layer `states` for REQUESTs (gated), then decode
+        on (gated) or wait for the agent's TOKEN (lockstep)."""
+        if states is not None:
+            self.ring[pos] = states
         if self.mode.lockstep:
             self.waiting = pos
         else:

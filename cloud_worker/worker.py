@@ -3,7 +3,12 @@
 * `Link` (I/O thread) owns the DEALER to the broker: it beats every `heartbeat_s` even while a
   long step runs, hears the broker's beats, and when the broker is silent, restarted (a new
   instance id) or says RECONNECT, it resets the compute side and registers again (READY) —
-  Majordomo's heartbeating both ways.
+  Majordomo's heartbeating both ways. Once per broker instance: the beats queued while a broker
+  was down reach its successor together and each is answered RECONNECT; only the first of those
+  answers registers (each READY drops the worker's sessions).
+  It also serializes and sends what the compute side produced: the compute thread hands over
+  each batch of Message objects (a step's FRAMEs, the answers to what it just read) with one
+  wake-up, and does no encoding or socket work for them.
 * `Worker.run` (compute thread) applies the broker's messages to the scheduler and runs its steps.
   Every message is checked against the contract and the backbone's limits first; a bad message
   or a failure on one session ends that session with an ERROR, never the process.
@@ -15,6 +20,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 
 import zmq
 
@@ -39,6 +45,7 @@ log = logging.getLogger("spa.worker")
 FROM_BROKER = frozenset({MsgType.OPEN, MsgType.REQUEST, MsgType.CORRECT, MsgType.ACK, MsgType.TOKEN,
                          MsgType.CLOSE})
 _RESET = b"RESET"  # link → compute: the broker forgot us, drop every session
+_POSTED = b""  # compute → link: messages wait in `Link.outbox`
 
 
 class Link(threading.Thread):
@@ -51,10 +58,12 @@ class Link(threading.Thread):
         self.pipe = ctx.socket(zmq.PAIR)
         self.pipe.bind(pipe_addr)
         self.load = 0  # sessions held: the compute thread keeps it current
+        self.outbox: deque[list[Message]] = deque()  # compute → link, encoded and sent here
         self.registrations = 0
         self.running = True
         self.sock: zmq.Socket | None = None
-        self.broker_id: bytes | None = None
+        self.registered_for: bytes | None = None  # the broker instance our latest READY went to
+        self.registered_at = 0.0
 
     def _connect(self) -> None:
         if self.sock is not None:
@@ -69,13 +78,21 @@ class Link(threading.Thread):
         s.connect(self.broker)
         self.sock = s
 
-    def _register(self, why: str) -> None:
+    def _register(self, why: str, instance: bytes | None = None) -> None:
         """Reset the compute side (its sessions died with the broker's routes), then READY."""
         if self.registrations:
             log.warning("registering again with the broker: %s", why)
             self.pipe.send(_RESET)
         self.registrations += 1
+        self.registered_for, self.registered_at = instance, time.monotonic()
         self.sock.send_multipart(encode(self.ready))
+
+    def _answered(self, instance: bytes | None) -> bool:
+        """A RECONNECT from `instance` answers a message sent before our latest READY to it (or
+        to the fresh connection, instance unknown then): that READY is its answer already.
+        Past one liveness period it is news — the broker really forgot (expired) us."""
+        recent = time.monotonic() - self.registered_at < self.cfg.heartbeat_s * self.cfg.liveness
+        return recent and self.registered_for in (None, instance)
 
     def run(self) -> None:
         self._connect()
@@ -87,12 +104,13 @@ class Link(threading.Thread):
         while self.running:
             poller.register(self.sock, zmq.POLLIN)
             events = dict(poller.poll(int(period * 1000 / 2)))
-            if self.pipe in events:  # compute → broker
+            if self.pipe in events:  # compute → broker: wake-ups; the messages wait in the outbox
                 for _ in range(10_000):
                     try:
-                        self.sock.send_multipart(self.pipe.recv_multipart(zmq.NOBLOCK, copy=False), copy=False)
+                        self.pipe.recv(zmq.NOBLOCK, copy=False)
                     except zmq.Again:
                         break
+                self._send_posted()
             if self.sock in events:  # broker → compute (beats and RECONNECT stay here)
                 for _ in range(10_000):
                     try:
@@ -107,14 +125,28 @@ class Link(threading.Thread):
             if now - heard > period * self.cfg.liveness:  # the broker is dead: a new connection
                 poller.unregister(self.sock)
                 self._connect()
-                self.broker_id = None
-                self._register(f"no broker beat for {now - heard:.1f}s")
+                self._register(f"no broker beat for {now - heard:.1f}s")  # instance unknown yet
                 heard = now
             if now >= next_beat:
                 self.sock.send_multipart(encode(msg(MsgType.HEARTBEAT, load=min(self.load, 1 << 20))))
                 next_beat = now + period
         self.sock.close(0)
         self.pipe.close(0)
+
+    def post(self, messages: list[Message], pipe: zmq.Socket) -> None:
+        """Compute thread: hand over `messages` for the broker, with one wake-up on its `pipe`."""
+        self.outbox.append(messages)
+        pipe.send(_POSTED, copy=False)
+
+    def _send_posted(self) -> None:
+        """Encode and send everything posted, in order (this thread owns the socket)."""
+        while self.outbox:
+            for m in self.outbox.popleft():
+                frames = encode(m)
+                metrics.count_message("worker", m.type, "out", sum(len(f) for f in frames))
+                if m.type is MsgType.ERROR:
+                    metrics.ERRORS.labels("worker", m["code"]).inc()
+                self.sock.send_multipart(frames, copy=False)
 
     def _control(self, frames: list) -> bool:
         """Handle HEARTBEAT/RECONNECT from the broker; False for everything else."""
@@ -126,36 +158,39 @@ class Link(threading.Thread):
             return False
         instance = m.get("broker")
         if m.type is MsgType.RECONNECT:
-            self.broker_id = instance
-            self._register("the broker does not know us (it restarted, or expired us)")
-        elif instance is not None and self.broker_id not in (None, instance):
-            self.broker_id = instance
-            self._register("the broker restarted")
-        elif instance is not None:
-            self.broker_id = instance
+            if self._answered(instance):
+                self.registered_for = instance
+            else:
+                self._register("the broker does not know us (it restarted, or expired us)", instance)
+        elif instance is not None and self.registered_for is None:
+            self.registered_for = instance  # the broker our READY on a fresh connection reached
+        elif instance is not None and self.registered_for != instance:
+            self._register("the broker restarted", instance)
         return True
 
 
 class Worker:
-    def __init__(self, backbone: Backbone, broker: str, max_sessions: int | None = None,
-                 keys: security.ClientKeys | None = None, engine: WorkerConfig | None = None) -> None:
-        self.scheduler = Scheduler(backbone, max_sessions, config=engine)
+    def __init__(self, backbone: Backbone, broker: str, keys: security.ClientKeys | None = None,
+                 config: WorkerConfig | None = None) -> None:
+        self.scheduler = Scheduler(backbone, config)
         self.cfg = self.scheduler.config  # one WorkerConfig: engine and link
         self.ctx = zmq.Context.instance()
         addr = f"inproc://spa-worker-{os.urandom(4).hex()}"
-        ready = msg(MsgType.READY, fingerprint=backbone.fingerprint, capacity=self.scheduler.max_sessions)
+        ready = msg(MsgType.READY, fingerprint=backbone.fingerprint, capacity=self.scheduler.capacity)
         self.link = Link(self.ctx, broker, ready, self.cfg, keys, addr)
         self.pipe = self.ctx.socket(zmq.PAIR)
         self.pipe.connect(addr)
-        self.seen: dict[bytes, float] = {}  # session -> last message from its agent (idle lease)
+        self.pending: list[Message] = []  # for the broker, handed to the link by flush()
         self.running = True
 
     def send(self, m: Message) -> None:
-        frames = encode(m)
-        metrics.count_message("worker", m.type, "out", sum(len(f) for f in frames))
-        if m.type is MsgType.ERROR:
-            metrics.ERRORS.labels("worker", m["code"]).inc()
-        self.pipe.send_multipart(frames, copy=False)
+        self.pending.append(m)
+
+    def flush(self) -> None:
+        """Hand everything pending to the link thread at once (it encodes and sends)."""
+        if self.pending:
+            self.link.post(self.pending, self.pipe)
+            self.pending = []
 
     def _fail(self, sid: bytes | None, code: ErrorCode, detail: str) -> None:
         """Answer an ERROR; a session-ending one frees the session here too (the broker drops
@@ -163,13 +198,11 @@ class Worker:
         self.send(error(code, detail, sid))
         if sid is not None and code.ends_session and sid in self.scheduler.sessions:
             self.scheduler.close(sid)
-            self.seen.pop(sid, None)
 
     def on_frames(self, frames: list) -> None:
         if len(frames) == 1 and frames[0].bytes == _RESET:
             for sid in list(self.scheduler.sessions):
                 self.scheduler.close(sid)
-            self.seen.clear()
             return
         try:
             m = decode(frames)
@@ -187,10 +220,6 @@ class Worker:
                     raise ProtocolError(ErrorCode.FORBIDDEN, f"a worker does not take {pm.type.value}", sid)
                 for answer in self.scheduler.handle(pm):
                     self.send(answer)
-                if sid in self.scheduler.sessions:  # its agent is alive: the idle lease restarts
-                    self.seen[sid] = time.monotonic()
-                else:
-                    self.seen.pop(sid, None)
             except ProtocolError as e:
                 self._fail(e.session or sid, e.code, e.detail)
             except Exception as exc:  # a bug on one session must not end the worker
@@ -210,10 +239,9 @@ class Worker:
             self.send(m)
 
     def _expire_idle(self) -> None:
-        now, limit = time.monotonic(), self.cfg.session_idle_s
-        for sid in [s for s, t in self.seen.items() if now - t > limit]:
+        limit = self.cfg.session_idle_s
+        for sid in self.scheduler.expired(limit, time.monotonic()):
             self._fail(sid, ErrorCode.LEASE_EXPIRED, f"no message for session {sid.hex()} in {limit}s")
-            self.seen.pop(sid, None)
 
     def run(self) -> None:
         sched = self.scheduler
@@ -230,11 +258,14 @@ class Worker:
                     except zmq.Again:
                         break
                     self.on_frames(frames)
+                self.flush()  # answers (HIDDEN, ERROR, DONE) before the step
             if sched.has_work():
                 self._step()
+                self.flush()  # the step's FRAMEs
             now = time.monotonic()
             if now >= next_check:
                 self._expire_idle()
+                self.flush()
                 next_check = now + 1.0
             self.link.load = len(sched.sessions)
             metrics.ACTIVE_SESSIONS.labels("worker").set(len(sched.sessions))
@@ -246,20 +277,20 @@ class Worker:
         self.pipe.close(0)
 
 
-def main(backbone: str, broker: str, device: str = "cpu", max_sessions: int = 64,
-         dtype: str | None = None, threads: int = 0, metrics_port: int = 0,
-         keys: security.ClientKeys | None = None, metrics_addr: str = "127.0.0.1",
-         engine: WorkerConfig | None = None) -> None:
+def main(backbone: str, broker: str, device: str = "cpu", dtype: str | None = None, threads: int = 0,
+         metrics_port: int = 0, keys: security.ClientKeys | None = None, metrics_addr: str = "127.0.0.1",
+         config: WorkerConfig | None = None) -> None:
     import torch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
     # On a CPU the broker and agents share the cores: by default the worker takes half.
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) // 2))
     bb = Backbone.load(backbone, device, dtype)
-    w = Worker(bb, broker, max_sessions, keys, engine=engine)
+    w = Worker(bb, broker, keys, config)
     metrics.serve(metrics_port, metrics_addr)  # after the load: /metrics answering means ready
     mode = "CURVE" if keys else "PLAINTEXT"
-    print(f"worker ready: backbone {bb.fingerprint[:12]}… on {device}, broker {broker} ({mode})",
+    print(f"worker ready: backbone {bb.fingerprint[:12]}… on {device}, capacity {w.scheduler.capacity} "
+          f"sessions, broker {broker} ({mode})",
           flush=True)
     try:
         w.run()

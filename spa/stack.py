@@ -21,7 +21,7 @@ def free_port() -> int:
 
 
 class LocalStack:
-    def __init__(self, backbone: str | Path, workers: int = 1, max_sessions: int = 64,
+    def __init__(self, backbone: str | Path, workers: int = 1, max_sessions: int | None = None,
                  log_dir: str | Path | None = None, agent_port: int | None = None,
                  metrics: bool = False, device: str = "cpu", secure: bool = True,
                  broker_args: tuple[str, ...] = (), worker_args: tuple[str, ...] = ()) -> None:
@@ -101,7 +101,8 @@ class LocalStack:
                     "--metrics-port", str(mp.get("broker", 0)), *self.client_args, *self.broker_args)
         for i in range(self.n_workers):
             self._spawn(f"worker{i}", "worker", "--broker", self.workers_addr, "--backbone",
-                        self.backbone, "--device", self.device, "--max-sessions", str(self.max_sessions),
+                        self.backbone, "--device", self.device,
+                        *(("--max-sessions", str(self.max_sessions)) if self.max_sessions else ()),
                         "--metrics-port", str(mp.get(f"worker{i}", 0)), *self.client_args,
                         *self.worker_args)
         self.wait_ready(timeout)

@@ -147,9 +147,9 @@ def test_rollback_is_a_length_change(tiny):
         sched.handle(msg("CORRECT", session=m.session, pos=n + 5, epoch=1, token=97))
     with pytest.raises(ProtocolError, match="BAD_POSITION"):
         sched.handle(msg("CORRECT", session=m.session, pos=n + 5, epoch=0, token=1))
-    free = sched.runner.blocks.free_tokens
+    free = sched.blocks.free_tokens
     assert sched.handle(msg("CLOSE", session=m.session))[0].type == "DONE"
-    assert sched.runner.blocks.free_tokens > free and not sched.sessions
+    assert sched.blocks.free_tokens > free and not sched.sessions
 
 
 def test_lockstep_ships_wire_layers_and_hidden_matches_reference(tiny):
@@ -178,6 +178,73 @@ def test_admission_by_kv_budget(tiny):
     sched.handle(_open(tiny, [1] * 10, max_new=14))  # 24 do
     with pytest.raises(ProtocolError, match="TOO_LARGE"):
         sched.handle(_open(tiny, [1] * 200, max_new=100))  # over the model's context
+
+
+def test_free_pages_are_a_stack():
+    """LIFO: a new session gets the pages the last one gave back, so a worker serving session
+    after session touches the same few pages, not the whole cache."""
+    from cloud_worker.block_manager import BlockManager
+
+    bm = BlockManager(64, 8)
+    assert bm.take(3) == [1, 2, 3]
+    bm.give_back([1, 2, 3], 0)
+    assert bm.take(2) == [1, 2]
+    assert bm.take(3) == [3, 4, 5]
+    bm.give_back([5, 3], 0)  # another session's table, freed last: its pages come first
+    assert bm.take(3) == [5, 3, 6]
+
+
+def test_sessions_one_after_another_reuse_the_same_pages(tiny):
+    sched = Scheduler(tiny, config=WorkerConfig(block_size=8, cpu_kv_mb=16, chunk_tokens=64))
+    used: set[int] = set()
+    for p in _prompts(12, seed=11, lo=5, hi=30):
+        pair = [_open(tiny, p, max_new=6), _open(tiny, p[::-1], max_new=6)]
+        for m in pair:
+            sched.handle(m)
+        _drain(sched)
+        for m in pair:
+            used.update(sched.sessions[m.session].block_table)
+            sched.handle(msg("CLOSE", session=m.session))
+        assert not sched.sessions and sched.blocks.reserved == 0
+    most = 2 * sched.blocks.blocks_for(30 + 6)  # two of the longest sessions at once
+    assert max(used) <= most < sched.blocks.num_blocks // 10  # the working set, not the cache
+
+
+def test_capacity_from_the_kv_budget(tiny):
+    """READY's capacity: what the KV budget holds at session_tokens each, or --max-sessions."""
+    sched = Scheduler(tiny, config=WorkerConfig(block_size=8, kv_tokens=1024, session_tokens=256))
+    assert sched.capacity == 4
+    cfg = WorkerConfig(block_size=8, kv_tokens=1024, session_tokens=256)
+    Scheduler(tiny, config=cfg)
+    assert cfg == WorkerConfig(block_size=8, kv_tokens=1024, session_tokens=256)  # not mutated
+    for _ in range(6):  # the announced capacity is an estimate: the KV budget admits
+        sched.handle(_open(tiny, [1] * 4, max_new=4))  # small sessions beyond it
+    for _ in range(3):
+        sched.handle(_open(tiny, [1] * 200, max_new=50))  # 32 blocks each: 6 + 96 of 128
+    with pytest.raises(ProtocolError, match="BUSY"):
+        sched.handle(_open(tiny, [1] * 200, max_new=50))  # and refuses what does not fit
+    capped = Scheduler(tiny, config=WorkerConfig(block_size=8, kv_tokens=1024, max_sessions=2))
+    for _ in range(2):
+        capped.handle(_open(tiny, [1] * 4, max_new=4))
+    with pytest.raises(ProtocolError, match="BUSY"):
+        capped.handle(_open(tiny, [1] * 4, max_new=4))  # --max-sessions is a hard limit
+    assert capped.capacity == 2
+
+
+def test_idle_lease_is_the_sessions(tiny):
+    """The idle lease lives in the session: renewed by every message taken, expired by time."""
+    import time
+
+    sched = Scheduler(tiny, config=WorkerConfig(block_size=8, cpu_kv_mb=16))
+    a, b = _open(tiny, [1, 2, 3]), _open(tiny, [4, 5, 6])
+    sched.handle(a)
+    sched.handle(b)
+    now = time.monotonic()
+    assert sched.expired(5.0, now) == []
+    assert set(sched.expired(5.0, now + 6)) == {a.session, b.session}
+    time.sleep(0.01)
+    sched.handle(msg("ACK", session=a.session, pos=3))
+    assert sched.expired(0.005, time.monotonic()) == [b.session]
 
 
 def test_seeded_sampling_through_the_engine(tiny):

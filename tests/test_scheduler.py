@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from cloud_worker.config import WorkerConfig
 from cloud_worker.scheduler import Scheduler
 from lab.reference import ReferenceGenerator
 from routing.protocol import ProtocolError, msg
@@ -85,10 +86,71 @@ def test_lockstep_waits_for_token(backbone):
 
 
 def test_open_validation(backbone):
-    sched = Scheduler(backbone, max_sessions=1)
+    sched = Scheduler(backbone, WorkerConfig(max_sessions=1))
     bad = open_msg(backbone, [backbone.vocab_size + 5])
     with pytest.raises(ProtocolError, match="BAD_MESSAGE"):
         sched.handle(bad)
     sched.handle(open_msg(backbone, [1]))
     with pytest.raises(ProtocolError, match="BUSY"):
         sched.handle(open_msg(backbone, [1]))
+
+
+def test_worker_registers_once_per_broker_instance():
+    """A restarted broker answers every beat the worker queued while it was down with RECONNECT
+    (they arrive together): the worker registers once for it, not once per answer (each READY
+    drops its sessions). A RECONNECT long after (the broker expired us) registers again."""
+    import time
+
+    import zmq
+
+    from cloud_worker.worker import _RESET, Link
+    from routing.protocol import MsgType, decode, encode
+
+    ctx = zmq.Context.instance()
+    broker = ctx.socket(zmq.ROUTER)
+    broker.setsockopt(zmq.LINGER, 0)
+    port = broker.bind_to_random_port("tcp://127.0.0.1")
+    cfg = WorkerConfig(heartbeat_s=0.05, liveness=20)  # a RECONNECT is news after 1 s
+    addr = f"inproc://link-test-{os.urandom(4).hex()}"
+    link = Link(ctx, f"tcp://127.0.0.1:{port}", msg(MsgType.READY, fingerprint="f" * 64, capacity=4),
+                cfg, None, addr)
+    compute = ctx.socket(zmq.PAIR)
+    compute.setsockopt(zmq.LINGER, 0)
+    compute.connect(addr)
+    link.start()
+    worker = None
+
+    def listen(seconds: float, instance: bytes) -> int:
+        """READYs heard in `seconds`, beating as broker `instance` meanwhile."""
+        nonlocal worker
+        readies, end, beat = 0, time.monotonic() + seconds, 0.0
+        while time.monotonic() < end:
+            if worker is not None and time.monotonic() >= beat:
+                broker.send_multipart([worker, *encode(msg(MsgType.HEARTBEAT, broker=instance))])
+                beat = time.monotonic() + 0.05
+            if broker.poll(20):
+                ident, *frames = broker.recv_multipart()
+                worker = ident
+                readies += decode(frames, tensors=False).type is MsgType.READY
+        return readies
+
+    def resets() -> int:
+        n = 0
+        while compute.poll(0):
+            n += compute.recv() == _RESET
+        return n
+
+    try:
+        assert listen(0.5, b"A" * 8) == 1 and resets() == 0
+        for _ in range(3):  # the new instance answers three queued beats at once
+            broker.send_multipart([worker, *encode(msg(MsgType.RECONNECT, broker=b"B" * 8))])
+        assert listen(0.5, b"B" * 8) == 1 and resets() == 1
+        assert link.registrations == 2
+        time.sleep(1.1)  # no beat for a while would reconnect: keep it short of that
+        broker.send_multipart([worker, *encode(msg(MsgType.RECONNECT, broker=b"B" * 8))])
+        assert listen(0.3, b"B" * 8) == 1 and resets() == 1  # expired by B: registers again
+    finally:
+        link.running = False
+        link.join(timeout=2)
+        compute.close(0)
+        broker.close(0)
