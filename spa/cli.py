@@ -212,6 +212,35 @@ def cmd_build_models(args) -> None:
         print(f"user {name}: {describe(models.bundle(name))}")
 
 
+def cmd_pool_build(args) -> None:
+    from cloud_worker.backbone import Backbone
+    from lab.pool import PoolConfig, build_pool, xsum_file
+
+    pool = build_pool(Backbone.load(args.backbone, args.device), args.out,
+                      PoolConfig.from_args(args), xsum=xsum_file(args.xsum), progress=_progress(args))
+    print(f"pool {pool.path}: {len(pool.names)} members ({', '.join(pool.names)})")
+
+
+def cmd_blend(args) -> None:
+    from cloud_worker.backbone import Backbone
+    from edge_agent.bundle import describe
+    from lab.blend import BlendConfig, blend, save_blended
+    from lab.data import load_examples
+    from lab.pool import load_pool
+
+    pool = load_pool(args.pool)
+    backbone = Backbone.load(args.backbone or pool.info.get("backbone") or "smollm2-135m", args.device)
+    cfg = BlendConfig.from_args(args)
+    edge, record = blend(backbone, pool, load_examples(args.examples, limit=cfg.max_examples), cfg)
+    record.update(command=" ".join(sys.argv), data=str(args.examples))
+    out = save_blended(edge, record, args.out)
+    b = record["blend"]
+    print(f"blended from {b['examples']} examples in {b['seconds']['total']:.2f} s "
+          f"({b['cpu_seconds']['total']:.2f} CPU s, {b['threads']} threads): "
+          + ", ".join(f"{k} {v:+.2f}" for k, v in b["coefficients"].items()))
+    print(describe(out))
+
+
 def cmd_health(args) -> None:
     from monitoring.health import wait
 
@@ -378,6 +407,30 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--steps", type=int, default=400, help="pretraining steps of the tiny backbone")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     q.set_defaults(func=cmd_build_models)
+
+    q = sub.add_parser("pool", help="a pool of base side networks for one backbone (issue 19)")
+    pool_sub = q.add_subparsers(dest="pool_command", required=True)
+    q = pool_sub.add_parser("build", help="train K side networks of one shape on the built-in styles")
+    q.add_argument("--out", default=".spa-cache/pool")
+    q.add_argument("--backbone", default="smollm2-135m")
+    q.add_argument("--device", default="cpu")
+    q.add_argument("--xsum", help="XSum JSONL for the news member (default: $SPA_XSUM or ../shared/data)")
+    q.add_argument("--quiet", action="store_true", help="no progress bars")
+    from lab.pool import PoolConfig
+
+    PoolConfig.add_arguments(q)
+    q.set_defaults(func=cmd_pool_build)
+
+    q = sub.add_parser("blend", help="a new user's bundle blended from a pool and a few examples")
+    q.add_argument("--pool", required=True, help="a `spa pool build` directory")
+    q.add_argument("--examples", required=True, help="the user's records (JSONL, as for train)")
+    q.add_argument("--out", required=True, help="the bundle directory to write")
+    q.add_argument("--backbone", help="default: the backbone the pool was built with")
+    q.add_argument("--device", default="cpu")
+    from lab.blend import BlendConfig
+
+    BlendConfig.add_arguments(q)
+    q.set_defaults(func=cmd_blend)
 
     q = sub.add_parser("keys", help="create CURVE key pairs: the broker's, agents' and workers'")
     q.add_argument("dir", help="key directory (existing pairs are kept)")

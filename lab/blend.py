@@ -1,0 +1,187 @@
+"""`spa blend`: a new user's side network blended from the pool in seconds (issue 19 item 2).
+
+Crayon's instant blending, on SPA's side networks: the user's network is
+
+    θ(w) = θ0 + Σ_k w_k (θ_k − θ0)          (lab/pool.py: members fine-tuned from one start θ0)
+
+with the K coefficients w — nothing else — chosen from ≤ 16 of the user's examples:
+
+1. one frozen backbone pass over the examples gives the states the side network reads at every
+   answer position (as in training; on a device these are the cloud's HIDDEN frames);
+2. a few Adam steps on w minimise the examples' cross-entropy under lm_head(z + Δ_θ(w)), the
+   softmax restricted to a candidate vocabulary — each position's target and the top tokens of
+   the backbone and of every member there — so a step costs the side network, not the
+   49k-row lm_head;
+3. the classifier is trained on the examples' positions (the mixture objective of
+   lab/training.py, no rollouts) and τ set at a firing rate on them; the need router
+   (edge_agent/need.py) learns the user's prompts against the pool's generic ones.
+
+Blending times itself in wall and CPU seconds: on the shared 2-core machine wall time is mostly
+other people's work.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from edge_agent.edge_model import EdgeModel, Head
+from edge_agent.need import NeedConfig, NeedRouter
+from edge_agent.side_network import Classifier, SideNetwork
+from lab.data import Example
+from lab.pool import Pool
+from routing.config import Tunables, tunable
+from routing.errors import InputError
+
+
+@dataclass
+class BlendConfig(Tunables):
+    max_examples: int = tunable(16, 2, 64, "the user's examples used (the first ones)")
+    steps: int = tunable(30, 0, 1000, "Adam steps on the K coefficients")
+    lr: float = tunable(0.15, 1e-4, 2.0, "Adam's step size on the coefficients")
+    l2: float = tunable(1e-3, 0.0, 10.0, "pull of the coefficients towards θ0 (w = 0)")
+    candidates: int = tunable(32, 2, 4096, "top tokens per position and network in the softmax")
+    max_positions: int = tunable(1024, 16, 65536, "answer positions the coefficients see")
+    max_prompt_tokens: int = tunable(128, 16, 1024, "prompt tokens kept, as in the pool")
+    clf_epochs: int = tunable(6, 0, 40, "epochs of the classifier on the examples' positions")
+    clf_features: str = tunable("z+stats", help="the gate's input", choices=("z", "z+stats"))
+    clf_hidden: int = tunable(64, 0, 256, "the gate's hidden width (0 = linear)")
+    fire_rate: float = tunable(0.4, 0.0, 1.0, "τ: the gate fires on this share of the examples' positions")
+    threads: int = tunable(2, 1, 64, "torch threads (the device's cores)")
+    seed: int = tunable(0, 0, 2**31 - 1, "of the classifier's batches")
+
+
+def train_config(cfg: BlendConfig):
+    from lab.training import TrainConfig
+
+    return TrainConfig(mode="spa", max_prompt_tokens=cfg.max_prompt_tokens, clf_epochs=cfg.clf_epochs,
+                       clf_features=cfg.clf_features, clf_hidden=cfg.clf_hidden,
+                       clf_objective="mixture", seed=cfg.seed)
+
+
+def blend(backbone, pool: Pool, examples: list[Example], cfg: BlendConfig,
+          edge: EdgeModel | None = None) -> tuple[EdgeModel, dict]:
+    """The user's edge model (an 'add' head: side network, classifier, τ) and need router."""
+    from lab.training import extract_features
+
+    if pool.fingerprint != backbone.fingerprint:
+        from routing.errors import FingerprintMismatch
+
+        raise FingerprintMismatch(pool.fingerprint, backbone.fingerprint, what=f"pool {pool.path}")
+    examples = examples[: cfg.max_examples]
+    if len(examples) < 2:
+        raise InputError(f"blending needs at least 2 examples, got {len(examples)}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        t0, c0 = time.perf_counter(), time.process_time()
+        tcfg = train_config(cfg)
+        feats = extract_features(backbone, examples, pool.side_cfg, tcfg, progress=False)
+        t1, c1 = time.perf_counter(), time.process_time()
+        edge = edge or EdgeModel.for_backbone(backbone)
+        w, fit = fit_coefficients(edge.lm_head, pool, feats, cfg)
+        head = Head("add", blended_network(pool, w), Classifier(backbone.d_model))
+        finish_head(edge, head, feats, tcfg, cfg.fire_rate)
+        tok = backbone.tokenizer
+        need = NeedRouter.fit([ex.prompt_ids(tok, cfg.max_prompt_tokens) for ex in examples],
+                              [tok(p, add_special_tokens=False)["input_ids"] for p in pool.generic()],
+                              edge.lm_head, NeedConfig())
+        t2, c2 = time.perf_counter(), time.process_time()
+    finally:
+        torch.set_num_threads(threads)
+    edge.need = need
+    record = {"blend": {"pool": str(pool.path), "members": pool.names,
+                        "coefficients": dict(zip(pool.names, [round(x, 4) for x in w.tolist()], strict=True)),
+                        "examples": len(examples), "positions": len(feats), **fit,
+                        "seconds": {"features": round(t1 - t0, 3), "blend": round(t2 - t1, 3),
+                                    "total": round(t2 - t0, 3)},
+                        "cpu_seconds": {"features": round(c1 - c0, 3), "blend": round(c2 - c1, 3),
+                                        "total": round(c2 - c0, 3)},
+                        "threads": cfg.threads, "need": need.info}}
+    head.info["blend"] = record["blend"]
+    return edge.eval(), record
+
+
+def fit_coefficients(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConfig
+                     ) -> tuple[torch.Tensor, dict]:
+    """w (K,) minimising the examples' cross-entropy under the blended network, from w = 0."""
+    n = min(len(feats), cfg.max_positions)
+    states, z, y = feats.states[:n].float(), feats.z[:n].float(), feats.y[:n]
+    names = pool.names
+    base = {k: v.float() for k, v in pool.base.items()}
+    deltas = {k: torch.stack([pool.members[m][k].float() - base[k] for m in names]) for k in base}
+    net = pool.network("base")
+    with torch.no_grad():  # the candidate vocabulary: targets, top tokens of backbone and members
+        cand = [y, lm_head(z).topk(cfg.candidates, -1).indices.flatten()]
+        member_nll = {}
+        for m in names:
+            logits = lm_head(z + pool.network(m)(states))
+            cand.append(logits.topk(cfg.candidates, -1).indices.flatten())
+            member_nll[m] = round(F.cross_entropy(logits, y).item(), 4)
+        base_nll = F.cross_entropy(lm_head(z), y).item()
+    vocab = torch.unique(torch.cat(cand))
+    target = torch.searchsorted(vocab, y)
+    weight = lm_head.weight[vocab].detach()
+    bias = lm_head.bias[vocab].detach() if lm_head.bias is not None else None
+
+    def loss_at(w: torch.Tensor) -> torch.Tensor:
+        params = {k: base[k] + torch.tensordot(w, deltas[k], dims=1) for k in base}
+        logits = F.linear(z + functional_call(net, params, (states,)), weight, bias)
+        return F.cross_entropy(logits, target)
+
+    w = torch.zeros(len(names), requires_grad=True)
+    opt = torch.optim.Adam([w], lr=cfg.lr)
+    history = []
+    for _ in range(cfg.steps):
+        loss = loss_at(w)
+        history.append(round(loss.item(), 4))
+        opt.zero_grad(set_to_none=True)
+        (loss + cfg.l2 * (w * w).sum()).backward()
+        opt.step()
+    w = w.detach()
+    with torch.no_grad():
+        final = loss_at(w).item()
+    return w, {"vocab": len(vocab), "nll_backbone": round(base_nll, 4), "nll_members": member_nll,
+               "nll_candidates_start": history[0] if history else round(final, 4),
+               "nll_candidates_end": round(final, 4), "steps": cfg.steps}
+
+
+def blended_network(pool: Pool, w: torch.Tensor) -> SideNetwork:
+    """θ0 + Σ w_k (θ_k − θ0) as a side network of the pool's shape."""
+    net = pool.network("base")
+    sd = {k: v + sum(float(wk) * (pool.members[m][k] - v) for wk, m in zip(w, pool.names, strict=True))
+          for k, v in pool.base.items()}
+    net.load_state_dict(sd)
+    return net.eval()
+
+
+def finish_head(edge: EdgeModel, head: Head, feats, tcfg, fire_rate: float) -> None:
+    """The classifier on `feats`' positions (mixture objective) and τ at `fire_rate` of them:
+    the same for a blended head and a trained one, so a comparison isolates the side network."""
+    from lab.training import NEVER, train_classifier
+
+    edge.set_head(head)
+    empty = torch.zeros(0, edge.d_model), torch.zeros(0)
+    hist = train_classifier(edge, head, feats, tcfg, *empty)
+    with torch.no_grad():
+        logit = head.classifier.logit(feats.z.float(), edge.lm_head).double()
+    head.threshold = (NEVER if fire_rate <= 0 else -NEVER if fire_rate >= 1
+                      else float(torch.quantile(logit, 1 - fire_rate)))
+    head.info = {**head.info, "classifier_history": hist,
+                 "calibration": {"method": "fire rate on the examples' teacher-forced positions",
+                                 "fire_rate": fire_rate, "threshold": head.threshold,
+                                 "positions": len(feats)}}
+
+
+def save_blended(edge: EdgeModel, record: dict, out: str | Path, kits: str | Path | None = None) -> Path:
+    """The bundle as `spa train` writes it, plus the need router beside it (need.json)."""
+    from edge_agent.bundle import save_bundle
+
+    path = save_bundle(edge, out, record, kits)
+    edge.need.save(path)
+    return path
