@@ -40,7 +40,9 @@ COPY lab ./lab
 COPY loadgen ./loadgen
 COPY routing ./routing
 COPY monitoring ./monitoring
-RUN pip install --no-deps --no-build-isolation . && rm -rf build *.egg-info
+# the keys volume's mount point: a new named volume takes its owner, so keygen (user spa) can write
+RUN pip install --no-deps --no-build-isolation . && rm -rf build *.egg-info \
+    && mkdir -p /run/secrets/spa-keys && chown spa:spa /run/secrets/spa-keys
 
 USER spa
 VOLUME ["/models"]

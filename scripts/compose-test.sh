@@ -7,8 +7,9 @@
 #   3. the test: docker-compose up -d (v1.29) or docker compose (v2), healthchecks, host agent,
 #      Prometheus, scaling, a killed worker, docker-compose down -v
 #
-# Models are built by the stack's model-builder into .spa-cache/compose/models (SPA_MODELS, a
-# bind mount), so only the first run spends minutes on them; `down -v` removes every volume.
+# Models are built by the stack's model-builder into SPA_MODELS (a bind mount; default
+# ~/.cache/spa/compose-models, kept like the images are: only the first run on a machine spends
+# minutes on them); `down -v` removes every volume.
 # Needs root (or the docker group) and: apt-get install -y docker.io docker-compose debootstrap
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,7 +51,7 @@ elif command -v docker-compose >/dev/null; then
 else
     echo "neither \`docker compose\` nor docker-compose: apt-get install -y docker-compose" >&2; exit 2
 fi
-export SPA_MODELS=${SPA_MODELS:-$PWD/$STATE/models}
+export SPA_MODELS=${SPA_MODELS:-${SPA_CACHE:-$HOME/.cache/spa}/compose-models}
 mkdir -p "$SPA_MODELS"
 chown 1000:1000 "$SPA_MODELS" 2>/dev/null || true  # the image's user `spa` writes the models
 say "images ready after $((SECONDS - t_start)) s; the stack with $($SPA_COMPOSE version --short 2>/dev/null || $SPA_COMPOSE version | head -n1), models in $SPA_MODELS"

@@ -5,7 +5,7 @@
 #                     Debian base made here (debootstrap + `docker import`: about 2 minutes, once)
 #   prometheus        prom/prometheus:v3.5.0 when a registry answers, else spa-prometheus:local
 #                     (scripts/prometheus.Dockerfile: Debian's `prometheus` package, the repo's
-#                     config and rules) on the same local base
+#                     config and rules) on the local Debian base (without torch)
 #
 # Builds reach the package registries through the host's network (`--network host`); the local
 # base trusts the host's CA bundle. Layers are cached: after a code change only the last layers
@@ -111,8 +111,20 @@ fi
 if [ "$base" != "$LOCAL_BASE" ] && pull "$REGISTRY_PROMETHEUS"; then
     prometheus=$REGISTRY_PROMETHEUS
 else
-    [ "$base" = "$LOCAL_BASE" ] || make_local_base
+    make_local_os
     prometheus=$LOCAL_PROMETHEUS
+fi
+
+# Prometheus' image (no torch in it) builds beside spa-serving's: both wait mostly on downloads.
+prom_pid=""
+if [ "$prometheus" = "$LOCAL_PROMETHEUS" ]; then
+    say "building $LOCAL_PROMETHEUS on $LOCAL_OS (Debian's prometheus package), in the background"
+    (t0=$SECONDS
+     nice -n 10 docker build --network host --build-arg "BASE=$LOCAL_OS" \
+         -f scripts/prometheus.Dockerfile -t "$LOCAL_PROMETHEUS" . >"$STATE/build-prometheus.log" 2>&1 \
+         || { tail -n 30 "$STATE/build-prometheus.log" >&2; exit 1; }
+     say "$LOCAL_PROMETHEUS built in $((SECONDS - t0)) s") &
+    prom_pid=$!
 fi
 
 say "building spa-serving:cpu on $base"
@@ -120,15 +132,7 @@ t0=$SECONDS
 nice -n 10 docker build --network host --build-arg "BASE=$base" --build-arg TORCH_VARIANT=cpu \
     -t spa-serving:cpu . >"$STATE/build-spa.log" 2>&1 || { tail -n 30 "$STATE/build-spa.log" >&2; exit 1; }
 say "spa-serving:cpu built in $((SECONDS - t0)) s (log: $STATE/build-spa.log)"
-
-if [ "$prometheus" = "$LOCAL_PROMETHEUS" ]; then
-    say "building $LOCAL_PROMETHEUS on $LOCAL_BASE (Debian's prometheus package)"
-    t0=$SECONDS
-    nice -n 10 docker build --network host --build-arg "BASE=$LOCAL_BASE" \
-        -f scripts/prometheus.Dockerfile -t "$LOCAL_PROMETHEUS" . >"$STATE/build-prometheus.log" 2>&1 \
-        || { tail -n 30 "$STATE/build-prometheus.log" >&2; exit 1; }
-    say "$LOCAL_PROMETHEUS built in $((SECONDS - t0)) s"
-fi
+[ -z "$prom_pid" ] || wait "$prom_pid"
 
 printf 'SPA_BASE_IMAGE=%s\nSPA_PROMETHEUS_IMAGE=%s\n' "$base" "$prometheus" >"$STATE/images.env"
 say "images ready in $((SECONDS - t_start)) s: spa-serving:cpu (on $base), $prometheus"
