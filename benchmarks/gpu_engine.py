@@ -234,7 +234,7 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="seconds on a CPU: tiny model, small batches")
     a = ap.parse_args()
     if a.smoke:
-        a.shape, a.steps, a.batches, a.prompts = "tiny", 4, "1,4", "16"
+        a.shape, a.steps, a.batches, a.prompts, a.no_hf = "tiny", 4, "1,4", "16", True
     a.tiny = a.tiny or a.shape == "tiny"
     a.shape = "tiny" if a.tiny else a.shape
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -282,7 +282,8 @@ def main() -> None:
     print(f"engine ready in {res['engine_setup_s']:.1f}s: KV {cap} tokens (capacity {sched.capacity} "
           f"sessions of {cfg.session_tokens} tokens), graphs {res['graphs']}", flush=True)
     try:
-        res["agreement"] = agreement(model, sched, 8, 128 if not a.tiny else 16, 32, device)
+        res["agreement"] = (agreement(model, sched, 2, 16, 4, device) if a.smoke
+                            else agreement(model, sched, 8, 128 if not a.tiny else 16, 32, device))
         print("agreement", res["agreement"], flush=True)
     except Exception:  # report and go on: the timings are worth having
         traceback.print_exc()
@@ -329,7 +330,7 @@ def main() -> None:
             print(f"| {r['P']} | {r['B']} | | over KV budget | | | | | | | |")
             continue
         hf_cols = (f"{r['hf_ms']:.1f} | {r['hf_tok_s']:.0f} | {r['tok_s'] / r['hf_tok_s']:.1f}×"
-                   if "hf_ms" in r else "does not fit | | ")
+                   if "hf_ms" in r else f"{'not run' if a.no_hf else 'does not fit'} | | ")
         spa = (f"{r['spa_ms']:.2f} | {100 * r['hidden_share']:.1f}%" if "spa_ms" in r else " | ")
         print(f"| {r['P']} | {r['B']} | {'yes' if r['graph'] else 'eager'} | {r['ms']:.2f} | {r['ms'] / r['floor_ms']:.2f}× (floor "
               f"{r['floor_ms']:.2f}) | {r['tok_s']:.0f} | {hf_cols} | {spa} |")

@@ -10,7 +10,8 @@ a REQUEST copies only its position's states.
 
 On cuda, pure-decode steps replay CUDA graphs captured at bucketed batch sizes (nano-vllm's
 `capture_cudagraph`): static input buffers are filled, the graph replays, padded rows write to
-the scratch slot.
+the scratch slot. Graphs go up to the smallest of --graph-max-batch, --max-batch and the batch
+the KV budget allows; a bigger decode batch runs eagerly (same kernels, no graph).
 """
 
 from __future__ import annotations
@@ -258,7 +259,8 @@ class ModelRunner:
     def _capture(self) -> None:
         """Decode graphs at bucketed batch sizes, sharing one memory pool (largest first)."""
         m, dev = self.model, self.device
-        top = min(self.cfg.graph_max_batch, self.cfg.max_batch)
+        kv_batch = self.cfg.capacity((self.num_blocks - 1) * self.bs)  # the KV-allowed batch
+        top = min(self.cfg.graph_max_batch, self.cfg.max_batch, kv_batch)  # larger batches: eager
         sizes = [b for b in GRAPH_BUCKETS if b < top] + [top]
         self.g_ids = torch.zeros(top, dtype=torch.int64, device=dev)
         self.g_pos = torch.zeros(top, dtype=torch.int64, device=dev)
