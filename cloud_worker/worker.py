@@ -8,7 +8,8 @@
   answers registers (each READY drops the worker's sessions).
   It also serializes and sends what the compute side produced: the compute thread hands over
   each batch of Message objects (a step's FRAMEs, the answers to what it just read) with one
-  wake-up, and does no encoding or socket work for them.
+  wake-up, and does no encoding or socket work for them. When the broker's beats say it takes
+  BATCHes (`HEARTBEAT.batches`), each hand-over leaves in one send; otherwise message by message.
 * `Worker.run` (compute thread) applies the broker's messages to the scheduler and runs its steps.
   Every message is checked against the contract and the backbone's limits first; a bad message
   or a failure on one session ends that session with an ERROR, never the process.
@@ -36,6 +37,7 @@ from routing.protocol import (
     ProtocolError,
     decode,
     encode,
+    encode_batch,
     error,
     msg,
     split_batch,
@@ -64,10 +66,12 @@ class Link(threading.Thread):
         self.sock: zmq.Socket | None = None
         self.registered_for: bytes | None = None  # the broker instance our latest READY went to
         self.registered_at = 0.0
+        self.batches = 0  # messages per BATCH the broker takes from us (its beats say; 0: none)
 
     def _connect(self) -> None:
         if self.sock is not None:
             self.sock.close(0)
+        self.batches = 0  # until the (maybe new) broker says otherwise
         s = self.ctx.socket(zmq.DEALER)
         s.setsockopt(zmq.IDENTITY, b"W" + os.urandom(7))
         s.setsockopt(zmq.LINGER, 0)
@@ -141,12 +145,19 @@ class Link(threading.Thread):
     def _send_posted(self) -> None:
         """Encode and send everything posted, in order (this thread owns the socket)."""
         while self.outbox:
+            encoded = []
             for m in self.outbox.popleft():
                 frames = encode(m)
                 metrics.count_message("worker", m.type, "out", sum(len(f) for f in frames))
                 if m.type is MsgType.ERROR:
                     metrics.ERRORS.labels("worker", m["code"]).inc()
-                self.sock.send_multipart(frames, copy=False)
+                encoded.append(frames)
+            if self.batches > 1 and len(encoded) > 1:
+                for i in range(0, len(encoded), self.batches):
+                    self.sock.send_multipart(encode_batch(encoded[i : i + self.batches]), copy=False)
+            else:
+                for frames in encoded:
+                    self.sock.send_multipart(frames, copy=False)
 
     def _control(self, frames: list) -> bool:
         """Handle HEARTBEAT/RECONNECT from the broker; False for everything else."""
@@ -157,6 +168,8 @@ class Link(threading.Thread):
         if m.type not in (MsgType.HEARTBEAT, MsgType.RECONNECT):
             return False
         instance = m.get("broker")
+        if m.type is MsgType.HEARTBEAT:
+            self.batches = m.get("batches", 0)
         if m.type is MsgType.RECONNECT:
             if self._answered(instance):
                 self.registered_for = instance

@@ -51,7 +51,8 @@ class MsgType(StrEnum):
     READY = "READY"
     HEARTBEAT = "HEARTBEAT"
     RECONNECT = "RECONNECT"  # broker → worker: "I do not know you, send READY" (Majordomo)
-    BATCH = "BATCH"  # broker → worker coalescing: several messages in one send
+    BATCH = "BATCH"  # coalescing, several messages in one send: broker → worker, and worker → broker
+    # when the broker's beats say it takes them (HEARTBEAT.batches)
 
 
 class Role(StrEnum):
@@ -205,12 +206,13 @@ SPECS: dict[MsgType, Spec] = {
     MsgType.READY: Spec({"fingerprint": FINGERPRINT, "capacity": Int(1, 1 << 16)}, frozenset({W})),
     # Both ways: worker → broker (load), agent → broker (the sessions it still holds: their
     # leases are renewed, a session the broker does not know is answered UNKNOWN_SESSION),
-    # broker → both (its instance id: a new id means it restarted and forgot every session).
+    # broker → both (its instance id: a new id means it restarted and forgot every session;
+    # to a worker, `batches`: it takes BATCHes of up to that many messages from the worker).
     MsgType.HEARTBEAT: Spec({}, frozenset({A, W, B}),
-                            optional={"load": Int(0, 1 << 20), "broker": Bytes(8),
+                            optional={"load": Int(0, 1 << 20), "broker": Bytes(8), "batches": Int(0, MAX_BATCH),
                                       "sessions": ListOf(SESSION, 0, MAX_AGENT_SESSIONS)}),
     MsgType.RECONNECT: Spec({}, frozenset({B}), optional={"broker": Bytes(8)}),
-    MsgType.BATCH: Spec({"counts": ListOf(Int(1, MAX_TENSORS + 1), 1, MAX_BATCH)}, frozenset({B})),
+    MsgType.BATCH: Spec({"counts": ListOf(Int(1, MAX_TENSORS + 1), 1, MAX_BATCH)}, frozenset({B, W})),
 }
 _TYPES = {t.value: t for t in MsgType}
 

@@ -197,8 +197,8 @@ def test_free_pages_are_a_stack():
 def test_sessions_one_after_another_reuse_the_same_pages(tiny):
     sched = Scheduler(tiny, config=WorkerConfig(block_size=8, cpu_kv_mb=16, chunk_tokens=64))
     used: set[int] = set()
-    for p in _prompts(12, seed=11, lo=5, hi=30):
-        pair = [_open(tiny, p, max_new=6), _open(tiny, p[::-1], max_new=6)]
+    for p in _prompts(6, seed=11, lo=5, hi=30):
+        pair = [_open(tiny, p, max_new=3), _open(tiny, p[::-1], max_new=3)]
         for m in pair:
             sched.handle(m)
         _drain(sched)
@@ -206,7 +206,7 @@ def test_sessions_one_after_another_reuse_the_same_pages(tiny):
             used.update(sched.sessions[m.session].block_table)
             sched.handle(msg("CLOSE", session=m.session))
         assert not sched.sessions and sched.blocks.reserved == 0
-    most = 2 * sched.blocks.blocks_for(30 + 6)  # two of the longest sessions at once
+    most = 2 * sched.blocks.blocks_for(30 + 3)  # two of the longest sessions at once (FIFO: ~4×)
     assert max(used) <= most < sched.blocks.num_blocks // 10  # the working set, not the cache
 
 
@@ -333,3 +333,64 @@ def test_decode_graph_buffers_equal_reference(tiny):
     for pos, hid in s.ring.items():
         want = torch.stack([out.hidden[i][0, pos - 1] for i in (0, 2)]).half()
         assert (hid.float() - want.float()).abs().max() < 1e-2
+
+
+def test_worker_sends_a_step_in_one_batch_when_the_broker_takes_them(tiny):
+    """The compute thread hands each step's FRAMEs to the link thread at once; when the broker's
+    beats say it takes BATCHes, they leave in one send (every part a valid message), otherwise
+    one by one."""
+    import threading
+    import time
+
+    import zmq
+
+    from cloud_worker.worker import Worker
+    from routing.protocol import MsgType, decode, encode, split_batch
+
+    ctx = zmq.Context.instance()
+    broker = ctx.socket(zmq.ROUTER)
+    broker.setsockopt(zmq.LINGER, 0)
+    port = broker.bind_to_random_port("tcp://127.0.0.1")
+    w = Worker(tiny, f"tcp://127.0.0.1:{port}",
+               config=WorkerConfig(heartbeat_s=0.05, liveness=40, block_size=8, cpu_kv_mb=16))
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    ident, *frames = broker.recv_multipart()
+    assert decode(frames, tensors=False).type is MsgType.READY
+
+    def serve(n_sessions: int, beat: dict) -> tuple[int, int, dict]:
+        """Open n sessions of 5 tokens; -> (sends carrying FRAMEs, BATCH sends, frames by session)."""
+        broker.send_multipart([ident, *encode(msg("HEARTBEAT", broker=b"B" * 8, **beat))])
+        opens = [_open(tiny, p, max_new=5, window=5) for p in _prompts(n_sessions, seed=21)]
+        for m in opens:
+            broker.send_multipart([ident, *encode(m)])
+        got: dict = {m.session: [] for m in opens}
+        sends = batches = 0
+        end, next_beat = time.monotonic() + 120, 0.0
+        while sum(map(len, got.values())) < 5 * n_sessions and time.monotonic() < end:
+            if time.monotonic() >= next_beat:
+                broker.send_multipart([ident, *encode(msg("HEARTBEAT", broker=b"B" * 8, **beat))])
+                next_beat = time.monotonic() + 0.05
+            if not broker.poll(20):
+                continue
+            _, *frames = broker.recv_multipart()
+            m = decode(frames)
+            parts = split_batch(m, frames) if m.type is MsgType.BATCH else [frames]
+            batches += m.type is MsgType.BATCH
+            frames_in = [decode(p) for p in parts if decode(p, tensors=False).type is MsgType.FRAME]
+            sends += bool(frames_in)
+            for f in frames_in:
+                got[f.session].append(f["pos"])
+        return sends, batches, got
+
+    try:
+        sends, batches, got = serve(4, {"batches": 64})
+        assert all(pos == list(range(pos[0], pos[0] + 5)) for pos in got.values()), got
+        assert batches >= 1 and sends < 20  # 20 frames in fewer sends: one per step
+        sends, batches, got = serve(2, {})  # a broker that takes none: one message a send
+        assert batches == 0 and sends == 10 and all(len(p) == 5 for p in got.values())
+    finally:
+        w.running = False
+        t.join(timeout=5)
+        w.close()
+        broker.close(0)
