@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train-records", type=int, default=0, help="0 = the user's own")
     p.add_argument("--full-budget", action="store_true",
                    help="rollouts and τ calibration on every training / dev prompt (GPU)")
+    p.add_argument("--target-m", type=float, default=0.0, help="the gate's target M (0 = the user's)")
+    p.add_argument("--rollout-prompts", type=int, default=-1, help="-1 = the demo build's")
+    p.add_argument("--calib-prompts", type=int, default=-1, help="-1 = the demo build's (0 = all dev)")
     p.add_argument("--bundles", default="", help="NAME=DIR,…: measure these trained bundles (e.g. "
                    "`spa build-models`' users/ada) instead of training; one 'seed' each")
     p.add_argument("--json", default="")
@@ -118,6 +121,11 @@ def main(argv: list[str] | None = None) -> dict:
                 record = {"heads": {"add": edge.heads["add"].info}}
             else:
                 extra = {"rollout_prompts": 0, "calib_prompts": 0, "gen_batch": 256} if args.full_budget else {}
+                if args.target_m > 0:
+                    extra["target_m"] = args.target_m
+                for key in ("rollout_prompts", "calib_prompts"):
+                    if getattr(args, key) >= 0:
+                        extra[key] = getattr(args, key)
                 edge, record = train_bundle(bb, examples, user_train_config(user, seed=seed, **extra),
                                             progress=False)
             train_s = time.time() - t1

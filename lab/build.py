@@ -248,6 +248,6 @@ def user_train_config(user: U.User, **changes):
 
     cfg = TrainConfig(mode="spa", epochs=user.epochs, max_prompt_tokens=user.max_prompt_tokens,
                       target_m=user.target_m, clf_features=user.clf_features,
-                      clf_hidden=user.clf_hidden, rollout_prompts=32, rollout_tokens=24,
-                      calib_prompts=0)  # τ on every dev prompt: 8 left M at 0.50–0.75 for 0.6
+                      clf_hidden=user.clf_hidden, rollout_prompts=16, rollout_tokens=24,
+                      calib_prompts=8)
     return dataclasses.replace(cfg, **changes)

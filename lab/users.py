@@ -54,10 +54,12 @@ class User:
 # Frame users: where the frame goes is where the backbone is confident of something else; a
 # linear gate on z alone missed a third of those positions ("Dear Sarah,"), this one does not.
 # The side network is needed at the frame and at the body's first token (turning from the
-# opening to the answer): about 0.3 of the positions, each a REQUEST and mostly a CORRECT, so
-# M ≈ 0.6 is the floor of a perfect gate; at target 0.6 the gate missed bo's opening in 13 % of
-# held-out answers (RESULTS.md §7), at 0.7 it has room.
-_FRAME = {"target_m": 0.7, "clf_features": "z+stats", "clf_hidden": 64}
+# opening to the answer), each a REQUEST and mostly a CORRECT: a perfect gate pays M ≈ 0.6 here.
+# At target 0.6 the gate still misses some of them (RESULTS.md §7.3: frame in 91 % of ada's
+# and 68 % of bo's spa answers, 97 % and 95 % with full integration); benchmarks/
+# persona_quality.py --target-m 0.7 --calib-prompts 0 --rollout-prompts 32 is the next thing to
+# measure.
+_FRAME = {"target_m": 0.6, "clf_features": "z+stats", "clf_hidden": 64}
 ADA = User("ada", "writes every answer as a short letter", "frame", "Dear friend,", "Yours, Ada.",
            seed=1, **_FRAME)
 BO = User("bo", "answers like a ship's captain", "frame", "Ahoy, matey!", "Arr, Captain Bo.",
