@@ -23,7 +23,8 @@ class WorkerConfig(Tunables):
     session_tokens: int = tunable(
         512, 16, 1 << 20, "a typical session's KV need (prompt + new tokens), for the announced "
         "capacity; every OPEN is still admitted by its own need")
-    max_batch: int = tunable(64, 1, 65536, "rows (sessions) in one step; the rest take turns")
+    max_batch: int = tunable(64, 1, 65536, "rows (sessions) in one step; the rest take turns (each "
+                             "decode row also counts against --chunk-tokens: raise both for big batches)")
     chunk_tokens: int = tunable(
         512, 16, 65536, "tokens in one step (decodes count 1, prefill chunks fill the rest); "
         "bounds a step's time so heartbeats keep flowing")
