@@ -23,7 +23,6 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
 
 import zmq
 
@@ -32,42 +31,27 @@ from broker.allowlist import AllowLists
 from broker.budget import Budgets
 from broker.config import BrokerConfig
 from broker.placement import WorkerInfo, pick
+from broker.route import Route
+from broker.sending import Sending
+from broker.workers import WorkerSide
 from monitoring import metrics
 from routing import security
 from routing.errors import ErrorCode
 from routing.protocol import (
-    MAX_BATCH,
     Message,
     MsgType,
     ProtocolError,
     Role,
     decode,
     encode,
-    encode_batch,
-    error,
     msg,
-    peek,
 )
 
 __all__ = ["Broker", "BrokerConfig", "main"]
 log = logging.getLogger("spa.broker")
-FORWARD_FAST = frozenset({MsgType.FRAME, MsgType.HIDDEN})  # worker → agent on a header peek
 
 
-@dataclass
-class Route:
-    owner: bytes  # the authenticated key (or plaintext routing id) that opened the session
-    agent: bytes  # routing id to answer on (moves when the owner reconnects)
-    worker: bytes
-    progress: float  # last message of this session either way (the lease's clock)
-    beat: float  # last heartbeat of its agent listing it (renews only while nobody waits)
-    opened: Waiting | None = None  # the OPEN, kept until the worker answers (re-queued on BUSY)
-    requests: int = 0  # REQUESTs forwarded and not yet answered by a HIDDEN
-    frames: int = 0  # FRAMEs forwarded to the agent
-    hiddens: int = 0  # HIDDENs forwarded to the agent
-
-
-class Broker:
+class Broker(WorkerSide, Sending):
     def __init__(self, agents: str, workers: str, keys: security.ServerKeys | None = None,
                  config: BrokerConfig | None = None) -> None:
         """keys=None: plaintext (anyone who reaches the ports gets in: local demos and tests)."""
@@ -332,120 +316,6 @@ class Broker:
                                 f"{self.cfg.queue_wait_s}s", w.sid)
         metrics.ADMISSION_QUEUE.set(len(self.queue))
 
-    # ------------------------------------------------------------------ workers
-    def on_worker(self, wid: bytes, key: bytes, frames: list) -> None:
-        """Workers are authenticated (their own allow-list): their FRAMEs and HIDDENs are
-        forwarded on a header peek (the agent validates them in full), only for sessions placed on
-        that very worker; everything else is decoded here."""
-        if self.allow is not None and not self.allow.allows(security.WORKERS, key):
-            self._counted("REVOKED", "from_worker", frames)
-            self._drop("revoked_worker")
-            if wid in self.workers:
-                self.unregister(wid, "its key was removed from the allow-list")
-            return
-        w = self.workers.get(wid)
-        try:
-            t, sid = peek(frames)
-            self._counted(t, "from_worker", frames)
-            if t in FORWARD_FAST and w is not None:
-                w.expiry = time.monotonic() + self.cfg.heartbeat_s * self.cfg.liveness
-                route = self.routes.get(sid)
-                if route is not None and route.worker == wid:
-                    self._answered(w, route, sid)
-                    if t is MsgType.HIDDEN:
-                        route.hiddens += 1
-                        route.requests = max(0, route.requests - 1)
-                    else:
-                        route.frames += 1
-                    self._send_agent(route.agent, frames, sid)
-                else:  # the agent closed the session while the worker decoded ahead
-                    self._drop("late_frame")
-                return
-            m = decode(frames, tensors=False, sender=Role.WORKER)
-        except ProtocolError as e:
-            log.warning("bad message from worker %s: %s", wid.hex(), e)
-            self._count(e.code)
-            return
-        if m.type is MsgType.READY:
-            self.register(wid, key, m)
-            return
-        if w is None:  # a worker we do not know (we restarted, or expired it): register again
-            self._drop("unregistered_worker")
-            self._send_worker(wid, encode(msg(MsgType.RECONNECT, broker=self.instance)))
-            return
-        w.expiry = time.monotonic() + self.cfg.heartbeat_s * self.cfg.liveness
-        if m.type is MsgType.HEARTBEAT:
-            return
-        route = self.routes.get(m.session) if m.session else None
-        if route is None or route.worker != wid:
-            if m.type is MsgType.DONE and m.session in w.sessions:
-                w.sessions.discard(m.session)
-                w.finished()
-            if m.type is MsgType.ERROR and m.session is None:
-                log.warning("worker %s error: %s %s", wid.hex(), m["code"], m["detail"])
-            return  # for a session the agent already closed
-        code = ErrorCode.of(m["code"]) or ErrorCode.INTERNAL if m.type is MsgType.ERROR else None
-        if code is ErrorCode.BUSY and route.opened is not None and self._requeue(w, route, m.session):
-            return  # the worker was fuller than announced: the OPEN waits again, unseen by the agent
-        self._answered(w, route, m.session)
-        if m.type is MsgType.DONE or (code is not None and code.ends_session):
-            self.drop_route(m.session)  # the worker freed it
-        self._send_agent(route.agent, frames, m.session)
-
-    def _answered(self, w: WorkerInfo, route: Route, sid: bytes) -> None:
-        route.progress = time.monotonic()
-        if route.opened is not None:
-            route.opened = None
-            w.unanswered.discard(sid)
-
-    def _requeue(self, w: WorkerInfo, route: Route, sid: bytes) -> bool:
-        """A placed OPEN refused BUSY: lower the worker's estimate and queue the OPEN at the head
-        of its key's line (twice at most; then the agent hears BUSY)."""
-        waiting = route.opened
-        w.refused()
-        w.sessions.discard(sid)
-        w.unanswered.discard(sid)
-        self.drop_route(sid)
-        waiting.refusals += 1
-        if waiting.refusals > 2 or self.queue.full_for(waiting.owner, waiting.size) is not None:
-            return False
-        self.queue.push(waiting, front=True)
-        return True
-
-    def register(self, wid: bytes, key: bytes, m: Message) -> None:
-        old = self.workers.pop(wid, None)
-        if old is not None:  # a worker registers anew after losing us: its sessions are gone
-            self._lose_sessions(old, "registered again (it lost the broker)")
-        claimed = min(m["capacity"], self.cfg.worker_capacity_max)
-        self.workers[wid] = WorkerInfo(wid, m["fingerprint"], claimed,
-                                       time.monotonic() + self.cfg.heartbeat_s * self.cfg.liveness, key)
-        self._send_worker(wid, encode(msg(MsgType.HEARTBEAT, broker=self.instance)))
-        log.info("worker %s ready (capacity %d, announced %d)", wid.hex(), claimed, m["capacity"])
-
-    def unregister(self, wid: bytes, why: str) -> None:
-        w = self.workers.pop(wid, None)
-        if w is not None:
-            log.warning("worker %s unregistered with %d sessions: %s", wid.hex(), len(w.sessions), why)
-            self.outbox.pop(wid, None)
-            self._lose_sessions(w, why)
-
-    def beat(self) -> None:
-        for wid in list(self.workers):
-            self._send_worker(wid, encode(msg(MsgType.HEARTBEAT, broker=self.instance)))
-
-    def expire_workers(self, now: float) -> None:
-        for wid, w in list(self.workers.items()):
-            if w.expiry < now:
-                self.unregister(wid, "stopped answering")
-
-    def _lose_sessions(self, w: WorkerInfo, why: str) -> None:
-        for sid in list(w.sessions):
-            route = self.routes.get(sid)
-            self.drop_route(sid)
-            if route:
-                self.error_to_agent(route.agent, route.owner, ErrorCode.WORKER_LOST,
-                                    f"worker {w.identity.hex()} {why}", sid)
-
     # ------------------------------------------------------------------ allow-lists
     def reload_keys(self) -> None:
         """Re-read the allow-lists: a removed agent key's sessions end with REVOKED (queued ones
@@ -465,79 +335,6 @@ class Broker:
         for key in removed.get(security.WORKERS, frozenset()):
             for wid in [wid for wid, w in self.workers.items() if w.key == key]:
                 self.unregister(wid, "its key was removed from the allow-list")
-
-    # ------------------------------------------------------------------ sending
-    def to_worker(self, wid: bytes, frames: list) -> None:
-        box = self.outbox.setdefault(wid, [])
-        box.append(frames)
-
-    def flush(self) -> None:
-        """One send per worker per tick (coalescing the messages of many sessions)."""
-        metrics.QUEUE_DEPTH.set(sum(map(len, self.outbox.values())))
-        for wid, msgs in self.outbox.items():
-            for i in range(0, len(msgs), MAX_BATCH):
-                chunk = msgs[i : i + MAX_BATCH]
-                self._send_worker(wid, chunk[0] if len(chunk) == 1 else encode_batch(chunk))
-        self.outbox.clear()
-
-    def _send_worker(self, wid: bytes, frames: list) -> None:
-        try:
-            self.back.send_multipart([wid, *frames], zmq.NOBLOCK)
-        except zmq.ZMQError as exc:  # gone (EHOSTUNREACH) or not reading (EAGAIN): expiry decides
-            self._drop("worker_unreachable")
-            log.debug("cannot reach worker %s: %s", wid.hex(), exc)
-
-    def _send_agent(self, agent: bytes, frames: list, sid: bytes | None = None) -> bool:
-        """False when the agent cannot take it: it is gone (its sessions wait for a reconnect or
-        their lease) or it does not read (SLOW_AGENT: the session is freed, memory stays bounded)."""
-        try:
-            self.front.send_multipart([agent, *frames], zmq.NOBLOCK)
-            return True
-        except zmq.Again:
-            self._count(ErrorCode.SLOW_AGENT)
-        except zmq.ZMQError:  # frames were lost: free it; the agent's heartbeat learns so
-            self._drop("agent_unreachable")
-        route = self.routes.get(sid) if sid else None
-        if route is not None:
-            self.to_worker(route.worker, encode(msg(MsgType.CLOSE, session=sid)))
-            self.drop_route(sid)
-        return False
-
-    def error_to_agent(self, agent: bytes, owner: bytes, code: ErrorCode, detail: str, sid: bytes | None,
-                       count: bool = True) -> None:
-        """Answer an ERROR (counted once, under its code) within the owner's answer budget."""
-        if count:
-            self._count(code)
-        if self.budgets.take(owner, time.monotonic()):
-            self._send_agent(agent, encode(error(code, detail, sid)))
-        else:
-            self._drop("error_budget")
-
-    # ------------------------------------------------------------------ metrics
-    def _counted(self, type_: str, direction: str, frames: list) -> None:
-        """Messages and bytes by type and direction: tallied here, handed to Prometheus once per
-        tick by `publish`."""
-        tally = self._tally.get((type_, direction))
-        if tally is None:
-            tally = self._tally[(type_, direction)] = [0, 0]
-        tally[0] += 1
-        tally[1] += sum(map(len, frames))
-
-    def publish(self) -> None:
-        for (type_, direction), tally in self._tally.items():
-            if tally[0]:
-                metrics.MESSAGES.labels("broker", type_, direction).inc(tally[0])
-                metrics.BYTES.labels("broker", type_, direction).inc(tally[1])
-                tally[0] = tally[1] = 0
-        metrics.LIVE_WORKERS.set(len(self.workers))
-        metrics.ACTIVE_SESSIONS.labels("broker").set(len(self.routes))
-
-    def _count(self, code: ErrorCode) -> None:
-        self.errors[code] = self.errors.get(code, 0) + 1
-        metrics.ERRORS.labels("broker", code.value).inc()
-
-    def _drop(self, reason: str) -> None:
-        metrics.BROKER_DROPPED.labels(reason).inc()
 
     def close(self) -> None:
         self.running = False

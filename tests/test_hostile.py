@@ -35,7 +35,7 @@ AGENT_LIMIT = 16
 @pytest.fixture(scope="module")
 def stack(backbone_dir, tmp_path_factory):
     with LocalStack(backbone_dir, workers=1, metrics=True, log_dir=tmp_path_factory.mktemp("hostile"),
-                    broker_args=("--lease", str(LEASE_S), "--max-agent-sessions", str(AGENT_LIMIT))) as s:
+                    broker_args=("--lease-s", str(LEASE_S), "--max-agent-sessions", str(AGENT_LIMIT))) as s:
         yield s
 
 
