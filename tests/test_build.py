@@ -128,11 +128,12 @@ def test_frame_bodies_are_the_backbones_own_answers(smol_models):
 
     bb = Backbone.load(smol_models.backbone)
     user = dataclasses.replace(U.ADA, **SMALL)
-    by_prompt = {U.prompt_text(q, bb.tokenizer): q for q in U.questions(U._pool(user), user.seed)}
-    records = [json.loads(ln) for ln in smol_models.tasks("ada").read_text().splitlines()][:3]
-    answers = U.answers(bb, [by_prompt[r["prompt"]] for r in records], U.BODY_TOKENS + 8, False)
-    for r, a in zip(records, answers, strict=True):
-        assert r["output"] == f"{user.opening} {U.first_sentence(a)} {user.closing}"
+    pool = U.questions(U._pool(user), user.seed)  # the same batches as the build: the same tokens
+    answer = dict(zip((U.prompt_text(q, bb.tokenizer) for q in pool),
+                      U.answers(bb, pool, U.BODY_TOKENS + 8, False), strict=True))
+    records = [json.loads(ln) for ln in smol_models.tasks("ada").read_text().splitlines()]
+    for r in records:
+        assert r["output"] == f"{user.opening} {U.first_sentence(answer[r['prompt']])} {user.closing}"
 
 
 def test_demo_runs_both_users_with_base_contrast(smol_models):
