@@ -78,11 +78,21 @@ def measure(front: str, back: str, n: int, d: int, via_broker: bool, keys=None) 
     return rate
 
 
-def start(args: list[str]) -> subprocess.Popen:
+def start(args: list[str], port: int) -> subprocess.Popen:
+    """Start a hop and wait until it listens on `port` (`spa` may take long to import)."""
+    import socket
+
     p = subprocess.Popen([sys.executable, *args], cwd=ROOT, start_new_session=True,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(1.5)
-    return p
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            time.sleep(0.3)
+            return p
+        except OSError:
+            time.sleep(0.2)
+    raise SystemExit(f"{args[:3]} did not listen on {port} within 180 s")
 
 
 def main() -> None:
@@ -110,7 +120,7 @@ def main() -> None:
             cmd = (["-m", "spa", "broker", "--agents", f, "--workers", b, *security,
                     "--hwm", "1000000"] if kind == "broker"
                    else [str(ROOT / "benchmarks" / "bare_hop.py"), f, b])
-            p = start(cmd)
+            p = start(cmd, int(f.rsplit(':', 1)[1]))
             try:
                 (ours if kind == "broker" else bare).append(
                     measure(f, b, a.messages, a.d, kind == "broker", keys if kind == "broker" else None))

@@ -71,7 +71,8 @@ class Broker(WorkerSide, Sending):
         self.queue = AdmissionQueue(cfg.queue_max, cfg.queue_per_key, cfg.queue_bytes_max)
         self.budgets = Budgets(cfg.key_errors_per_s, 4 * cfg.key_errors_per_s)
         self.outbox: dict[bytes, list[list]] = {}
-        self.errors: dict[str, int] = {}
+        self.errors: dict[str, int] = {}  # ERROR answers and faults by ErrorCode
+        self.dropped: dict[str, int] = {}  # messages not delivered, by reason (not errors)
         self._tally: dict[tuple[str, str], list[int]] = {}  # (type, direction) -> [messages, bytes]
         self.next_beat = self.next_reload = 0.0
         self.reload_now = threading.Event()  # set by SIGHUP

@@ -90,5 +90,6 @@ class Sending:
         metrics.ERRORS.labels("broker", code.value).inc()
 
     def _drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
         metrics.BROKER_DROPPED.labels(reason).inc()
 

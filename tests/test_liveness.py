@@ -50,7 +50,7 @@ def test_worker_beats_through_a_long_step_and_registers_again(backbone):
         m = decode(agent.recv_multipart())
         assert m.type is MsgType.FRAME and m.session == sid, m.fields
         assert slow["steps"] >= 1 and len(broker.workers) == 1
-        assert "WORKER_LOST" not in broker.errors and "UNREGISTERED" not in broker.errors
+        assert "WORKER_LOST" not in broker.errors and "unregistered_worker" not in broker.dropped
         # the broker forgets the worker (as after a restart): told RECONNECT, it registers again
         wid = next(iter(broker.workers))
         broker.workers.clear()
