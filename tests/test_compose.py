@@ -171,8 +171,10 @@ class LocalCompose:
         while time.monotonic() < deadline:
             p = self.procs.get(name)
             assert p is None or p.poll() is None, f"{name} exited: {self.log(name)}"
-            if test[1] == "spa":
-                res = subprocess.run(self.argv(test[1:]), capture_output=True, text=True)
+            if test[1] in ("spa", "python"):  # `spa health URL`, or its check by `python -c`
+                argv = (self.argv(test[1:]) if test[1] == "spa"
+                        else [sys.executable, *(self.map(w) for w in test[2:])])
+                res = subprocess.run(argv, capture_output=True, text=True)
                 ok, last = res.returncode == 0, res.stderr
             else:  # wget -q -O /dev/null URL (in the image): the same request
                 assert test[1] == "wget", test
