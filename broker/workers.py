@@ -35,10 +35,13 @@ class WorkerSide:
             t, sid = peek(frames)
             self._counted(t, "from_worker", frames)
             if t in FORWARD_FAST and w is not None:
-                w.expiry = time.monotonic() + self.cfg.heartbeat_s * self.cfg.liveness
+                now = time.monotonic()
+                w.expiry = now + self.cfg.heartbeat_s * self.cfg.liveness
                 route = self.routes.get(sid)
                 if route is not None and route.worker == wid:
-                    self._answered(w, route, sid)
+                    route.progress = now
+                    if route.opened is not None:
+                        self._answered(w, route, sid)
                     if t is MsgType.HIDDEN:
                         route.hiddens += 1
                         route.requests = max(0, route.requests - 1)
