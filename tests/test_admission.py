@@ -263,3 +263,12 @@ def test_squatter_loses_slots_while_others_wait_but_not_when_nobody_does(harness
         t.join(2)
     codes = {(m.get("code"), m.session) for m in agent_got(squatter)}
     assert {("LEASE_EXPIRED", s) for s in held} <= codes
+
+
+def test_answer_budget_per_key():
+    from broker.budget import Budgets
+
+    b = Budgets(rate=10.0, burst=40.0)
+    assert sum(b.take(b"k", 0.0) for _ in range(100)) == 40  # the burst, then nothing
+    assert b.take(b"other", 0.0)  # another key has its own bucket
+    assert sum(b.take(b"k", 1.0) for _ in range(100)) == 10  # one second refills `rate`
