@@ -38,6 +38,24 @@ if ! docker info >/dev/null 2>&1; then
     docker info >/dev/null 2>&1 || { tail -n 20 "$STATE/dockerd.log" >&2; exit 1; }
 fi
 
+# cgroup v1 weighs all of Docker's containers together as ONE task (cpu.shares 1024) against
+# every host process: on a busy 2-core machine the whole stack then got ~1/25 of the CPU and its
+# healthchecks timed out. Give the group the weight of the stack's processes (8 containers:
+# what they would weigh as plain processes, as `make demo` runs them), restored at the end.
+shares=/sys/fs/cgroup/cpu/docker/cpu.shares
+old_shares=""
+restore() {
+    [ -z "$old_shares" ] || { echo "$old_shares" >"$shares"; say "docker's cpu.shares back to $old_shares"; }
+    stop_dockerd
+}
+trap restore EXIT
+[ -e /sys/fs/cgroup/cpu/docker ] || mkdir /sys/fs/cgroup/cpu/docker 2>/dev/null || true  # Docker's own, made early
+if [ -w "$shares" ] && [ "${SPA_DOCKER_CPU_PARITY:-1}" = 1 ]; then
+    old_shares=$(cat "$shares")
+    echo 8192 >"$shares"
+    say "docker's cgroup cpu.shares $old_shares -> 8192 for the test (SPA_DOCKER_CPU_PARITY=0: leave it)"
+fi
+
 scripts/local-base.sh
 set -a
 # shellcheck disable=SC1091

@@ -457,14 +457,17 @@ def test_compose_up_for_real(tmp_path):
         assert by_mode.get("base") == 0.0 and abs(by_mode.get("full", 0) - 1) < 0.05, by_mode
         assert 0 < by_mode["spa"] < 1, by_mode
 
-        # a minute of generation with 0 errors; its tokens/s is the 3-replica rate
+        # a minute of generation with 0 errors (the agents' NO_WORKER refusals while the worker
+        # was still loading, retried, came before it); its tokens/s is the 3-replica rate
         finished = 'sum(spa_sessions_finished_total{job="edge-agent",outcome=~"eos|length"})'
-        failed = 'sum(spa_sessions_finished_total{job="edge-agent",outcome="error"}) + sum(spa_errors_total{job="edge-agent"} or vector(0))'
-        n0 = prom.value(finished)
+        failed = 'sum(spa_sessions_finished_total{job="edge-agent",outcome="error"})'
+        errors = 'sum(spa_errors_total{job="edge-agent"})'
+        n0, e0 = prom.value(finished), prom.value(errors)
         time.sleep(62)
-        n1, errors = prom.value(finished), prom.value(failed)
+        n1, e1 = prom.value(finished), prom.value(errors)
         tps3 = prom.value('sum(rate(spa_tokens_generated_total{job="edge-agent"}[1m]))')
-        assert n1 > n0 and errors == 0, (n0, n1, errors, stack.logs("edge-agent"))
+        assert n1 > n0 and e1 == e0 and prom.value(failed) == 0, (
+            n0, n1, e0, e1, prom.value(failed), stack.logs("edge-agent"))
         stack.say(f"one minute: {n1 - n0:.0f} sessions finished, 0 errors, {tps3:.1f} tokens/s "
                   f"with {replicas['edge-agent']} agent replicas")
 
@@ -519,7 +522,7 @@ def test_compose_up_for_real(tmp_path):
                 time.sleep(2)
             replays = prom.value("sum(spa_session_replays_total)") - replays0
             assert prom.value(finished) > n0 and replays > 0, (replays, stack.logs("edge-agent"))
-            assert prom.value('sum(spa_sessions_finished_total{job="edge-agent",outcome="error"})') == 0
+            assert prom.value(failed) == 0
             how = "its restart policy" if not bring_back else " ".join(bring_back)
             return (f"back by {how} (restarts: {w['RestartCount']}), {replays:.0f} sessions replayed, "
                     "generation goes on, 0 failed sessions")
