@@ -43,6 +43,7 @@ from routing.protocol import MAX_BATCH, MsgType, decode, encode, encode_batch, m
 
 STAGES = ("engine", "worker", "broker", "agents")
 PER_SOCKET = 256  # sessions per client connection in the protocol-level client
+START_S = 3.0  # load-test processes wait this long after loading, so that they start together
 
 
 def cpu_s(pid: int) -> float:
@@ -87,7 +88,7 @@ def stage_engine(sched, prompts, n, tokens, mode, wire) -> dict:
         frames = sched.step()
         made += len(frames)
         for f in frames:
-            sched.handle(msg(MsgType.ACK, session=f.session, pos=f["pos"] + 1))
+            sched.handle(msg(MsgType.ACK, session=f.session, pos=f["pos"]))
     cpu, wall = meter.stop()
     for m in os_:
         sched.close(m.session)
@@ -156,7 +157,7 @@ class Pump:
                         pm = decode(part) if m.type is MsgType.BATCH else m
                         if pm.type is MsgType.FRAME and pm.session in self.got:
                             self.got[pm.session] += 1
-                            acks[pm.session] = pm["pos"] + 1
+                            acks[pm.session] = pm["pos"]  # cumulative, as the agent acks
                             if self.got[pm.session] == self.tokens:
                                 closes.append(pm.session)
                         elif pm.type is MsgType.ERROR and pm.session in pending:
@@ -296,17 +297,20 @@ def stage_agents(stack, bundle: Path, n, tokens, mode, procs: int, tmp: Path, pr
         cmd = [sys.executable, "-m", "spa", "loadtest", "--broker", stack.agents_addr, "--bundle",
                str(bundle), "--modes", mode, "--concurrency", str(users), "--num-prompts", str(users),
                "--max-new-tokens", str(tokens), "--report", "0", "--seed", str(1000 * k),
-               "--json", str(tmp / f"lt{k}.json"), "--delay", "0", *stack.client_args]
+               "--json", str(tmp / f"lt{k}.json"), "--delay", str(START_S), *stack.client_args]
         if prompts_file:
             cmd += ["--prompts", prompts_file]
         runs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True, cwd=ROOT, env=env))
-    pids = {"broker": stack.by_name["broker"].pid, "worker": stack.by_name["worker0"].pid}
-    pids |= {f"loadtest{k}": p.pid for k, p in enumerate(runs)}
-    meter = CpuMeter(pids)
+    for p in runs:  # every process loaded (torch, bundle, prompts): they start START_S after that
+        while not (line := p.stderr.readline()).startswith("loadtest:"):
+            if not line and p.poll() is not None:
+                raise SystemExit(f"loadtest exited {p.returncode} before starting")
+    meter = CpuMeter({"broker": stack.by_name["broker"].pid, "worker": stack.by_name["worker0"].pid})
     m0 = scrape(stack.metrics_ports["broker"])
     meter.start()
-    spies = start_profiles(pids, profile_s, tmp) if profile_s else {}
+    spies = (start_profiles(meter.pids | {f"loadtest{k}": p.pid for k, p in enumerate(runs)}, profile_s, tmp)
+             if profile_s else {})
     parts = []
     for k, p in enumerate(runs):
         err = p.communicate(timeout=900)[1]
@@ -317,8 +321,7 @@ def stage_agents(stack, bundle: Path, n, tokens, mode, procs: int, tmp: Path, pr
     m1 = scrape(stack.metrics_ports["broker"])
     tokens_all = sum(d["tokens"] for d in parts)
     secs = max(d["duration"] for d in parts)  # each process's own measured phase (torch import excluded)
-    cpu["loadtests"] = sum(v for k, v in cpu.items() if k.startswith("loadtest"))
-    cpu = {k: v for k, v in cpu.items() if not k.startswith("loadtest") or k == "loadtests"}
+    cpu["loadtests"] = sum(d["cpu_seconds"] for d in parts)  # each one's own, over its phase
     out = {"tokens": tokens_all, "seconds": secs, "cpu": cpu, "procs": procs, "messages": m1[0] - m0[0],
            "bytes": m1[1] - m0[1], "m": sum(d["blocking"] for d in parts) / max(1, tokens_all),
            "errors": dict(sum((Counter(d["errors"]) for d in parts), Counter()))}
@@ -428,7 +431,7 @@ def main() -> None:
     from routing.modes import Mode
     from spa.stack import LocalStack
 
-    torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))  # as `spa worker` does
     bb = Backbone.load(str(backbone), a.device)
     edge = load_bundle(bundle)
     prompts = load_prompts(a.prompts, edge.tokenizer, 128)

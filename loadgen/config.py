@@ -59,8 +59,8 @@ def parse_goodput(text: str) -> dict[str, float]:
 @dataclass
 class LoadConfig(Tunables):
     broker: str = tunable("tcp://127.0.0.1:5555", help="the broker's agent address")
-    broker_metrics: str = tunable("", help="the broker's /metrics URL: the OPENs that waited in "
-                                  "its admission queue and their mean wait, per run")
+    broker_metrics: str = tunable("", help="the broker's /metrics URL: OPENs it placed and their "
+                                  "mean wait in its admission queue, per run")
     modes: str = tunable("spa", help="comma list of modes, taken in turn (e.g. spa,full,base)")
     concurrency: int = tunable(8, 1, 4096, "closed loop: simulated users, each one session at a time")
     request_rate: str = tunable("", help="open loop: requests per second arriving (Poisson unless "
@@ -100,6 +100,8 @@ class LoadConfig(Tunables):
         if not self.request_rate and self.max_concurrency:
             raise InputError("--max-concurrency caps an open loop: give --request-rate too "
                              "(a closed loop has --concurrency)")
+        if math.inf in self.rates and not self.num_prompts:
+            raise InputError("--request-rate inf sends every request at once: give --num-prompts")
         if len(self.rates) > 1 and not (self.num_prompts or self.duration):
             raise InputError("a --request-rate sweep needs --num-prompts or --duration per rate")
         return self

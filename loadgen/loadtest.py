@@ -41,7 +41,8 @@ def results(phases: list[Phase], cfg: LoadConfig) -> list[dict]:
     for p in phases:
         loop = ({"request_rate": None, "concurrency": cfg.concurrency} if p.rate is None else
                 {"request_rate": p.rate, "max_concurrency": cfg.max_concurrency or None})
-        out.append(report(p.records, p.seconds, cfg.slos, p.timeline, **meta, **loop, **p.queue))
+        out.append(report(p.records, p.seconds, cfg.slos, p.timeline, **meta, **loop, **p.queue,
+                          cpu_seconds=p.cpu_s, cpu_share=p.cpu_s / max(p.seconds, 1e-9)))
     return out
 
 
@@ -155,11 +156,11 @@ def main(args) -> None:
             print(f"plot: {p}", file=sys.stderr)
     for d in reports:
         errs = " ".join(f"{k}={v}" for k, v in d["errors"].items()) or "none"
-        queued = (f", {d['queued_opens']} OPENs queued at the broker (mean wait "
-                  f"{d['mean_queue_wait_ms']:.1f} ms)" if d.get("queued_opens") is not None else "")
+        queued = (f", {d['opens_placed']} OPENs placed by the broker (mean queue wait "
+                  f"{d['mean_queue_wait_ms']:.1f} ms)" if d.get("opens_placed") is not None else "")
         print(f"offered {offered(d['request_rate'])}: {d['completed']} done, {d['failed']} not, "
               f"{d['duration']:.1f} s, {d['output_throughput']:.0f} tok/s, M={d['m']:.3f}, "
-              f"errors: {errs}{queued}", file=sys.stderr)
+              f"this process's CPU {d['cpu_share']:.0%} of a core, errors: {errs}{queued}", file=sys.stderr)
         if len(reports) == 1:
             print("\n".join(mode_table(d)), file=sys.stderr)
     if len(reports) > 1:

@@ -1,10 +1,10 @@
 """Queue wait at the broker, read from its /metrics (`--broker-metrics URL`).
 
-The broker queues OPENs that find every worker full (broker/admission.py) and observes each
-one's wait in `spa_broker_admission_wait_seconds`; an agent cannot see its own wait (it is part
-of its TTFT). The histogram's sum and count before and after a run give the run's mean wait and
-how many OPENs waited, over every agent of that broker (so over this process's requests only
-when it is the broker's one client)."""
+Every OPEN passes the broker's admission queue (broker/admission.py; it waits there while every
+worker is full) and the broker observes its wait in `spa_broker_admission_wait_seconds` when it
+places it (≈ 0 when a worker had room); an agent cannot see its own wait (it is part of its
+TTFT). The histogram's sum and count before and after a run give the OPENs placed and their mean
+wait, over every agent of that broker (so this process's only when it is the broker's one client)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ WAIT = "spa_broker_admission_wait_seconds"
 
 
 def read(url: str, timeout_s: float = 5.0) -> tuple[float, float] | None:
-    """(sum of waits in seconds, OPENs that waited) so far; None when the broker does not
+    """(sum of waits in seconds, OPENs placed) so far; None when the broker does not
     answer or has no such histogram."""
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -33,8 +33,8 @@ def read(url: str, timeout_s: float = 5.0) -> tuple[float, float] | None:
 
 
 def between(before: tuple[float, float] | None, after: tuple[float, float] | None) -> dict:
-    """The run's queue figures: OPENs that waited and their mean wait (None if unknown)."""
+    """The run's queue figures: OPENs placed and their mean wait in the queue (None if unknown)."""
     if before is None or after is None:
-        return {"queued_opens": None, "mean_queue_wait_ms": None}
+        return {"opens_placed": None, "mean_queue_wait_ms": None}
     n = after[1] - before[1]
-    return {"queued_opens": int(n), "mean_queue_wait_ms": (after[0] - before[0]) / n * 1000 if n else 0.0}
+    return {"opens_placed": int(n), "mean_queue_wait_ms": (after[0] - before[0]) / n * 1000 if n else 0.0}

@@ -46,6 +46,7 @@ class Phase:
     timeline: Timeline = field(default_factory=Timeline)
     started: float = field(default_factory=time.perf_counter)
     queue: dict = field(default_factory=dict)  # the broker's admission-queue figures (queue_wait)
+    cpu_s: float = 0.0  # this process's CPU seconds during the phase (every thread)
 
 
 def retryable(code: str) -> bool:
@@ -184,7 +185,7 @@ class LoadTest:
         cap = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
         tasks: set[asyncio.Task] = set()
 
-        async def capped() -> None:
+        async def capped() -> None:  # latency counts from the slot, not the arrival (as vLLM)
             if cap is None:
                 return await self._one(agents, phase, t0)
             async with cap:
@@ -196,9 +197,7 @@ class LoadTest:
         sent = 0
         try:
             while not self.stopping and (not limit or sent < limit):
-                wait = due - time.perf_counter()
-                if wait > 0:
-                    await asyncio.sleep(wait)
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))  # 0: a turn for the rest
                 t = asyncio.get_running_loop().create_task(capped())
                 tasks.add(t)
                 t.add_done_callback(tasks.discard)
@@ -231,6 +230,7 @@ class LoadTest:
         url, loop = self.cfg.broker_metrics, asyncio.get_running_loop()
         before = await loop.run_in_executor(None, queue_wait.read, url) if url and measured else None
         phase.started = t0 = time.perf_counter()
+        cpu0 = time.process_time()
         sampler = asyncio.get_running_loop().create_task(self._sample(phase, t0))
         if rate is None:
             work = self._closed(agents, phase, t0, limit, self.cfg.concurrency if measured
@@ -248,6 +248,7 @@ class LoadTest:
                 await work
         finally:
             phase.seconds = time.perf_counter() - t0
+            phase.cpu_s = time.process_time() - cpu0
             sampler.cancel()
             await asyncio.gather(sampler, return_exceptions=True)
             phase.timeline.add(phase.seconds, sum(r.sent.tokens for r in phase.records),

@@ -86,6 +86,7 @@ def test_config_flags_are_generated_and_checked():
     for argv, needle in ((["--concurrency", "0"], "concurrency=0 outside"),
                          (["--request-rate", "1,2"], "sweep needs --num-prompts"),
                          (["--max-concurrency", "2"], "give --request-rate"),
+                         (["--request-rate", "inf"], "give --num-prompts"),
                          (["--modes", "spa,nope"], "nope"),
                          (["--goodput", "ttft"], "--goodput")):
         with pytest.raises(InputError, match=needle):
@@ -227,6 +228,6 @@ def test_queue_wait_from_the_brokers_histogram():
     for w in (0.1, 0.3):
         h.observe(w)
     assert queue_wait.between(before, queue_wait.read(url)) == {
-        "queued_opens": 2, "mean_queue_wait_ms": pytest.approx(200.0)}
+        "opens_placed": 2, "mean_queue_wait_ms": pytest.approx(200.0)}
     assert queue_wait.read(f"http://127.0.0.1:{free_port()}/metrics") is None  # nobody there
     assert queue_wait.between(None, before)["mean_queue_wait_ms"] is None
