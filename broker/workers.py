@@ -13,7 +13,18 @@ from broker.placement import WorkerInfo
 from broker.route import Route
 from routing import security
 from routing.errors import ErrorCode
-from routing.protocol import Message, MsgType, ProtocolError, Role, decode, encode, msg, peek
+from routing.protocol import (
+    MAX_BATCH,
+    Message,
+    MsgType,
+    ProtocolError,
+    Role,
+    decode,
+    encode,
+    msg,
+    peek,
+    split_batch,
+)
 
 log = logging.getLogger("spa.broker")
 FORWARD_FAST = frozenset({MsgType.FRAME, MsgType.HIDDEN})  # worker → agent on a header peek
@@ -33,6 +44,9 @@ class WorkerSide:
         w = self.workers.get(wid)
         try:
             t, sid = peek(frames)
+            if t is MsgType.BATCH:  # a step's messages in one send (we offered it in our beats)
+                self._unbatch(wid, key, frames)
+                return
             self._counted(t, "from_worker", frames)
             if t in FORWARD_FAST and w is not None:
                 now = time.monotonic()
@@ -82,6 +96,14 @@ class WorkerSide:
             self.drop_route(m.session)  # the worker freed it
         self._send_agent(route.agent, frames, m.session)
 
+    def _unbatch(self, wid: bytes, key: bytes, frames: list) -> None:
+        """Each message of a worker's BATCH handled as if sent alone (a BATCH inside is refused)."""
+        m = decode(frames, tensors=False, sender=Role.WORKER)
+        for part in split_batch(m, frames):
+            if part and peek(part)[0] is MsgType.BATCH:
+                raise ProtocolError(ErrorCode.BAD_MESSAGE, "a BATCH inside a BATCH")
+            self.on_worker(wid, key, part)
+
     def _answered(self, w: WorkerInfo, route: Route, sid: bytes) -> None:
         route.progress = time.monotonic()
         if route.opened is not None:
@@ -109,7 +131,7 @@ class WorkerSide:
         claimed = min(m["capacity"], self.cfg.worker_capacity_max)
         self.workers[wid] = WorkerInfo(wid, m["fingerprint"], claimed,
                                        time.monotonic() + self.cfg.heartbeat_s * self.cfg.liveness, key)
-        self._send_worker(wid, encode(msg(MsgType.HEARTBEAT, broker=self.instance)))
+        self._send_worker(wid, encode(msg(MsgType.HEARTBEAT, broker=self.instance, batches=MAX_BATCH)))
         log.info("worker %s ready (capacity %d, announced %d)", wid.hex(), claimed, m["capacity"])
 
     def unregister(self, wid: bytes, why: str) -> None:
@@ -121,7 +143,7 @@ class WorkerSide:
 
     def beat(self) -> None:
         for wid in list(self.workers):
-            self._send_worker(wid, encode(msg(MsgType.HEARTBEAT, broker=self.instance)))
+            self._send_worker(wid, encode(msg(MsgType.HEARTBEAT, broker=self.instance, batches=MAX_BATCH)))
 
     def expire_workers(self, now: float) -> None:
         for wid, w in list(self.workers.items()):

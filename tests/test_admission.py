@@ -272,3 +272,28 @@ def test_answer_budget_per_key():
     assert sum(b.take(b"k", 0.0) for _ in range(100)) == 40  # the burst, then nothing
     assert b.take(b"other", 0.0)  # another key has its own bucket
     assert sum(b.take(b"k", 1.0) for _ in range(100)) == 10  # one second refills `rate`
+
+
+def test_a_workers_batch_is_taken_message_by_message(harness):
+    """Issue 15 part 2, broker side: the broker offers `batches` in its beats and a worker's BATCH
+    (a step's FRAMEs for several sessions in one send) reaches each session's agent."""
+    from routing.protocol import MAX_BATCH, encode_batch
+
+    h = harness()
+    w = h.socket(h.workers, b"W1")
+    w.send_multipart(encode(msg(MsgType.READY, fingerprint=FP, capacity=4)))
+    assert w.poll(5000)
+    beat = decode(w.recv_multipart(), tensors=False)
+    assert beat.type is MsgType.HEARTBEAT and beat["batches"] == MAX_BATCH
+    a, b = h.agent(b"alice"), h.agent(b"bob")
+    sa, sb = os.urandom(16), os.urandom(16)
+    a.send_multipart(open_msg(sa))
+    b.send_multipart(open_msg(sb))
+    assert {m.session for m in worker_got(w)} == {sa, sb}
+    import numpy as np
+
+    frames = [encode(msg(MsgType.FRAME, [np.zeros(4, np.float16)], session=sid, pos=3, epoch=0, token=1))
+              for sid in (sa, sb)]
+    w.send_multipart(encode_batch(frames))
+    assert [(m.type, m.session) for m in agent_got(a)] == [(MsgType.FRAME, sa)]
+    assert [(m.type, m.session) for m in agent_got(b)] == [(MsgType.FRAME, sb)]

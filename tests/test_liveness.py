@@ -58,6 +58,9 @@ def test_worker_beats_through_a_long_step_and_registers_again(backbone):
         while wid not in broker.workers and time.monotonic() < deadline:
             time.sleep(0.05)
         assert wid in broker.workers and worker.link.registrations >= 2
+        deadline = time.monotonic() + 10  # the compute thread resets after its current step
+        while worker.scheduler.sessions and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert worker.scheduler.sessions == {}  # its sessions died with the broker's routes
     finally:
         worker.scheduler.step = real_step
