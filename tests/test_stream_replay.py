@@ -47,6 +47,8 @@ class Broker:
             m = decode(frames[1:])
             if m.type.value in types:
                 return m
+            if m.type.value == "HEARTBEAT":  # a live broker answers: the path is alive
+                await self.send(msg("HEARTBEAT", broker=b"scripted"))
             assert m.type.value in SKIP, f"unexpected {m.type} while waiting for {types}"
 
     async def send(self, m) -> None:
