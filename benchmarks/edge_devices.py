@@ -114,8 +114,9 @@ def main() -> None:
 
     torch.set_num_threads(1)
     cap = str(max(counts) + 16)
-    with LocalStack(backbone, workers=1, max_sessions=int(cap),
-                    broker_args=("--max-agent-sessions", cap)) as stack:
+    stack = LocalStack(backbone, workers=1, max_sessions=int(cap),
+                       broker_args=("--max-agent-sessions", cap)).start(timeout=600)
+    try:
         if hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})  # this process: one core
 
@@ -138,6 +139,8 @@ def main() -> None:
             return rows
 
         rows = asyncio.run(run())
+    finally:
+        stack.stop()
     print(f"spa devices in one process on one core; tiny backbone, {a.tokens} tokens a session, "
           f"{a.seconds:g} s per run")
     print(f"{'devices':>7} {'edge':>5} {'sessions/s':>10} {'tokens/s':>9} {'CPU':>5} {'M':>5} "
