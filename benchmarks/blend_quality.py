@@ -46,9 +46,10 @@ def gap_interval(base: list[float], blended: list[float], trained: list[float], 
     return point, float(torch.quantile(ratio, 0.025)), float(torch.quantile(ratio, 0.975))
 
 
-def trained_bundle(backbone, records, cfg_blend, epochs: int):
+def trained_bundle(backbone, records, cfg_blend, epochs: int, known=None):
     """The comparator: a side network trained from scratch on all of the user's records (as
-    `spa train` trains one), classifier and τ as the blended one's."""
+    `spa train` trains one), classifier and τ as the blended one's. `known`: the features of
+    the first records (the blend's examples), not extracted twice on a starved machine."""
     from edge_agent.edge_model import EdgeModel, Head
     from edge_agent.side_network import Classifier, SideNetwork
     from lab.blend import finish_head, train_config
@@ -61,7 +62,15 @@ def trained_bundle(backbone, records, cfg_blend, epochs: int):
     tcfg = dataclasses.replace(tcfg, epochs=epochs, patience=2)
     side_cfg = tcfg.for_combine("add").side_config(backbone.d_model, backbone.n_layers)
     tr, dev = split_dev(records, tcfg)
-    ft = extract_features(backbone, tr, side_cfg, tcfg, progress=False)
+    if known is not None:
+        from lab.training import Features
+
+        n_known = min(len(tr), cfg_blend.max_examples)
+        rest = extract_features(backbone, tr[n_known:], side_cfg, tcfg, progress=False)
+        ft = Features(torch.cat([known.states, rest.states]), torch.cat([known.z, rest.z]),
+                      torch.cat([known.y, rest.y]), known.layers)
+    else:
+        ft = extract_features(backbone, tr, side_cfg, tcfg, progress=False)
     fd = extract_features(backbone, dev, side_cfg, tcfg, progress=False)
     edge = EdgeModel.for_backbone(backbone)
     head = Head("add", SideNetwork(side_cfg), Classifier(backbone.d_model))
@@ -135,12 +144,16 @@ def main() -> int:
     report: dict = {"backbone": args.backbone, "pool": str(args.pool), "members": pool.names,
                     "pool_info": {k: pool.info.get(k) for k in ("seconds", "cpu_seconds", "config")},
                     "args": vars(args), "users": {}}
+    out = Path(args.json if not args.smoke else ROOT / "runs" / "blend_quality_smoke.json")
     for name in args.users.split(","):
         style = STYLES[name]
         recs = style_records(style, args.train_records + args.eval, tok, 0, 0, xsum, cfg.max_prompt_tokens)
         train, test = recs[: args.train_records], recs[args.train_records:]
-        edge_b, rec_b = blend(bb, pool, train, cfg)
-        edge_t, rec_t = trained_bundle(bb, train, cfg, args.epochs)
+        got: list = []
+        edge_b, rec_b = blend(bb, pool, train, cfg, features_out=got)
+        print(f"{name}: blended in {rec_b['blend']['seconds']['total']:.1f} s", flush=True)
+        edge_t, rec_t = trained_bundle(bb, train, cfg, args.epochs, got[0])
+        print(f"{name}: trained in {rec_t['seconds']:.1f} s", flush=True)
         rows = {"base": base_ev.run_mode(Mode.BASE, test)}
         for label, edge in (("blended", edge_b), ("trained", edge_t)):
             ev = Evaluator(bb, edge, cfg.max_prompt_tokens, args.max_new, args.batch, progress=False)
@@ -183,6 +196,8 @@ def main() -> int:
                         "paired_routed_minus_all": paired_bootstrap(s_routed, s_all),
                         "need": rec_b["blend"]["need"]}
         report["users"][name] = u
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2, default=str))  # after every user
         print(f"\n## {name}: {style.about}")
         print(f"blend: {rec_b['blend']['seconds']['total']:.2f} s wall, "
               f"{rec_b['blend']['cpu_seconds']['total']:.2f} CPU s "
@@ -203,8 +218,6 @@ def main() -> int:
               f"[{pr['lo']:+.2f}, {pr['hi']:+.2f}]", flush=True)
         _ = bootstrap_ci
     report["seconds"] = round(time.perf_counter() - t_start, 1)
-    out = Path(args.json if not args.smoke else ROOT / "runs" / "blend_quality_smoke.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str))
     print(f"\n{report['seconds']:.0f} s; {out}")
     return 0

@@ -42,7 +42,7 @@ class NeedConfig(Tunables):
 
 def prompt_embedding(prompts: list[list[int]], lm_head: torch.nn.Linear) -> Tensor:
     """(P, d): per prompt, the normalised mean of the lm_head rows of its distinct tokens."""
-    w = lm_head.weight
+    w = lm_head.weight.detach()
     rows = []
     for ids in prompts:
         if not ids:
@@ -134,4 +134,4 @@ def _logistic(xp: Tensor, xn: Tensor, cfg: NeedConfig) -> tuple[Tensor, float]:
         opt.zero_grad(set_to_none=True)
         (loss + cfg.l2 * (w * w).sum()).backward()
         opt.step()
-    return w.detach(), float(b)
+    return w.detach(), float(b.detach())

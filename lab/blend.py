@@ -65,8 +65,9 @@ def train_config(cfg: BlendConfig):
 
 
 def blend(backbone, pool: Pool, examples: list[Example], cfg: BlendConfig,
-          edge: EdgeModel | None = None) -> tuple[EdgeModel, dict]:
-    """The user's edge model (an 'add' head: side network, classifier, τ) and need router."""
+          edge: EdgeModel | None = None, features_out: list | None = None) -> tuple[EdgeModel, dict]:
+    """The user's edge model (an 'add' head: side network, classifier, τ) and need router.
+    `features_out`, when given, receives the examples' features (for a benchmark's reuse)."""
     from lab.training import extract_features
 
     if pool.fingerprint != backbone.fingerprint:
@@ -95,6 +96,8 @@ def blend(backbone, pool: Pool, examples: list[Example], cfg: BlendConfig,
     finally:
         torch.set_num_threads(threads)
     edge.need = need
+    if features_out is not None:
+        features_out.append(feats)
     record = {"blend": {"pool": str(pool.path), "members": pool.names,
                         "coefficients": dict(zip(pool.names, [round(x, 4) for x in w.tolist()], strict=True)),
                         "examples": len(examples), "positions": len(feats), **fit,

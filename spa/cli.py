@@ -456,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--modes", default="spa,base", help="each user's prompt runs once per mode")
     q.add_argument("--prompt", type=int, default=0, help="which held-out prompt of each user")
     q.add_argument("--max-new-tokens", type=int, default=48)
+    q.add_argument("--new-user", help="a third user blended on the spot from this JSONL's first "
+                   "≤ 16 records (issue 19; the pool is built into <cache>/pool on first use)")
+    q.add_argument("--pool", help="the side-network pool for --new-user (default <cache>/pool)")
     q.set_defaults(func=cmd_demo)
     return p
 

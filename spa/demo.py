@@ -47,6 +47,8 @@ def run_demo(args) -> None:
         about = next(u["about"] for u in models.users if u["name"] == name)
         sessions += [{"user": name, "about": about, "mode": m, "prompt": prompt, "text": "",
                       "stats": None, "error": ""} for m in modes]
+    if getattr(args, "new_user", None):
+        sessions += _new_user(args, models, modes)
     tty = sys.stdout.isatty()
     log_dir = Path(args.cache) / "logs"
     print(f"starting the broker, a worker ({models.backbone_source}) and {len(sessions)} edge "
@@ -58,7 +60,7 @@ def run_demo(args) -> None:
             for i, s in enumerate(sessions):
                 p = subprocess.Popen(
                     [sys.executable, "-m", "spa", "agent", "--broker", stack.agents_addr,
-                     "--bundle", str(models.bundle(s["user"])), "--prompt", s["prompt"],
+                     "--bundle", str(s.get("bundle") or models.bundle(s["user"])), "--prompt", s["prompt"],
                      "--mode", s["mode"], "--json", "--max-new-tokens", str(args.max_new_tokens),
                      *stack.client_args],
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -82,6 +84,40 @@ def run_demo(args) -> None:
     if first is not None:
         print(f"first token {first - t0:.1f} s after the demo started; all done in "
               f"{time.monotonic() - t0:.1f} s")
+
+
+def _new_user(args, models: ModelSet, modes: list[str]) -> list[dict]:
+    """Issue 19: a third user blended on the spot from the first ≤ 16 records of
+    `--new-user` (the pool is built into `<cache>/pool` on first use); the prompt shown is the
+    file's next record, else its last. The need router's verdict on it is printed."""
+    from cloud_worker.backbone import Backbone
+    from edge_agent.need import NeedRouter
+    from lab.blend import BlendConfig, blend, save_blended
+    from lab.data import load_examples
+    from lab.pool import PoolConfig, build_pool, load_pool, xsum_file
+
+    bb = Backbone.load(models.backbone)
+    pool_dir = Path(args.pool) if getattr(args, "pool", None) else models.root / "pool"
+    if not (pool_dir / "pool.json").is_file():
+        print(f"building the side-network pool into {pool_dir} (first use only)", flush=True)
+        build_pool(bb, pool_dir, PoolConfig(), xsum=xsum_file(args.xsum))
+    cfg = BlendConfig()
+    records = load_examples(args.new_user)
+    examples = records[: cfg.max_examples]
+    edge, record = blend(bb, load_pool(pool_dir, bb.fingerprint), examples, cfg)
+    out = save_blended(edge, record, models.root / "users" / "new-user", kits=models.root / "kits")
+    b = record["blend"]
+    print(f"new user: blended from {len(examples)} examples of {args.new_user} in "
+          f"{b['seconds']['total']:.1f} s ({b['cpu_seconds']['total']:.1f} CPU s): "
+          + ", ".join(f"{k} {v:+.2f}" for k, v in b["coefficients"].items()), flush=True)
+    shown = records[len(examples)] if len(records) > len(examples) else records[-1]
+    prompt_ids = shown.prompt_ids(bb.tokenizer, cfg.max_prompt_tokens)
+    need = NeedRouter.load(out, edge.d_model)
+    verdict = "customised (spa)" if need.customised(prompt_ids, edge.lm_head) else "generic (would run as base)"
+    print(f"new user: the need router calls the prompt {verdict}", flush=True)
+    prompt = bb.tokenizer.decode(prompt_ids)
+    return [{"user": "new", "about": f"blended from {args.new_user}", "mode": m, "prompt": prompt,
+             "text": "", "stats": None, "error": "", "bundle": str(out)} for m in modes]
 
 
 def _stream(sel: selectors.BaseSelector, sessions: list[dict], tty: bool) -> float | None:

@@ -129,12 +129,12 @@ def test_cli_blend_missing_pool_is_one_line(tmp_path, capsys):
 def _two_topics(n: int, seed: int) -> tuple[list[list[int]], list[list[int]]]:
     g = torch.Generator().manual_seed(seed)
     shared = [0, 1, 2, 3]  # a chat template's tokens, in every prompt
-    pos = [shared + torch.randint(10, 60, (12,), generator=g).tolist() for _ in range(n)]
+    pos = [shared + torch.randint(10, 30, (12,), generator=g).tolist() for _ in range(n)]
     neg = [shared + torch.randint(60, 120, (12,), generator=g).tolist() for _ in range(n * 3)]
     return pos, neg
 
 
-def _lm_head(v: int = 128, d: int = 32) -> torch.nn.Linear:
+def _lm_head(v: int = 128, d: int = 64) -> torch.nn.Linear:
     torch.manual_seed(0)
     head = torch.nn.Linear(d, v, bias=False)
     head.weight.data.normal_()
@@ -157,11 +157,11 @@ def test_need_router_on_disk(tmp_path):
     pos, neg = _two_topics(8, 2)
     r = NeedRouter.fit(pos, neg, head, NeedConfig(steps=50))
     r.save(tmp_path)
-    back = NeedRouter.load(tmp_path, 32)
+    back = NeedRouter.load(tmp_path, 64)
     assert torch.equal(back.scores(pos, head), r.scores(pos, head))
-    assert NeedRouter.load(tmp_path / "none", 32) is None
+    assert NeedRouter.load(tmp_path / "none", 64) is None
     with pytest.raises(InputError, match="expected"):
-        NeedRouter.load(tmp_path, 64)
+        NeedRouter.load(tmp_path, 32)
     with pytest.raises(InputError, match="outside the vocabulary"):
         prompt_embedding([[500]], head)
     with pytest.raises(InputError, match="empty prompt"):
