@@ -75,7 +75,7 @@ class ReferenceGenerator:
         check_modes(self.edge, mode)
         sampling = sampling or Sampling()
         edge = self.edge
-        wire_layers = edge.wire_layers(mode)
+        wire_layers = edge.wire_layers(mode) if mode.uses_side else []
         eos = self.backbone.eos_token_id if stop_at_eos else None
         dec = Decoder(mode, max_new_tokens, eos, len(prompt_ids), budget=BudgetGate.of(budget, edge, mode))
         zs: list[torch.Tensor] | None = [] if keep_z else None
@@ -86,7 +86,7 @@ class ReferenceGenerator:
             z = out.z[0, -1].to(WIRE_DTYPE).cpu()  # (d,) as a FRAME carries it
             if zs is not None:
                 zs.append(z)
-            fire, g = edge.gate(mode, z)
+            fire, g = edge.gate(mode, z) if mode.uses_side else (False, 0.0)
             step = dec.frame(base_tok, fire, g)
             if step.act is not Act.EMIT:  # REQUEST → HIDDEN, or lockstep states in the frame
                 wire = torch.stack([out.hidden[i][0, -1] for i in wire_layers]).to(WIRE_DTYPE).cpu()
