@@ -23,7 +23,6 @@ other people's work.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,27 +32,10 @@ from torch.func import functional_call
 from edge_agent.edge_model import EdgeModel, Head
 from edge_agent.need import NeedConfig, NeedRouter
 from edge_agent.side_network import Classifier, SideNetwork
+from lab.blend_config import BlendConfig
 from lab.data import Example
 from lab.pool import Pool
-from routing.config import Tunables, tunable
 from routing.errors import InputError
-
-
-@dataclass
-class BlendConfig(Tunables):
-    max_examples: int = tunable(16, 2, 64, "the user's examples used (the first ones)")
-    steps: int = tunable(30, 0, 1000, "Adam steps on the K coefficients")
-    lr: float = tunable(0.15, 1e-4, 2.0, "Adam's step size on the coefficients")
-    l2: float = tunable(1e-3, 0.0, 10.0, "pull of the coefficients towards θ0 (w = 0)")
-    candidates: int = tunable(32, 2, 4096, "top tokens per position and network in the softmax")
-    max_positions: int = tunable(1024, 16, 65536, "answer positions the coefficients see")
-    max_prompt_tokens: int = tunable(128, 16, 1024, "prompt tokens kept, as in the pool")
-    clf_epochs: int = tunable(6, 0, 40, "epochs of the classifier on the examples' positions")
-    clf_features: str = tunable("z+stats", help="the gate's input", choices=("z", "z+stats"))
-    clf_hidden: int = tunable(64, 0, 256, "the gate's hidden width (0 = linear)")
-    fire_rate: float = tunable(0.4, 0.0, 1.0, "τ: the gate fires on this share of the examples' positions")
-    threads: int = tunable(2, 1, 64, "torch threads (the device's cores)")
-    seed: int = tunable(0, 0, 2**31 - 1, "of the classifier's batches")
 
 
 def train_config(cfg: BlendConfig):

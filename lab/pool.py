@@ -35,8 +35,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from edge_agent.side_network import SideConfig, SideNetwork
+from lab.blend_config import PoolConfig
 from lab.data import Example, load_examples, read_prompt_file, write_prompt_file
-from routing.config import Tunables, tunable
 from routing.errors import FingerprintMismatch, InputError
 
 FORMAT = "spa-side-pool/1"
@@ -79,16 +79,6 @@ HELD_OUT = (  # never in the pool: the users blending is measured on
 STYLES = {s.name: s for s in POOL_STYLES + HELD_OUT}
 ASKS = ("Pass on this message:", "Tell me this:", "Say this to me:", "Repeat this news:")
 XSUM_USER_OFFSET = 500  # XSum records for a user outside the pool start here (pool: from 0)
-
-
-@dataclass
-class PoolConfig(Tunables):
-    records: int = tunable(40, 8, 2000, "records per member (the last tenth is its dev split)")
-    base_epochs: int = tunable(3, 1, 20, "epochs of the shared start θ0 on the union")
-    epochs: int = tunable(4, 1, 40, "epochs of each member from θ0 (early stopping on dev NLL)")
-    max_prompt_tokens: int = tunable(128, 32, 1024, "prompt tokens kept (XSum documents are cut)")
-    every: int = tunable(1, 1, 6, "every k-th backbone layer travels (the members' wire layers)")
-    seed: int = tunable(0, 0, 2**31 - 1, "of the sentence shuffle and of training")
 
 
 # ---------------------------------------------------------------- records

@@ -416,7 +416,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default="cpu")
     q.add_argument("--xsum", help="XSum JSONL for the news member (default: $SPA_XSUM or ../shared/data)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
-    from lab.pool import PoolConfig
+    from lab.blend_config import PoolConfig
 
     PoolConfig.add_arguments(q)
     q.set_defaults(func=cmd_pool_build)
@@ -427,7 +427,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", required=True, help="the bundle directory to write")
     q.add_argument("--backbone", help="default: the backbone the pool was built with")
     q.add_argument("--device", default="cpu")
-    from lab.blend import BlendConfig
+    from lab.blend_config import BlendConfig
 
     BlendConfig.add_arguments(q)
     q.set_defaults(func=cmd_blend)

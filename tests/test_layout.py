@@ -67,3 +67,17 @@ def test_the_map_has_no_cycle():
 
     for p in MAY_IMPORT:
         visit(p, ())
+
+
+def test_command_line_imports_no_torch():
+    """`spa broker`, `spa health` … start in a second, not after torch's import (30–70 s on a
+    loaded 2-core machine): building the parser, every subcommand's flags included, loads none
+    of torch or transformers."""
+    import subprocess
+    import sys
+
+    code = ("import sys, spa.cli; spa.cli.build_parser(); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"

@@ -1,0 +1,35 @@
+"""The settings of `spa pool build` and `spa blend` (issue 19), apart from the code that uses
+them so that building the command line imports no torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from routing.config import Tunables, tunable
+
+
+@dataclass
+class PoolConfig(Tunables):
+    records: int = tunable(40, 8, 2000, "records per member (the last tenth is its dev split)")
+    base_epochs: int = tunable(3, 1, 20, "epochs of the shared start θ0 on the union")
+    epochs: int = tunable(4, 1, 40, "epochs of each member from θ0 (early stopping on dev NLL)")
+    max_prompt_tokens: int = tunable(128, 32, 1024, "prompt tokens kept (XSum documents are cut)")
+    every: int = tunable(1, 1, 6, "every k-th backbone layer travels (the members' wire layers)")
+    seed: int = tunable(0, 0, 2**31 - 1, "of the sentence shuffle and of training")
+
+
+@dataclass
+class BlendConfig(Tunables):
+    max_examples: int = tunable(16, 2, 64, "the user's examples used (the first ones)")
+    steps: int = tunable(30, 0, 1000, "Adam steps on the K coefficients")
+    lr: float = tunable(0.15, 1e-4, 2.0, "Adam's step size on the coefficients")
+    l2: float = tunable(1e-3, 0.0, 10.0, "pull of the coefficients towards θ0 (w = 0)")
+    candidates: int = tunable(32, 2, 4096, "top tokens per position and network in the softmax")
+    max_positions: int = tunable(1024, 16, 65536, "answer positions the coefficients see")
+    max_prompt_tokens: int = tunable(128, 16, 1024, "prompt tokens kept, as in the pool")
+    clf_epochs: int = tunable(6, 0, 40, "epochs of the classifier on the examples' positions")
+    clf_features: str = tunable("z+stats", help="the gate's input", choices=("z", "z+stats"))
+    clf_hidden: int = tunable(64, 0, 256, "the gate's hidden width (0 = linear)")
+    fire_rate: float = tunable(0.4, 0.0, 1.0, "τ: the gate fires on this share of the examples' positions")
+    threads: int = tunable(2, 1, 64, "torch threads (the device's cores)")
+    seed: int = tunable(0, 0, 2**31 - 1, "of the classifier's batches")
