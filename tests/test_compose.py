@@ -397,7 +397,7 @@ def agent_from_host(models: ModelSet, keys: Path) -> tuple[str, str]:
               "--max-new-tokens", "16"]
     spa = [sys.executable, "-m", "spa"]
     agent = subprocess.run([*spa, "agent", "--broker", "tcp://localhost:5555", "--keys", str(keys),
-                            "--json", *common], capture_output=True, text=True, timeout=180)
+                            "--json", *common], capture_output=True, text=True, timeout=600)
     assert agent.returncode == 0, agent.stdout + agent.stderr
     lines = [json.loads(line) for line in agent.stdout.splitlines()]
     assert lines[-1]["done"] and lines[-1]["tokens"] > 0, lines[-1]
