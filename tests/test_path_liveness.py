@@ -108,6 +108,12 @@ async def _through_fault(stack, edge, prompts, fault: str):
         proxy.close()
 
 
+def _stall(stamps: list[float], t_fault: float) -> float:
+    """The longest wait for a piece after the fault."""
+    stamps = sorted(stamps)
+    return max(b - a for a, b in zip(stamps, stamps[1:], strict=False) if b > t_fault)
+
+
 def _check(backbone, edge, prompts, streams):
     ref = ReferenceGenerator(backbone, edge)
     for p, s in zip(prompts + prompts[:1], streams, strict=True):
@@ -119,15 +125,14 @@ def _check(backbone, edge, prompts, streams):
 def test_black_hole_is_noticed_and_healed(stack, backbone, edge, prompts):
     streams, stamps, agent, t_fault = asyncio.run(_through_fault(stack, edge, prompts[:8], "blackhole"))
     _check(backbone, edge, prompts[:8], streams)
-    assert agent.reconnects >= 1 and sum(s.stats.replays for s in streams) > 0
-    resumed = min(t for t in stamps if t > t_fault)
-    # dead_after_s (3 s) + a beat + back-off, far below the silence timeout's 10 s (before: 41 s)
-    assert resumed - t_fault < AgentConfig().dead_after_s + 3.0, resumed - t_fault
+    assert sum(s.stats.replays for s in streams) > 0
+    # ZeroMQ's heartbeat drops the dead connection (or the agent's own backstop, a new socket):
+    # a few seconds, not the silence timeout (before: every session TIMEOUT at 41 s)
+    assert _stall(stamps, t_fault) < AgentConfig().dead_after_s + 3.0, _stall(stamps, t_fault)
 
 
 def test_reset_costs_about_a_heartbeat(stack, backbone, edge, prompts):
     streams, stamps, agent, t_fault = asyncio.run(_through_fault(stack, edge, prompts[:8], "reset"))
     _check(backbone, edge, prompts[:8], streams)
     assert sum(s.stats.replays for s in streams) > 0
-    resumed = min(t for t in stamps if t > t_fault)
-    assert resumed - t_fault < AgentConfig().heartbeat_s + 1.5, resumed - t_fault  # before: 10 s
+    assert _stall(stamps, t_fault) < AgentConfig().heartbeat_s + 1.5, _stall(stamps, t_fault)  # before: 10 s
