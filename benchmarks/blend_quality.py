@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -121,11 +122,14 @@ def main() -> int:
         from lab.synthetic import make_corpus
 
         work = ROOT / ".spa-cache" / "blend-smoke"
-        if not (work / "backbone" / "config.json").is_file():
+        backbone = work / "backbone"
+        if os.environ.get("SPA_BENCH_BACKBONE"):  # the tests' tiny backbone; the pool beside the run
+            backbone, work = Path(os.environ["SPA_BENCH_BACKBONE"]), Path.cwd() / "blend-smoke"
+        elif not (backbone / "config.json").is_file():
             work.mkdir(parents=True, exist_ok=True)
             (work / "corpus.txt").write_text(make_corpus(300, seed=0))
-            pretrain(work / "corpus.txt", work / "backbone", "tiny", 30, seed=0, progress=False)
-        args.backbone, args.pool = str(work / "backbone"), str(work / "pool")
+            pretrain(work / "corpus.txt", backbone, "tiny", 30, seed=0, progress=False)
+        args.backbone, args.pool = str(backbone), str(work / "pool")
         args.pool_records, args.train_records, args.eval, args.max_new = 16, 16, 4, 12
         args.users, args.examples, args.epochs = "ada", 8, 2
     bb = Backbone.load(args.backbone)

@@ -101,7 +101,10 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=128, help="width of z in each FRAME")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--curve", action="store_true", help="the broker with CURVE (the bare hop stays plaintext)")
+    ap.add_argument("--smoke", action="store_true", help="seconds: 500 messages, one repeat (for the tests)")
     a = ap.parse_args()
+    if a.smoke:
+        a.messages, a.repeats = 500, 1
     keys = None
     if a.curve:
         import tempfile

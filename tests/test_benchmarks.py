@@ -22,7 +22,8 @@ SMOKE = {
     "gpu_engine.py": "worker", "batching.py": "worker", "bare_hop.py": "worker", "worker_io.py": "worker",
     "broker_overhead.py": "broker",
     "spa_xsum.py": "method", "spa_select.py": "method", "first_token_eos.py": "method",
-    "persona_quality.py": "method",
+    "persona_quality.py": "method", "seed_table.py": "method",
+    "blend_quality.py": "blend",
     "edge_devices.py": "device",
 }
 SHELL = ("gpu_stack.sh", "gpu_loadtest.sh", "spa_gpu.sh", "xsum_results.sh")
