@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from edge_agent.config import AgentConfig
 from edge_agent.decoding import check_request
 from edge_agent.edge_batch import EdgeCompute
 from edge_agent.edge_model import EdgeModel
@@ -35,7 +35,6 @@ from edge_agent.replay import RETRY, RetryPolicy, retryable  # noqa: F401 - re-e
 from edge_agent.stream import Piece, SessionError, SessionStats, Stream  # noqa: F401 - re-exported
 from monitoring import metrics
 from routing import security
-from routing.config import Tunables, tunable
 from routing.errors import ErrorCode, SpaError
 from routing.modes import Mode
 from routing.protocol import (
@@ -56,20 +55,6 @@ from routing.sampling import Sampling
 TO_AGENT = frozenset({MsgType.FRAME, MsgType.HIDDEN, MsgType.DONE, MsgType.ERROR, MsgType.HEARTBEAT})
 AGENT_BATCH = Role.AGENT in SPECS[MsgType.BATCH].senders  # may agents coalesce into a BATCH?
 DRAIN = 4096  # messages handled per wake-up of the receive task before yielding to the loop
-
-
-@dataclass
-class AgentConfig(Tunables):
-    window: int = tunable(8, 1, 256, "tokens the worker may decode past the last ACK")
-    heartbeat_s: float = tunable(1.0, 0.05, 10.0, "agent → broker beats: lease renewal and the "
-                                 "path's liveness (well under the broker's lease)")
-    dead_after_s: float = tunable(6.0, 0.2, 60.0, "no answer from the broker this long: the path "
-                                  "is dead, a new socket, every session replays (ZeroMQ's own "
-                                  "heartbeat drops a dead connection after routing.security."
-                                  "CLIENT_TIMEOUT_S; this is the backstop)")
-    hwm: int = tunable(100_000, 1_000, 1_000_000, "ZeroMQ high-water marks of the socket (messages)")
-    inline_compute: bool = tunable(False, help="edge compute on the event loop's own thread "
-                                   "(default: a compute thread)")
 
 
 WINDOW = AgentConfig().window

@@ -154,6 +154,8 @@ def cmd_agent(args) -> None:
 
     from edge_agent.agent import EdgeAgent
     from edge_agent.bundle import load_bundle
+    from edge_agent.config import AgentConfig
+    from edge_agent.replay import RetryPolicy
     from monitoring import metrics
     from routing.errors import InputError
     from routing.security import client_keys
@@ -166,7 +168,8 @@ def cmd_agent(args) -> None:
     metrics.serve(args.metrics_port, args.metrics_addr)
 
     async def run() -> None:
-        agent = EdgeAgent(edge, args.broker, args.window, keys)
+        agent = EdgeAgent(edge, args.broker, keys=keys, cfg=AgentConfig.from_args(args),
+                          retry=RetryPolicy.from_args(args))
         try:
             stream = agent.generate(args.prompt, args.max_new_tokens, args.mode)
             async with asyncio.timeout(args.timeout):
@@ -381,10 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--prompt", required=True)
     q.add_argument("--mode", default="spa")
     q.add_argument("--max-new-tokens", type=int, default=48)
-    q.add_argument("--window", type=int, default=8)
     q.add_argument("--timeout", type=float, default=120.0)
     q.add_argument("--json", action="store_true", help="one JSON line per piece, then the stats")
     q.add_argument("--metrics-port", type=int, default=0, help="serve /metrics here (0 = off)")
+    from edge_agent.config import AgentConfig
+    from edge_agent.replay import RetryPolicy
+
+    AgentConfig.add_arguments(q)
+    RetryPolicy.add_arguments(q)
     _security(q)
     q.set_defaults(func=cmd_agent)
 
