@@ -273,7 +273,7 @@ def test_compose_services_run_as_local_processes(tmp_path, backbone_dir, bundle_
             prom.stop()
         codes = stack.stop()
     assert codes["edge-agent"] == 0, stack.log("edge-agent")  # SIGTERM: a summary, exit 0
-    assert "sessions=" in stack.log("edge-agent")
+    assert "tok/s" in stack.log("edge-agent")  # its summary line
     for name in ("broker", "cloud-worker"):
         assert codes[name] in (0, 130), (name, codes[name], stack.log(name))
 
