@@ -41,7 +41,7 @@ stage2|efficiency)
     --split :800 --mode spa --epochs ${EPOCHS:-3} --device cuda --out $W/bundle --quiet --target-m 0.47 --gen-batch 256
   if [ "$1" = efficiency ]; then
     timeout ${EFF_TIMEOUT:-480} python3 benchmarks/stack_efficiency.py --backbone /root/smollm2 --bundle $W/bundle \
-      --device cuda --secure --prompts $W/data/xsum_1000.jsonl --sessions ${SESSIONS:-1,64,256,1024} \
+      --device cuda --secure --prompts $W/data/xsum_1000.jsonl --sessions ${SESSIONS:-1,64,256,1024} --prompt-tokens ${PROMPT_TOKENS:-128} --chunk-tokens ${CHUNK:-0} \
       --tokens ${TOKENS:-32} --agent-procs ${PROCS:-12} --profile ${PROFILE:-8} \
       --json "${OUT:-/tmp}/gpu_efficiency.json" 2>&1 | tee "${OUT:-/tmp}/gpu_efficiency.log"
   else

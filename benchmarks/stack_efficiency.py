@@ -192,7 +192,8 @@ def stage_worker(si: StandIn, fp: str, prompts, n, tokens, mode, wire) -> dict:
 class StandIn:
     """A stand-in broker: a ROUTER where a `spa worker` connects, beating as a broker does."""
 
-    def __init__(self, backbone: Path, device: str, capacity: int, log: Path) -> None:
+    def __init__(self, backbone: Path, device: str, capacity: int, log: Path,
+                 extra: tuple[str, ...] = ()) -> None:
         import zmq
 
         from spa.stack import free_port
@@ -206,7 +207,7 @@ class StandIn:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "spa", "worker", "--broker", f"tcp://127.0.0.1:{port}", "--backbone",
              str(backbone), "--device", device, "--plaintext", "--max-sessions", str(capacity),
-             "--max-batch", str(capacity)], stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT)
+             "--max-batch", str(capacity), *extra], stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT)
         self.broker_id, self.ident, self.last = os.urandom(8), None, 0.0
         deadline = time.monotonic() + 300
         while self.ident is None:
@@ -288,7 +289,7 @@ def stage_broker(stack, fp: str, prompts, n, tokens, mode, wire) -> dict:
 
 
 def stage_agents(stack, bundle: Path, n, tokens, mode, procs: int, tmp: Path, prompts_file: str | None,
-                 profile_s: float = 0.0) -> dict:
+                 profile_s: float = 0.0, prompt_tokens: int = 128) -> dict:
     procs = max(1, min(procs, n))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     runs = []
@@ -299,7 +300,7 @@ def stage_agents(stack, bundle: Path, n, tokens, mode, procs: int, tmp: Path, pr
                "--max-new-tokens", str(tokens), "--report", "0", "--seed", str(1000 * k),
                "--json", str(tmp / f"lt{k}.json"), "--delay", str(START_S), *stack.client_args]
         if prompts_file:
-            cmd += ["--prompts", prompts_file]
+            cmd += ["--prompts", prompts_file, "--max-prompt-tokens", str(prompt_tokens)]
         runs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True, cwd=ROOT, env=env))
     for p in runs:  # every process loaded (torch, bundle, prompts): they start START_S after that
@@ -411,6 +412,11 @@ def main() -> None:
     ap.add_argument("--secure", action="store_true", help="CURVE on the broker's sockets")
     ap.add_argument("--profile", type=float, default=0.0, metavar="S",
                     help="py-spy the largest level's processes for S seconds (cProfile the client)")
+    ap.add_argument("--prompt-tokens", type=int, default=128,
+                    help="prompts cut to this many tokens (short prompts: decode-bound sessions)")
+    ap.add_argument("--chunk-tokens", type=int, default=0,
+                    help="the worker's tokens per step (0: its default); prefill of many sessions "
+                    "takes prompt tokens × sessions / this many steps")
     ap.add_argument("--json")
     ap.add_argument("--smoke", action="store_true", help="seconds: 1 and 4 sessions, 4 tokens")
     a = ap.parse_args()
@@ -434,7 +440,8 @@ def main() -> None:
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))  # as `spa worker` does
     bb = Backbone.load(str(backbone), a.device)
     edge = load_bundle(bundle)
-    prompts = load_prompts(a.prompts, edge.tokenizer, 128)
+    prompts = load_prompts(a.prompts, edge.tokenizer, a.prompt_tokens)
+    chunk = ("--chunk-tokens", str(a.chunk_tokens)) if a.chunk_tokens else ()
     wires = {m: edge.wire_layers(Mode.parse(m)) for m in a.modes.split(",")}
     cap = max(levels)
     rows: list[dict] = []
@@ -453,7 +460,8 @@ def main() -> None:
         from cloud_worker.config import WorkerConfig
         from cloud_worker.scheduler import Scheduler
 
-        sched = Scheduler(bb, config=WorkerConfig(max_sessions=cap, max_batch=cap))
+        wc = WorkerConfig(max_sessions=cap, max_batch=cap)
+        sched = Scheduler(bb, config=wc.replace(chunk_tokens=a.chunk_tokens) if a.chunk_tokens else wc)
         for mode in wires:
             stage_engine(sched, prompts, 1, 2, mode, wires[mode])  # warm-up
             for n in levels:
@@ -468,7 +476,7 @@ def main() -> None:
     if a.device.startswith("cuda"):
         torch.cuda.empty_cache()
     if "worker" in stages:
-        si = StandIn(backbone, a.device, cap, tmp / "worker.log")
+        si = StandIn(backbone, a.device, cap, tmp / "worker.log", chunk)
         try:
             for mode in wires:
                 stage_worker(si, fp, prompts, 1, 2, mode, wires[mode])  # warm-up
@@ -480,7 +488,7 @@ def main() -> None:
         with LocalStack(backbone, workers=1, max_sessions=cap, device=a.device, secure=a.secure,
                         metrics=True, log_dir=tmp / "logs",
                         broker_args=("--max-agent-sessions", str(max(256, 2 * cap))),
-                        worker_args=("--max-batch", str(cap))) as stack:
+                        worker_args=("--max-batch", str(cap), *chunk)) as stack:
             for mode in wires:
                 if "broker" in stages:
                     stage_broker(stack, fp, prompts, 1, 2, mode, wires[mode])
@@ -490,7 +498,7 @@ def main() -> None:
                 if "agents" in stages:
                     for n in levels:
                         r = stage_agents(stack, bundle, n, a.tokens, mode, a.agent_procs, tmp, a.prompts,
-                                         a.profile if n == cap else 0.0)
+                                         a.profile if n == cap else 0.0, a.prompt_tokens)
                         if "profile" in r:
                             for proc, top in r.pop("profile").items():
                                 profiles[f"agents {mode} {n}: {proc}"] = top
