@@ -76,7 +76,7 @@ say "images ready after $((SECONDS - t_start)) s; the stack with $($SPA_COMPOSE 
 
 PY=${PY:-.venv/bin/python}
 rc=0
-SPA_COMPOSE_TEST=1 timeout 1500 "$PY" -m pytest -q -s -p no:cacheprovider \
+SPA_COMPOSE_TEST=1 timeout 3600 "$PY" -m pytest -q -s -p no:cacheprovider \
     tests/test_compose.py -k test_compose_up_for_real || rc=$?
 say "compose-test $([ $rc = 0 ] && echo passed || echo FAILED) in $((SECONDS - t_start)) s"
 exit $rc
