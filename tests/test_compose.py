@@ -143,6 +143,7 @@ class LocalCompose:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def map(self, arg: str) -> str:
+        arg = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: os.environ.get(m[1]) or m[2], arg)  # ${X:-d}
         if arg.isdigit() and int(arg) in self.ports:  # e.g. --metrics-port 9101
             return str(self.ports[int(arg)])
         for host in self.hosts:
@@ -475,6 +476,8 @@ def test_compose_up_for_real(tmp_path):
             "mode:spa_blocking_transmissions_per_token:ratio_rate1m")}
         assert by_mode.get("base") == 0.0 and abs(by_mode.get("full", 0) - 1) < 0.05, by_mode
         assert 0 < by_mode["spa"] < 1, by_mode
+        stack.say(f"Prometheus scrapes {prom.jobs_up()} by DNS; M by mode "
+                  + ", ".join(f"{m} {v:.3f}" for m, v in sorted(by_mode.items())))
 
         # a minute of generation with 0 errors (the agents' NO_WORKER refusals while the worker
         # was still loading, retried, came before it); its tokens/s is the 3-replica rate
@@ -487,7 +490,8 @@ def test_compose_up_for_real(tmp_path):
         tps3 = prom.value('sum(rate(spa_tokens_generated_total{job="edge-agent"}[1m]))')
         assert n1 > n0 and e1 == e0 and f1 == f0, (n0, n1, e0, e1, f0, f1, stack.logs("edge-agent"))
         stack.say(f"one minute: {n1 - n0:.0f} sessions finished, 0 errors, {tps3:.1f} tokens/s "
-                  f"with {replicas['edge-agent']} agent replicas")
+                  f"with {replicas['edge-agent']} agent replicas of "
+                  f"{os.environ.get('SPA_AGENT_DEVICES') or 4} devices")
 
         # scale out: a 4th replica, found by Prometheus' DNS discovery, raises tokens/s
         scaled = replicas["edge-agent"] + 1
