@@ -143,6 +143,7 @@ class LocalCompose:
         self.procs: dict[str, subprocess.Popen] = {}
 
     def map(self, arg: str) -> str:
+        arg = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: os.environ.get(m[1]) or m[2], arg)  # ${X:-d}
         if arg.isdigit() and int(arg) in self.ports:  # e.g. --metrics-port 9101
             return str(self.ports[int(arg)])
         for host in self.hosts:
@@ -389,22 +390,35 @@ class DockerStack:
         print(f"$ {title}\n{text.rstrip()}", flush=True)
 
 
-def agent_from_host(models: ModelSet, keys: Path) -> tuple[str, str]:
-    """`spa agent --broker tcp://localhost:5555` with the volume's keys, and the reference's text."""
+def host_request(models: ModelSet) -> list[str]:
+    """The host agent's request: the first built user's first held-out prompt, 16 tokens."""
     user = models.user_names()[0]
     prompt = read_prompt_file(models.prompts(user))[0]
-    common = ["--bundle", str(models.bundle(user)), "--prompt", prompt, "--mode", "spa",
-              "--max-new-tokens", "16"]
-    spa = [sys.executable, "-m", "spa"]
-    agent = subprocess.run([*spa, "agent", "--broker", "tcp://localhost:5555", "--keys", str(keys),
-                            "--json", *common], capture_output=True, text=True, timeout=600)
+    return ["--bundle", str(models.bundle(user)), "--prompt", prompt, "--mode", "spa",
+            "--max-new-tokens", "16"]
+
+
+def start_reference(models: ModelSet, out: Path) -> subprocess.Popen:
+    """The single-process reference generator on the host, started as soon as the models are
+    built: under load its torch import and model load take minutes, spent while the stack
+    becomes healthy instead of after."""
+    return subprocess.Popen([sys.executable, "-m", "spa", "generate", "--backbone",
+                             str(models.backbone), *host_request(models)],
+                            stdout=out.open("w"), stderr=out.with_suffix(".log").open("w"))
+
+
+def agent_from_host(models: ModelSet, keys: Path, ref: subprocess.Popen, ref_out: Path
+                    ) -> tuple[str, str]:
+    """`spa agent --broker tcp://localhost:5555` with the volume's keys, and the reference's text."""
+    agent = subprocess.run([sys.executable, "-m", "spa", "agent", "--broker", "tcp://localhost:5555",
+                            "--keys", str(keys), "--json", *host_request(models)],
+                           capture_output=True, text=True, timeout=600)
     assert agent.returncode == 0, agent.stdout + agent.stderr
     lines = [json.loads(line) for line in agent.stdout.splitlines()]
     assert lines[-1]["done"] and lines[-1]["tokens"] > 0, lines[-1]
-    ref = subprocess.run([*spa, "generate", "--backbone", str(models.backbone), *common],
-                         capture_output=True, text=True, timeout=300)
-    assert ref.returncode == 0, ref.stderr
-    return "".join(p["text"] for p in lines[:-1]), ref.stdout.rstrip("\n")
+    ref.wait(timeout=900)
+    assert ref.returncode == 0, ref_out.with_suffix(".log").read_text()[-3000:]
+    return "".join(p["text"] for p in lines[:-1]), ref_out.read_text().rstrip("\n")
 
 
 @pytest.mark.skipif(os.environ.get("SPA_COMPOSE_TEST") != "1",
@@ -422,27 +436,32 @@ def test_compose_up_for_real(tmp_path):
     stack.capture.write_text("")
     prom = RunningPrometheus(9090)
     stack.compose("down", "-v", "--remove-orphans")  # a previous run's leftovers
+    ref = None
     stack.say(f"{' '.join(stack.cmd)} up -d {' '.join(REAL_STACK)}  (grafana left out: no "
               "registry here has grafana/grafana; its service stays in compose.yaml)")
     try:
-        stack.compose("up", "-d", *REAL_STACK, timeout=1500)  # waits for the model builder
+        stack.compose("up", "-d", *REAL_STACK, timeout=2400)  # waits for the model builder
         stack.say(f"up returned after {time.monotonic() - t0:.0f} s")
-        healthy = ["broker", "cloud-worker", "edge-agent", "prometheus"]
-        replicas = {"edge-agent": SERVICES["edge-agent"]["deploy"]["replicas"]}
-        stack.wait_healthy(healthy, replicas, timeout=300)
-        stack.say(f"every healthcheck passes after {time.monotonic() - t0:.0f} s")
         for one_shot in ("keygen", "model-builder"):
             (c,) = stack.containers(one_shot)
             assert c["State"]["Status"] == "exited" and c["State"]["ExitCode"] == 0, (one_shot, c["State"])
         built = ModelSet.load(models)
         assert built.backbone.is_dir() and built.user_names(), built
         assert all(built.bundle(u).is_dir() and built.prompts(u).is_file() for u in built.user_names())
+        stack.say(f"model builder finished: backbone {built.backbone_source}, users "
+                  f"{', '.join(built.user_names())}")
+        ref_out = tmp_path / "reference.txt"
+        ref = start_reference(built, ref_out)
+        healthy = ["broker", "cloud-worker", "edge-agent", "prometheus"]
+        replicas = {"edge-agent": SERVICES["edge-agent"]["deploy"]["replicas"]}
+        stack.wait_healthy(healthy, replicas, timeout=300)
+        stack.say(f"every healthcheck passes after {time.monotonic() - t0:.0f} s")
 
         # an agent on the host, through the published port, with the keys from the volume
         (broker,) = stack.containers("broker")
         keys = tmp_path / "keys"
         subprocess.run(["docker", "cp", f"{broker['Id']}:{KEYS}", str(keys)], check=True)
-        streamed, reference = agent_from_host(built, keys)
+        streamed, reference = agent_from_host(built, keys, ref, ref_out)
         assert streamed == reference, (streamed, reference)
         stack.say(f"host agent streamed the reference's text: {streamed!r}")
 
@@ -457,6 +476,8 @@ def test_compose_up_for_real(tmp_path):
             "mode:spa_blocking_transmissions_per_token:ratio_rate1m")}
         assert by_mode.get("base") == 0.0 and abs(by_mode.get("full", 0) - 1) < 0.05, by_mode
         assert 0 < by_mode["spa"] < 1, by_mode
+        stack.say(f"Prometheus scrapes {prom.jobs_up()} by DNS; M by mode "
+                  + ", ".join(f"{m} {v:.3f}" for m, v in sorted(by_mode.items())))
 
         # a minute of generation with 0 errors (the agents' NO_WORKER refusals while the worker
         # was still loading, retried, came before it); its tokens/s is the 3-replica rate
@@ -469,7 +490,8 @@ def test_compose_up_for_real(tmp_path):
         tps3 = prom.value('sum(rate(spa_tokens_generated_total{job="edge-agent"}[1m]))')
         assert n1 > n0 and e1 == e0 and f1 == f0, (n0, n1, e0, e1, f0, f1, stack.logs("edge-agent"))
         stack.say(f"one minute: {n1 - n0:.0f} sessions finished, 0 errors, {tps3:.1f} tokens/s "
-                  f"with {replicas['edge-agent']} agent replicas")
+                  f"with {replicas['edge-agent']} agent replicas of "
+                  f"{os.environ.get('SPA_AGENT_DEVICES') or 4} devices")
 
         # scale out: a 4th replica, found by Prometheus' DNS discovery, raises tokens/s
         scaled = replicas["edge-agent"] + 1
@@ -547,6 +569,8 @@ def test_compose_up_for_real(tmp_path):
         print(stack.logs(), flush=True)
         raise
     finally:
+        if ref is not None and ref.poll() is None:
+            ref.kill()
         stack.compose("down", "-v", "--remove-orphans", timeout=300)
     left = stack.leftovers()
     assert left == {"containers": [], "volumes": [], "networks": []}, left
