@@ -31,8 +31,8 @@ from edge_agent.edge_model import WIRE_DTYPE, EdgeModel, Head
 from edge_agent.side_network import Classifier, SideConfig
 from lab.batched import BatchConfig, BatchedGenerator
 from lab.data import Example
-from routing.errors import InputError
 from routing import quant
+from routing.errors import InputError
 from routing.modes import Combine, Mode, training_choices, training_heads
 from routing.quant import WireDtype
 from routing.transmissions import Transmissions
