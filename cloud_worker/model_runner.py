@@ -245,7 +245,7 @@ class ModelRunner:
         ring: dict[int, list[Tensor]] = {}
         for wire, es in groups.items():
             sess = [rows[emit[e]][0] for e in es]
-            sel = zz if len(es) == E else zz[torch.tensor(es, device=dev)]
+            sel = zz if len(es) == E else zz[self._to(es)]
             chan = torch.stack([s.grid[-1] for s in sess]) if wire.quantised else None
             hs = [stage.add(t) for t in quant.encode(sel, chan, wire)]  # (n, d) or (n, ·) + (n,)
             for j, e in enumerate(es):

@@ -138,7 +138,7 @@ class Stream:
         mode, dec, compute, edge = self.mode, self.decoder, self.agent.compute, self.agent.edge
         nz = 2 if self.wire.quantised else 1  # tensors per state on the wire
         try:
-            z = edge.unwire(m.tensors[:nz], self.wire, mode, None) if mode.uses_side else None
+            z = edge.unwire(m.tensors[:nz], self.wire, mode, None).numpy() if mode.uses_side else None
         except ValueError as exc:
             raise SessionError(ErrorCode.BAD_TENSOR.value, f"FRAME pos={m['pos']}: {exc}", self.id) from None
         fire, g = False, 0.0
@@ -160,7 +160,7 @@ class Stream:
         else:  # lockstep: the frame carried the states
             tensors = m.tensors[nz:]
         try:
-            wire = edge.unwire(tensors, self.wire, mode, edge.wire_layers(mode))
+            wire = edge.unwire(tensors, self.wire, mode, edge.wire_layers(mode)).numpy()
         except ValueError as exc:
             raise SessionError(ErrorCode.BAD_TENSOR.value, f"states pos={step.pos}: {exc}", self.id) from None
         started = time.perf_counter()
