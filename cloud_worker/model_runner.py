@@ -235,7 +235,7 @@ class ModelRunner:
         zz = z if idx is None else z[idx]  # (E, d)
         stage = _Staging()
         stage.add(tokens.to(torch.int32))
-        E, dev = len(emit), zz.device
+        E = len(emit)
         # per wire dtype (fp16 / int8 / int4), the rows' z, shipped and kept layers, encoded here
         groups: dict[WireDtype, list[int]] = {}
         for e, i in enumerate(emit):
