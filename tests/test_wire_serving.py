@@ -70,7 +70,7 @@ def test_bundle_saved_int8_serves_at_fp_and_int8(stack, backbone, edge, prompts,
 
     out = save_bundle(copy.deepcopy(edge), tmp_path / "b8", weights="int8")
     small = load_bundle(out)
-    assert (out / "weights.safetensors").stat().st_size < 0.4 * sum(
+    assert (out / "weights.safetensors").stat().st_size < 0.5 * sum(
         v.numel() * 4 for h in edge.heads.values() for v in h.side.state_dict().values())
     for resident in ("fp32", "int8"):
         served = load_bundle(out, resident=resident)
