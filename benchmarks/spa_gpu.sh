@@ -48,7 +48,8 @@ issue17)  # carry runs/spa_gpu/p2: joins, converts, then (issue 17) four XSum ru
   mkdir -p "${OUT:-/tmp/out}"
   # RUNS: "name:data:train args" each, data = xsum or a lab/tasks.py task (generated here, 1000
   # records: train :800, evaluate 800:); `issue17 persona` runs the persona check alone,
-  # `issue17 runs` the runs alone.
+  # `issue17 runs` the runs alone. XSUM_ARGS: more spa_xsum.py flags for every run (issue 22:
+  # XSUM_ARGS="--wire-dtypes fp16,int8,int4" adds wire.json, each run's bundle under each grid).
   RUNS=${RUNS:-"s0:xsum:--seed 0|s1:xsum:--seed 1|s2:xsum:--seed 2|g0:xsum:--seed 0 --clf-features z+stats --clf-hidden 64"}
   [ "${2:-}" = persona ] && RUNS=""
   IFS='|' read -ra runs <<< "$RUNS"
@@ -57,7 +58,7 @@ issue17)  # carry runs/spa_gpu/p2: joins, converts, then (issue 17) four XSum ru
     if [ "$data" = xsum ]; then file=$W/data/xsum_1000.jsonl; budgets="--budgets 0.2,0.35,0.5"
     else file=$W/data/$data.jsonl; budgets=""; [ -f $file ] || python3 -m lab.tasks $data --out $file; fi
     setsid nohup bash -c "python3 benchmarks/spa_xsum.py --backbone /root/smollm2 --data $file \
-      --out $W/run_$name --device cuda $budgets --train-args '$targs' > $W/run_$name/log 2>&1; \
+      --out $W/run_$name --device cuda $budgets ${XSUM_ARGS:-} --train-args '$targs' > $W/run_$name/log 2>&1; \
       echo EXIT \$? >> $W/run_$name/log" > /dev/null 2>&1 < /dev/null &
   done
   [ "${2:-}" = runs ] || timeout ${FG_TIMEOUT:-420} python3 benchmarks/persona_quality.py --backbone /root/smollm2 --device cuda \

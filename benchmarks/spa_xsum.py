@@ -37,6 +37,10 @@ def main() -> None:
     p.add_argument("--budgets", default="", help="per-session M budgets for spa, e.g. 0.2,0.35,0.5: "
                    "Rouge-L and M under each (budget.json)")
     p.add_argument("--budget-tokens", type=int, default=64, help="new tokens per budget session")
+    p.add_argument("--wire-dtypes", default="", help="issue 22: e.g. fp16,int8,int4 — the trained "
+                   "bundle evaluated with frames on each grid, side network stored fp32 and int8, "
+                   "paired bootstraps against fp16/fp32 (wire.json)")
+    p.add_argument("--wire-modes", default="spa,full", help="modes of the --wire-dtypes table")
     args = p.parse_args()
 
     import torch
@@ -81,6 +85,10 @@ def main() -> None:
         t = time.time()
         budget_run(args, out)
         times["budget_s"] = round(time.time() - t, 1)
+    if args.wire_dtypes:
+        t = time.time()
+        wire_run(args, out)
+        times["wire_s"] = round(time.time() - t, 1)
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() and "cuda" in args.device else "cpu"
     summary = {"times": times, "device": dev, "torch": torch.__version__,
                "train": shlex.join(train_cmd), "eval": shlex.join(eval_cmd)}
@@ -107,6 +115,41 @@ def budget_run(args, out: Path) -> None:
         print(f"{m.value} at {args.budget_tokens} tokens: Rouge-L {r.rouge_l:.2f} M {r.stats.m:.3f}", flush=True)
     rows += budget_curve(ev, examples, [float(b) for b in args.budgets.split(",")])
     (out / "budget.json").write_text(json.dumps({"budget_tokens": args.budget_tokens, "rows": rows}, indent=2))
+
+
+def wire_run(args, out: Path) -> None:
+    """The same bundle under each wire grid and with its weights stored int8 (issue 22): Rouge-L
+    and M per (mode, wire, weights), paired bootstrap of each against fp16 frames + fp32 weights."""
+    from cloud_worker.backbone import Backbone
+    from edge_agent.bundle import load_bundle, save_bundle
+    from lab.data import load_examples, split
+    from lab.evaluate import Evaluator, paired_bootstrap
+    from routing import quant
+    from routing.modes import Mode
+
+    bb = Backbone.load(args.backbone, args.device)
+    edges = {"fp32": load_bundle(out / "bundle", bb.fingerprint)}
+    save_bundle(load_bundle(out / "bundle", bb.fingerprint), out / "bundle_int8", weights="int8",
+                kits=out / "kits_int8")
+    edges["int8"] = load_bundle(out / "bundle_int8", bb.fingerprint, kits=out / "kits_int8")
+    for edge in edges.values():  # a kit made before issue 22 has no grid: calibrate it here
+        edge.grid = edge.grid if edge.grid is not None else quant.calibrate(bb)
+    examples = split(load_examples(args.data), args.eval_split)[: args.limit or None]
+    rows, base = [], {}
+    for weights, edge in edges.items():
+        ev = Evaluator(bb, edge, 384, 48, 256 if "cuda" in args.device else 32, False)
+        for mode in [Mode.parse(m) for m in args.wire_modes.split(",")]:
+            for wire in args.wire_dtypes.split(","):
+                r = ev.run_mode(mode, examples, wire_dtype=wire)
+                key = (mode.value, wire, weights)
+                if wire == "fp16" and weights == "fp32":
+                    base[mode.value] = r.scores
+                pair = (paired_bootstrap(r.scores, base[mode.value]) if mode.value in base else None)
+                rows.append({**r.row(), "wire": wire, "weights": weights, "vs_fp16_fp32": pair})
+                d = f" Δ {pair['diff']:+.2f} [{pair['lo']:+.2f}, {pair['hi']:+.2f}]" if pair else ""
+                print(f"{key[0]:6} wire {wire:5} weights {weights}: Rouge-L {r.rouge_l:.2f} "
+                      f"M {r.stats.m:.3f}{d}", flush=True)
+    (out / "wire.json").write_text(json.dumps({"examples": len(examples), "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+import torch
+
 from cloud_worker.backbone import Backbone
 from cloud_worker.block_manager import BlockManager
 from cloud_worker.config import WorkerConfig
@@ -30,6 +33,7 @@ from monitoring import metrics
 from routing.errors import ErrorCode
 from routing.modes import Mode
 from routing.protocol import Limits, Message, MsgType, ProtocolError, msg
+from routing.quant import WireDtype
 from routing.sampling import Sampling
 
 
@@ -41,7 +45,8 @@ class Scheduler:
         self.blocks = BlockManager(self.runner.num_blocks, cfg.block_size)  # admission's budget
         self.capacity = cfg.capacity(self.blocks.capacity_tokens)  # sessions (READY)
         # what only this worker knows, checked on every message before use
-        self.limits = Limits(backbone.vocab_size, backbone.n_layers, self.runner.max_context)
+        self.limits = Limits(backbone.vocab_size, backbone.n_layers, self.runner.max_context,
+                             backbone.d_model)
         self.sessions: dict[bytes, Session] = {}
         self.steps = 0
         self.longest_wait_steps = 0  # most steps a runnable session waited for its turn
@@ -87,7 +92,8 @@ class Scheduler:
             if hidden is None:
                 raise ProtocolError(ErrorCode.NO_STATE, f"no hidden states: session={sid.hex()} "
                                     f"pos={m['pos']} epoch={s.epoch} ring={sorted(s.ring)}", sid)
-            return [msg(MsgType.HIDDEN, [hidden.cpu().numpy()], session=sid, pos=m["pos"], epoch=s.epoch)]
+            return [msg(MsgType.HIDDEN, [t.cpu().numpy() for t in hidden], session=sid, pos=m["pos"],
+                        epoch=s.epoch)]
         elif m.type == MsgType.CORRECT:
             if m["epoch"] != s.epoch or not s.n_prompt <= m["pos"] < len(s.seq):
                 raise ProtocolError(ErrorCode.BAD_POSITION, f"CORRECT session={sid.hex()} pos={m['pos']} "
@@ -122,8 +128,12 @@ class Scheduler:
             mode, sampling = Mode.parse(m["mode"]), Sampling.from_dict(m["sampling"])
         except Exception as exc:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, str(exc), sid) from None
+        wire = WireDtype(m.get("wire_dtype", "fp16"))
+        grid = None
+        if wire.quantised:  # the kit's per-channel scales, as the contract checked them
+            grid = torch.from_numpy(m.tensors[0].astype(np.float32)).to(self.runner.device)
         s = Session(sid, list(prompt), len(prompt), m["max_new_tokens"], mode, m["window"], sampling,
-                    m["eos"], list(m["wire_layers"]))
+                    m["eos"], list(m["wire_layers"]), wire, grid)
         if not self.blocks.can_admit(s.max_len):
             raise ProtocolError(ErrorCode.BUSY, f"KV cache full: {self.blocks.free_tokens} tokens free, "
                                 f"session needs {s.max_len}", sid)
@@ -193,9 +203,7 @@ class Scheduler:
         for e, i in enumerate(out.emit):
             s = out.rows[i][0]
             pos = len(s.seq)
-            tensors = [out.z[e]]
-            if i in out.shipped:
-                tensors.append(out.shipped[i])
+            tensors = out.z[e] + out.shipped.get(i, [])
             frames.append(msg(MsgType.FRAME, tensors, session=s.id, pos=pos, epoch=s.epoch,
                               token=out.tokens[e]))
             s.emit(out.tokens[e], pos, out.ring.get(i))

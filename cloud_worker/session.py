@@ -18,6 +18,7 @@ import torch
 
 from cloud_worker.block_manager import BlockManager
 from routing.modes import Mode
+from routing.quant import WireDtype
 from routing.sampling import Sampling
 
 
@@ -32,13 +33,15 @@ class Session:
     sampling: Sampling
     eos: int | None
     wire_layers: list[int]
+    wire: WireDtype = WireDtype.FP16  # how its z and hidden states travel (routing/quant.py)
+    grid: torch.Tensor | None = None  # (len(wire_layers) + 1, d) float32 on device: quantised wires
     kv_len: int = 0  # positions of `seq` whose K/V are in the cache
     block_table: list[int] = field(default_factory=list)  # KV pages, in order
     reservation: int = 0  # pages promised at admission
     epoch: int = 0
     acked: int = 0  # positions < acked are accepted by the agent
     waiting: int | None = None  # lockstep: the position whose TOKEN we wait for
-    ring: dict[int, torch.Tensor] = field(default_factory=dict)  # pos -> (k, d) fp16, on device
+    ring: dict[int, list[torch.Tensor]] = field(default_factory=dict)  # pos -> wire tensors of (k, d), on device
     wasted: int = 0  # speculative tokens thrown away on rollback
     last_run: int = -1  # the scheduler step this session last ran in (fairness)
     waited: int = 0  # steps it has been runnable but not scheduled (fairness report)
@@ -119,7 +122,7 @@ class Session:
         self.last_run = step
         return self.kv_len == len(self.seq)
 
-    def emit(self, token: int, pos: int, states: torch.Tensor | None = None) -> None:
+    def emit(self, token: int, pos: int, states: list[torch.Tensor] | None = None) -> None:
         """After a FRAME for `pos`: keep its per-layer `states` for REQUESTs (gated), then decode
         on (gated) or wait for the agent's TOKEN (lockstep)."""
         if states is not None:

@@ -50,6 +50,7 @@ from routing.protocol import (
     msg,
     split_batch,
 )
+from routing.quant import WireDtype
 from routing.sampling import Sampling
 
 TO_AGENT = frozenset({MsgType.FRAME, MsgType.HIDDEN, MsgType.DONE, MsgType.ERROR, MsgType.HEARTBEAT})
@@ -261,8 +262,12 @@ class EdgeAgent:
             del self.sessions[stream.id]
 
     def generate(self, prompt: str | list[int], max_new_tokens: int = 48, mode: str | Mode = "spa",
-                 sampling: Sampling | None = None, window: int | None = None) -> Stream:
+                 sampling: Sampling | None = None, window: int | None = None,
+                 wire_dtype: str | WireDtype | None = None) -> Stream:
         mode = Mode.parse(mode)
+        wire = WireDtype.parse(wire_dtype or self.cfg.wire_dtype)
+        if wire.quantised and mode.uses_side:
+            self.edge.check_grid(wire)  # raises when the kit has no grid (or int4 on odd d)
         ids = self.tokenizer(prompt)["input_ids"] if isinstance(prompt, str) else list(prompt)
         check_request(ids, max_new_tokens)
         if not self.edge.supports(mode):
@@ -274,7 +279,7 @@ class EdgeAgent:
             self.heard = time.monotonic()
             self._beat_task = asyncio.get_running_loop().create_task(self._beat())
         return Stream(self, ids, max_new_tokens, mode, sampling or Sampling(), window or self.window,
-                      self.retry)
+                      self.retry, wire if mode.uses_side else WireDtype.FP16)
 
     async def close(self) -> None:
         if self._beat_task is not None:

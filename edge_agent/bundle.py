@@ -2,7 +2,8 @@
 
     bundle.json          format, backbone fingerprint (which names the edge kit), per head:
                          side config, τ, how trained
-    weights.safetensors  <combine>.side.*, <combine>.classifier.*
+    weights.safetensors  <combine>.side.*, <combine>.classifier.* (float32, or 2-D weights int8
+                         with per-channel scales: edge_agent/weights.py)
 
 The public parts (the lm_head copy and the tokenizer) belong to the backbone, not to the user:
 they live once per backbone in its edge kit (edge_agent/kit.py), by default in `kits/` beside
@@ -22,6 +23,7 @@ from torch import nn
 from edge_agent.edge_model import EdgeModel, Head
 from edge_agent.kit import kit_id, load_kit, save_kit
 from edge_agent.side_network import Classifier, SideConfig, SideNetwork
+from edge_agent.weights import RESIDENT, keep_int8, pack, unpack
 from routing.errors import FingerprintMismatch, InputError
 
 FORMAT = "spa-edge-bundle/2"
@@ -29,18 +31,21 @@ FORMAT_V1 = "spa-edge-bundle/1"  # lm_head + tokenizer inside every bundle
 
 
 def save_bundle(edge: EdgeModel, out: str | Path, record: dict | None = None,
-                kits: str | Path | None = None) -> Path:
+                kits: str | Path | None = None, weights: str = "fp32") -> Path:
     """Write the private parts to `out` and, unless it is there, the backbone's edge kit under
-    `kits` (default: `kits/` beside `out`)."""
+    `kits` (default: `kits/` beside `out`). weights "int8": 2-D weights (and a new kit's lm_head)
+    stored as int8 codes + per-channel scales (edge_agent/weights.py)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    save_kit(edge, Path(kits) if kits is not None else out.parent / "kits")
-    tensors, heads = {}, {}
+    save_kit(edge, Path(kits) if kits is not None else out.parent / "kits", weights)
+    state, heads = {}, {}
     for combine, head in edge.heads.items():
         for k, v in head.side.state_dict().items():
-            tensors[f"{combine}.side.{k}"] = v.detach().contiguous()
+            state[f"{combine}.side.{k}"] = v
         for k, v in head.classifier.state_dict().items():
-            tensors[f"{combine}.classifier.{k}"] = v.detach().contiguous()
+            state[f"{combine}.classifier.{k}"] = v
+    tensors = pack(state, weights)
+    for combine, head in edge.heads.items():
         heads[combine] = {"side": head.side.cfg.to_dict(), "classifier": head.classifier.cfg,
                           "threshold": head.threshold,
                           "tau": head.tau, "info": head.info}
@@ -77,9 +82,12 @@ def describe(path: str | Path, kits: str | Path | None = None) -> str:
 
 
 def load_bundle(path: str | Path, expected_fingerprint: str | None = None,
-                kits: str | Path | None = None) -> EdgeModel:
+                kits: str | Path | None = None, resident: str = "fp32") -> EdgeModel:
     """Load a bundle and its backbone's edge kit (looked for in `kits`, then as `find_kit`
-    says); with `expected_fingerprint`, refuse one built for another backbone."""
+    says); with `expected_fingerprint`, refuse one built for another backbone. resident "int8":
+    an int8-stored bundle keeps its Linear weights int8 in memory (same numbers, less memory)."""
+    if resident not in RESIDENT:
+        raise InputError(f"unknown resident weights {resident!r}: expected one of {', '.join(RESIDENT)}")
     path = Path(path)
     meta_file = path / "bundle.json"
     if not path.is_dir():
@@ -111,12 +119,18 @@ def load_bundle(path: str | Path, expected_fingerprint: str | None = None,
         if kit.d_model != meta["d_model"] or kit.n_layers != meta["n_layers"]:
             raise InputError(f"bundle {path} and its edge kit {kit.path} disagree on the backbone shape")
     edge = EdgeModel(lm_head, fp, meta["n_layers"], tokenizer, meta.get("eos_token_id"))
+    edge.grid = None if meta["format"] == FORMAT_V1 else kit.grid
+    stored = tensors
     try:
+        tensors = unpack(stored)
         for combine, h in meta["heads"].items():
             side = SideNetwork(SideConfig(**h["side"]))
             side.load_state_dict(_sub(tensors, f"{combine}.side."))
             clf = Classifier(meta["d_model"], **h.get("classifier", {}))
             clf.load_state_dict(_sub(tensors, f"{combine}.classifier."))
+            if resident == "int8":
+                keep_int8(side, stored, f"{combine}.side.")
+                keep_int8(clf, stored, f"{combine}.classifier.")
             edge.set_head(Head(combine, side.eval(), clf.eval(), float(h["threshold"]),
                                h.get("info", {})))
     except (KeyError, TypeError, RuntimeError) as exc:  # a head's weights or config damaged

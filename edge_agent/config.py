@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from routing.config import Tunables, tunable
+from routing.quant import WIRE_DTYPES
 
 
 @dataclass
@@ -18,5 +19,8 @@ class AgentConfig(Tunables):
                                   "heartbeat drops a dead connection after routing.security."
                                   "CLIENT_TIMEOUT_S; this is the backstop)")
     hwm: int = tunable(100_000, 1_000, 1_000_000, "ZeroMQ high-water marks of the socket (messages)")
+    wire_dtype: str = tunable("fp16", help="how the cloud sends z and hidden states: fp16, or int8 / "
+                              "int4 codes on the edge kit's per-channel grid (fewer bytes per token)",
+                              choices=WIRE_DTYPES)
     inline_compute: bool = tunable(False, help="edge compute on the event loop's own thread "
                                    "(default: a compute thread)")

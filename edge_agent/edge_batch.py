@@ -31,9 +31,9 @@ from routing.sampling import Sampling, pick_tokens
 class _Ask:
     kind: str  # 'gate' or 'side'
     mode: Mode
-    z: np.ndarray  # (d,) wire dtype
+    z: np.ndarray  # (d,) float32, as `EdgeModel.unwire` gives it (fp16 widened or dequantised)
     fut: asyncio.Future
-    wire: np.ndarray | None = None  # (K, d), side only
+    wire: np.ndarray | None = None  # (K, d) float32, side only
     sampling: Sampling | None = None
     pos: int = 0
 
@@ -125,13 +125,13 @@ class EdgeCompute:
             groups.setdefault((a.kind, a.mode), []).append(i)
         edge = self.edge
         for (kind, mode), rows in groups.items():
-            z = torch.from_numpy(np.stack([asks[i].z for i in rows]))
+            z = torch.from_numpy(np.stack([asks[i].z for i in rows])).float()
             if kind == "gate":
                 fire, g = edge.gate_batch(mode, z)
                 for k, i in enumerate(rows):
                     answers[i] = (fire[k], g[k])
                 continue
-            wire = torch.from_numpy(np.stack([asks[i].wire for i in rows]))
+            wire = torch.from_numpy(np.stack([asks[i].wire for i in rows])).float()
             logits = edge.side_logits(mode, z, wire)
             toks = pick_tokens(logits, [asks[i].sampling for i in rows], [asks[i].pos for i in rows])
             for k, i in enumerate(rows):

@@ -2,7 +2,7 @@
 
 The same object serves the reference generator and the edge agent, so the distributed system
 and its oracle share every line of edge-side arithmetic. Inputs arrive as they do over the wire:
-z and hidden states in the wire dtype (fp16).
+z and hidden states in fp16, or dequantised from int8/int4 codes on the kit's grid (`unwire`).
 """
 
 from __future__ import annotations
@@ -10,12 +10,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from edge_agent.side_network import Classifier, SideConfig, SideNetwork
+from routing import quant
 from routing.errors import InputError
 from routing.modes import Combine, Mode
+from routing.quant import WireDtype
 from routing.sampling import Sampling, pick_token
 
 WIRE_DTYPE = torch.float16  # z and hidden states travel as fp16 (DESIGN.md §4)
@@ -56,6 +59,8 @@ class EdgeModel(nn.Module):
         self.tokenizer = tokenizer
         self.eos_token_id = eos_token_id
         self.heads: dict[str, Head] = {}
+        # the backbone's per-channel wire grid (L+1, d), from the edge kit (routing/quant.py)
+        self.grid: Tensor | None = None
         self._modules_by_combine = nn.ModuleDict()
 
     @classmethod
@@ -64,8 +69,10 @@ class EdgeModel(nn.Module):
         src = backbone.lm_head
         head = nn.Linear(src.in_features, src.out_features, bias=src.bias is not None)
         head.load_state_dict({k: v.detach().float().cpu() for k, v in src.state_dict().items()})
-        return cls(head, backbone.fingerprint, backbone.n_layers, backbone.tokenizer,
+        edge = cls(head, backbone.fingerprint, backbone.n_layers, backbone.tokenizer,
                    backbone.eos_token_id)
+        edge.grid = quant.calibrate(backbone)  # once per backbone; the kit stores it
+        return edge
 
     def new_head(self, combine: str, side_cfg: SideConfig) -> Head:
         if combine not in ("add", "replace"):
@@ -96,6 +103,36 @@ class EdgeModel(nn.Module):
 
     def wire_layers(self, mode: Mode) -> list[int]:
         return self.head_for(mode).side.cfg.wire_layers if mode.uses_side else []
+
+    # ---------------------------------------------------------------- the wire
+    def check_grid(self, wire: WireDtype) -> None:
+        """Raise InputError when this edge cannot take `wire` frames."""
+        if wire.quantised and self.grid is None:
+            raise InputError(f"wire dtype {wire.value} needs the backbone's per-channel grid, and this "
+                             "edge kit has none: rebuild the kit (`spa train` / `spa build-models`)")
+        if wire is WireDtype.INT4 and self.d_model % 2:
+            raise InputError(f"int4 frames need an even width, the backbone has d={self.d_model}")
+
+    def grid_rows(self, layers: list[int]) -> np.ndarray:
+        """The grid an OPEN carries: rows of `layers` then z's, float16 (K+1, d)."""
+        return self.grid[layers + [self.n_layers]].half().numpy()
+
+    def chan(self, layers: list[int] | None) -> Tensor | None:
+        """Grid rows of the wire layers (K, d), or of z (d,) when layers is None."""
+        if self.grid is None:
+            return None
+        return self.grid[self.n_layers] if layers is None else self.grid[layers]
+
+    def unwire(self, tensors: list, wire: WireDtype, mode: Mode, layers: list[int] | None) -> Tensor:
+        """A frame's z (layers None: (d,)) or its wire layers ((K, d)) as the edge computes with
+        them, float32: fp16 widened, or dequantised on the kit's grid. ValueError on a mismatch."""
+        shape = (self.d_model,) if layers is None else (len(layers), self.d_model)
+        return quant.decode(tensors, self.chan(layers), wire, shape).float()
+
+    def roundtrip(self, x: Tensor, wire: WireDtype, layers: list[int] | None) -> Tensor:
+        """What `unwire` gives for a state x the cloud holds (the reference generator's path)."""
+        chan = self.chan(layers)
+        return quant.roundtrip(x, None if chan is None else chan.to(x.device), wire).float()
 
     @torch.inference_mode()
     def gate(self, mode: Mode, z: Tensor) -> tuple[bool, float]:

@@ -3,7 +3,10 @@ bundle of that backbone (DESIGN.md §3: "a device keeps the public edge kit of i
 
     kits/<fingerprint[:16]>/
         kit.json              format, the backbone's full fingerprint, n_layers, d_model, vocab, eos
-        lm_head.safetensors   the lm_head copy (fp32: the edge arithmetic is fp32)
+        lm_head.safetensors   the lm_head copy (fp32, or int8 + per-row scales: edge_agent/weights.py;
+                              dequantised to fp32 at load: the edge arithmetic is fp32)
+        wire_grid.safetensors the per-channel grid (L+1, d) of quantised frames (routing/quant.py),
+                              calibrated once on public text; absent in older kits (fp16 only)
         tokenizer/            the backbone's tokenizer
 
 A bundle names its kit by the backbone fingerprint. `find_kit` looks, in order, in the
@@ -22,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from safetensors.torch import load_file, save_file
-from torch import nn
+from torch import Tensor, nn
 
+from edge_agent.weights import pack, unpack
 from routing.cache import cache_root
 from routing.errors import FingerprintMismatch, InputError
 
@@ -39,13 +43,14 @@ class EdgeKit:
     n_layers: int
     d_model: int
     eos_token_id: int | None
+    grid: Tensor | None = None  # (L+1, d) float32: int8/int4 frames' per-channel scales
 
 
 def kit_id(fingerprint: str) -> str:
     return fingerprint[:16]
 
 
-def save_kit(edge, root: str | Path) -> Path:
+def save_kit(edge, root: str | Path, weights: str = "fp32") -> Path:
     """Write `edge`'s lm_head and tokenizer as the kit of its backbone under `root`, unless that
     kit is there already (then it is checked, not rewritten). Returns the kit directory."""
     root = Path(root)
@@ -55,12 +60,15 @@ def save_kit(edge, root: str | Path) -> Path:
         if meta.get("backbone_fingerprint") != edge.fingerprint:
             raise FingerprintMismatch(str(meta.get("backbone_fingerprint")), edge.fingerprint,
                                       what=f"edge kit {out}")
+        if getattr(edge, "grid", None) is not None and not (out / GRID_FILE).is_file():
+            _save_grid(edge.grid, out)  # a kit made before quantised frames: add its grid
         return out
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".kit-", dir=root))
     try:
-        save_file({k: v.detach().float().contiguous() for k, v in edge.lm_head.state_dict().items()},
-                  str(tmp / "lm_head.safetensors"))
+        save_file(pack(edge.lm_head.state_dict(), weights), str(tmp / "lm_head.safetensors"))
+        if getattr(edge, "grid", None) is not None:
+            _save_grid(edge.grid, tmp)
         if edge.tokenizer is not None:
             edge.tokenizer.save_pretrained(str(tmp / "tokenizer"))
         (tmp / "kit.json").write_text(json.dumps({
@@ -124,7 +132,7 @@ def load_kit(fingerprint: str, bundle: Path | None = None,
     if meta.get("backbone_fingerprint") != fingerprint:
         raise FingerprintMismatch(str(meta.get("backbone_fingerprint")), fingerprint, what=f"edge kit {path}")
     try:
-        tensors = load_file(str(path / "lm_head.safetensors"))
+        tensors = unpack(load_file(str(path / "lm_head.safetensors")))
         w = tensors["weight"]  # (V, d)
         lm_head = nn.Linear(w.shape[1], w.shape[0], bias="bias" in tensors)
         lm_head.load_state_dict(tensors)
@@ -132,15 +140,32 @@ def load_kit(fingerprint: str, bundle: Path | None = None,
         raise InputError(f"cannot read the edge kit {path}: {type(exc).__name__}: {exc}") from None
     if (lm_head.in_features, lm_head.out_features) != (meta["d_model"], meta["vocab_size"]):
         raise InputError(f"edge kit {path}: lm_head shape disagrees with kit.json")
+    grid = None
+    if (path / GRID_FILE).is_file():
+        try:
+            grid = load_file(str(path / GRID_FILE))["grid"].float()
+        except Exception as exc:  # a damaged file
+            raise InputError(f"cannot read {path / GRID_FILE}: {type(exc).__name__}: {exc}") from None
+        if tuple(grid.shape) != (meta["n_layers"] + 1, meta["d_model"]) or not bool(
+                (grid > 0).all() and grid.isfinite().all()):
+            raise InputError(f"edge kit {path}: the wire grid must be positive, finite, "
+                             f"({meta['n_layers'] + 1}, {meta['d_model']}); got {tuple(grid.shape)}")
     tokenizer = None
     if (path / "tokenizer").is_dir():
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
     kit = EdgeKit(path, fingerprint, lm_head.float().requires_grad_(False).eval(), tokenizer,
-                  meta["n_layers"], meta["d_model"], meta.get("eos_token_id"))
+                  meta["n_layers"], meta["d_model"], meta.get("eos_token_id"), grid)
     _LOADED[key] = kit
     return kit
+
+
+GRID_FILE = "wire_grid.safetensors"
+
+
+def _save_grid(grid: Tensor, out: Path) -> None:
+    save_file({"grid": grid.detach().half().contiguous()}, str(out / GRID_FILE))  # fp16-exact values
 
 
 def _read_meta(path: Path) -> dict:

@@ -28,6 +28,7 @@ from edge_agent.replay import GiveUp, RetryPolicy, Streak, retryable
 from routing.errors import ErrorCode, SpaError
 from routing.modes import Mode
 from routing.protocol import Message, MsgType, msg
+from routing.quant import WireDtype
 from routing.sampling import Sampling
 
 if TYPE_CHECKING:
@@ -65,8 +66,10 @@ class Stream:
     """One generation: iterate for pieces; `tokens` and `stats` fill in as it goes."""
 
     def __init__(self, agent: EdgeAgent, prompt_ids: list[int], max_new: int, mode: Mode,
-                 sampling: Sampling, window: int, policy: RetryPolicy) -> None:
+                 sampling: Sampling, window: int, policy: RetryPolicy,
+                 wire: WireDtype = WireDtype.FP16) -> None:
         self.agent, self.prompt_ids, self.max_new = agent, prompt_ids, max_new
+        self.wire = wire  # fp16, or int8/int4 frames on the edge kit's grid (routing/quant.py)
         self.mode, self.sampling, self.window = mode, sampling, window
         self.id = os.urandom(16)
         self.acct = Accounting(mode.value)
@@ -132,8 +135,12 @@ class Stream:
 
     async def _frame(self, m: Message) -> Step | None:
         """Gate, then (if it fires) the side token from HIDDEN or the frame's own states."""
-        mode, dec, compute = self.mode, self.decoder, self.agent.compute
-        z = m.tensors[0] if mode.gate != "never" else None
+        mode, dec, compute, edge = self.mode, self.decoder, self.agent.compute, self.agent.edge
+        nz = 2 if self.wire.quantised else 1  # tensors per state on the wire
+        try:
+            z = edge.unwire(m.tensors[:nz], self.wire, mode, None).numpy() if mode.uses_side else None
+        except ValueError as exc:
+            raise SessionError(ErrorCode.BAD_TENSOR.value, f"FRAME pos={m['pos']}: {exc}", self.id) from None
         fire, g = False, 0.0
         if z is not None:
             answer = compute.gate(mode, z)
@@ -149,9 +156,13 @@ class Stream:
             if hidden is None:
                 return None  # an error or silence: handled next (a replay, or raised)
             self.acct.round_trip(time.perf_counter() - asked)
-            wire = hidden.tensors[0]
+            tensors = hidden.tensors
         else:  # lockstep: the frame carried the states
-            wire = m.tensors[1]
+            tensors = m.tensors[nz:]
+        try:
+            wire = edge.unwire(tensors, self.wire, mode, edge.wire_layers(mode)).numpy()
+        except ValueError as exc:
+            raise SessionError(ErrorCode.BAD_TENSOR.value, f"states pos={step.pos}: {exc}", self.id) from None
         started = time.perf_counter()
         token = await compute.side(mode, z, wire, self.sampling, step.pos)
         self.acct.side_compute(time.perf_counter() - started)
@@ -203,11 +214,14 @@ class Stream:
             self.id = os.urandom(16)
         self.heard, self._ack = False, None
         agent.register(self)
+        layers = edge.wire_layers(self.mode)
+        quantised = {"wire_dtype": self.wire.value} if self.wire.quantised else {}
+        grid = [edge.grid_rows(layers)] if self.wire.quantised else None  # (K+1, d) fp16
         self._account(agent.send(msg(
-            MsgType.OPEN, session=self.id, prompt=self.prompt_ids + self.tokens,
+            MsgType.OPEN, grid, **quantised, session=self.id, prompt=self.prompt_ids + self.tokens,
             max_new_tokens=self.max_new - len(self.tokens), mode=self.mode.value,
             window=self.window, sampling=self.sampling.to_dict(), fingerprint=edge.fingerprint,
-            wire_layers=edge.wire_layers(self.mode), eos=edge.eos_token_id)))
+            wire_layers=layers, eos=edge.eos_token_id)))
 
     # ---------------------------------------------------------------- I/O
     def deliver(self, m: Message, nbytes: int) -> None:

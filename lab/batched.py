@@ -22,10 +22,11 @@ import torch
 
 from edge_agent.budget import BudgetConfig, BudgetGate
 from edge_agent.decoding import Act, Decoder, check_request
-from edge_agent.edge_model import WIRE_DTYPE, EdgeModel
+from edge_agent.edge_model import EdgeModel
 from lab.reference import Generation, check_modes
 from routing.errors import FingerprintMismatch
 from routing.modes import Mode
+from routing.quant import WireDtype
 from routing.sampling import Sampling, pick_tokens
 
 if TYPE_CHECKING:
@@ -48,8 +49,11 @@ class BatchedGenerator:
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, mode: Mode | str = Mode.BASE,
                  sampling: Sampling | None = None, stop_at_eos: bool = True, keep_z: bool = False,
-                 desc: str | None = None, budget: BudgetConfig | None = None) -> list[Generation]:
-        """One Generation per prompt, in the order given."""
+                 desc: str | None = None, budget: BudgetConfig | None = None,
+                 wire_dtype: str | WireDtype = WireDtype.FP16) -> list[Generation]:
+        """One Generation per prompt, in the order given; z and hidden states reach the edge's
+        arithmetic through `wire_dtype`'s grid, as served."""
+        wire = WireDtype.parse(wire_dtype)
         from tqdm import tqdm
 
         mode = Mode.parse(mode)
@@ -70,7 +74,7 @@ class BatchedGenerator:
                 n, longest = n + 1, widest
             chunk = order[i : i + n]
             gens = self._chunk([prompts[j] for j in chunk], max_new_tokens, mode,
-                               sampling or Sampling(), stop_at_eos, keep_z, budget)
+                               sampling or Sampling(), stop_at_eos, keep_z, budget, wire)
             for j, g in zip(chunk, gens, strict=True):
                 out[j] = g
             i += n
@@ -82,7 +86,8 @@ class BatchedGenerator:
 
     @torch.inference_mode()
     def _chunk(self, prompts: list[list[int]], max_new: int, mode: Mode, sampling: Sampling,
-               stop_at_eos: bool, keep_z: bool, budget: BudgetConfig | None = None) -> list[Generation]:
+               stop_at_eos: bool, keep_z: bool, budget: BudgetConfig | None = None,
+               wire: WireDtype = WireDtype.FP16) -> list[Generation]:
         bb, edge = self.backbone, self.edge
         started = time.perf_counter()
         eos = bb.eos_token_id if stop_at_eos else None
@@ -105,7 +110,8 @@ class BatchedGenerator:
         next_pos = torch.tensor([len(p) for p in prompts], device=bb.device)  # (b,)
         rows = list(range(B))  # row i of the cache is decs[rows[i]]
         while True:
-            z = out.z[:, -1].to(WIRE_DTYPE)  # (b, d) as FRAMEs carry it
+            z = out.z[:, -1]  # (b, d), then as FRAMEs bring it to the edge
+            z = edge.roundtrip(z, wire, None) if mode.uses_side else z.to(torch.float16)
             base = pick_tokens(out.logits[:, -1], [sampling] * len(rows), [decs[r].pos for r in rows])
             if not mode.uses_side:
                 fire, g = [False] * len(rows), [0.0] * len(rows)
@@ -115,8 +121,9 @@ class BatchedGenerator:
             need = [i for i, s in enumerate(steps) if s.act is not Act.EMIT]
             if need:  # REQUEST → HIDDEN or lockstep: the wire states of the fired rows only
                 idx = torch.tensor(need, device=bb.device)
-                wire = torch.stack([out.hidden[k][idx, -1] for k in wire_layers], 1)  # (n, K, d)
-                logits = edge.side_logits(mode, z[idx].to(edge_dev), wire.to(WIRE_DTYPE).to(edge_dev))
+                states = torch.stack([out.hidden[k][idx, -1] for k in wire_layers], 1)  # (n, K, d)
+                states = edge.roundtrip(states, wire, wire_layers)
+                logits = edge.side_logits(mode, z[idx].to(edge_dev), states.to(edge_dev))
                 toks = pick_tokens(logits, [sampling] * len(need), [steps[i].pos for i in need])
                 for i, t in zip(need, toks, strict=True):
                     steps[i] = decs[rows[i]].side(t)

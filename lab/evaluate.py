@@ -95,7 +95,8 @@ class Evaluator:
         return self._prompts[id(ex)]
 
     def run_mode(self, mode: Mode, examples: list[Example], threshold: float | None = None,
-                 ci: bool = True, budget: BudgetConfig | None = None) -> ModeResult:
+                 ci: bool = True, budget: BudgetConfig | None = None,
+                 wire_dtype: str = "fp16") -> ModeResult:
         head = self.edge.head_for(mode) if mode.gated else None
         saved = head.threshold if head else None
         if head is not None and threshold is not None:
@@ -103,7 +104,8 @@ class Evaluator:
         try:
             started = time.perf_counter()
             gens = self.gen.generate([self.prompt(ex) for ex in examples], self.max_new_tokens,
-                                     mode, desc=f"eval {mode.value}", budget=budget)
+                                     mode, desc=f"eval {mode.value}", budget=budget,
+                                     wire_dtype=wire_dtype)
             seconds = time.perf_counter() - started
             stats, scores = Transmissions(), []
             for ex, gen in zip(examples, gens, strict=True):

@@ -3,7 +3,7 @@
 All five modes, greedy and seeded sampling, EOS and max_new_tokens, one sequence and one
 backbone call per token. The per-token logic is `edge_agent.decoding.Decoder`, the state
 machine the edge agent drives too; the edge-side arithmetic is `EdgeModel`, fed with z and
-hidden states cast to the wire dtype as the agent receives them.
+hidden states as the agent receives them: fp16, or through the int8/int4 grid (`wire_dtype`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import torch
 
 from edge_agent.budget import BudgetConfig, BudgetGate
 from edge_agent.decoding import Act, Decoder, check_request
-from edge_agent.edge_model import WIRE_DTYPE, EdgeModel
+from edge_agent.edge_model import EdgeModel
 from routing.errors import FingerprintMismatch, InputError
 from routing.modes import Mode
+from routing.quant import WireDtype
 from routing.sampling import Sampling, pick_token
 from routing.transmissions import Transmissions
 
@@ -69,8 +70,10 @@ class ReferenceGenerator:
         stop_at_eos: bool = True,
         keep_z: bool = False,
         budget: BudgetConfig | None = None,
+        wire_dtype: str | WireDtype = WireDtype.FP16,
     ) -> Generation:
         mode = Mode.parse(mode)
+        wire = WireDtype.parse(wire_dtype)
         check_request(prompt_ids, max_new_tokens)
         check_modes(self.edge, mode)
         sampling = sampling or Sampling()
@@ -83,14 +86,16 @@ class ReferenceGenerator:
         out = self.backbone.forward(torch.tensor([prompt_ids]), use_cache=True, logits_last_only=True)
         while True:
             base_tok = pick_token(out.logits[0, -1], sampling, dec.pos)
-            z = out.z[0, -1].to(WIRE_DTYPE).cpu()  # (d,) as a FRAME carries it
+            z = out.z[0, -1].cpu()  # (d,) then as the edge receives it from a FRAME
+            z = edge.roundtrip(z, wire, None) if mode.uses_side else z.to(torch.float16)
             if zs is not None:
                 zs.append(z)
             fire, g = edge.gate(mode, z) if mode.uses_side else (False, 0.0)
             step = dec.frame(base_tok, fire, g)
             if step.act is not Act.EMIT:  # REQUEST → HIDDEN, or lockstep states in the frame
-                wire = torch.stack([out.hidden[i][0, -1] for i in wire_layers]).to(WIRE_DTYPE).cpu()
-                step = dec.side(edge.side_token(mode, z, wire, sampling, step.pos))
+                states = torch.stack([out.hidden[i][0, -1] for i in wire_layers]).cpu()  # (K, d)
+                states = edge.roundtrip(states, wire, wire_layers)
+                step = dec.side(edge.side_token(mode, z, states, sampling, step.pos))
             if step.done:
                 break
             out = self.backbone.forward(torch.tensor([[step.token]]),

@@ -31,8 +31,10 @@ from edge_agent.edge_model import WIRE_DTYPE, EdgeModel, Head
 from edge_agent.side_network import Classifier, SideConfig
 from lab.batched import BatchConfig, BatchedGenerator
 from lab.data import Example
+from routing import quant
 from routing.errors import InputError
 from routing.modes import Combine, Mode, training_choices, training_heads
+from routing.quant import WireDtype
 from routing.transmissions import Transmissions
 
 NEVER = 1e9  # a logit threshold no classifier reaches: the gate never fires
@@ -71,6 +73,9 @@ class TrainConfig:
     gen_batch: int = 64  # sequences per backbone forward in rollouts; 8–1024
     feature_tokens: int = 16384  # padded tokens per feature-extraction forward; 2k–256k
     seed: int = 0
+    # fp16 | int8 | int4: the wire the heads are trained for (issue 22): the side network, the
+    # classifier and τ see z and the hidden states through this grid, as served (backbone frozen)
+    wire_dtype: str = "fp16"
     # Per combine, fields that differ for its head. The defaults above and these were chosen on
     # the XSum dev split with SmolLM2-135M (benchmarks/spa_select.py, RESULTS.md §1): the
     # replacing network needs more width (d/4 = 144 there) and less dropout than the adding one.
@@ -119,6 +124,18 @@ class Features:
         if cols == list(range(len(self.layers))):
             return self
         return Features(self.states[:, cols], self.z, self.y, [0] + layers)
+
+    def wired(self, edge: EdgeModel, wire: str) -> Features:
+        """The features as the edge receives them over `wire` (quantise→dequantise on the kit's
+        grid, per state; float32). Training on them is quantisation-aware for the wire only."""
+        w = WireDtype.parse(wire)
+        if not w.quantised:
+            return self
+        edge.check_grid(w)
+        grid = edge.grid.to(self.z.device)
+        states = torch.stack([quant.roundtrip(self.states[:, j].float(), grid[i], w)
+                              for j, i in enumerate(self.layers)], 1)
+        return Features(states, quant.roundtrip(self.z.float(), grid[edge.n_layers], w), self.y, self.layers)
 
     def batches(self, size: int, gen: torch.Generator | None = None):
         n = len(self)
@@ -318,7 +335,7 @@ def rollouts(backbone: Backbone, edge: EdgeModel, head: Head, examples: list[Exa
     mode = Mode.FULL if head.combine == Combine.ADD else Mode.LST
     gen = BatchedGenerator(backbone, edge, BatchConfig(cfg.gen_batch, progress=progress))
     gens = gen.generate(_prompts(backbone, examples, cfg), cfg.rollout_tokens, mode, keep_z=True,
-                        desc=f"rollouts {mode.value}")
+                        desc=f"rollouts {mode.value}", wire_dtype=cfg.wire_dtype)
     zs = [z for g in gens for z in g.z]
     labels = [d for g in gens for d in g.differs]
     return torch.stack(zs).float(), torch.tensor(labels, dtype=torch.float32)
@@ -332,7 +349,7 @@ def measured_m(backbone: Backbone, edge: EdgeModel, head: Head, prompts: list[li
     try:
         gen = BatchedGenerator(backbone, edge, BatchConfig(cfg.gen_batch, progress=False))
         total = Transmissions()
-        for g in gen.generate(prompts, cfg.rollout_tokens, mode):
+        for g in gen.generate(prompts, cfg.rollout_tokens, mode, wire_dtype=cfg.wire_dtype):
             total += g.stats
         return total
     finally:
@@ -464,6 +481,7 @@ def train_bundle(backbone: Backbone, examples: list[Example], cfg: TrainConfig,
     feats_train = extract_features(backbone, train_ex, side_cfg, cfg, progress)
     feats_dev = extract_features(backbone, dev_ex, side_cfg, cfg, progress)
     edge = EdgeModel.for_backbone(backbone).to(backbone.device)
+    feats_train, feats_dev = feats_train.wired(edge, cfg.wire_dtype), feats_dev.wired(edge, cfg.wire_dtype)
     record: dict = {"config": asdict(cfg), "train_records": len(train_ex), "dev_records": len(dev_ex),
                     "train_positions": len(feats_train), "dev_positions": len(feats_dev), "heads": {}}
     for combine in training_heads(cfg.mode):

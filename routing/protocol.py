@@ -20,6 +20,7 @@ import numpy as np
 
 from routing.errors import ErrorCode
 from routing.modes import Mode
+from routing.quant import WIRE_DTYPES, check_grid, check_wire
 
 VERSION = 1
 MAX_HEADER_BYTES = 1 << 20  # 1 MiB: prompts of ~100k tokens; sane range 64 KiB – 16 MiB
@@ -33,7 +34,8 @@ MAX_POS = (1 << 31) - 1  # positions, epochs, token ids before the model's own b
 MAX_BATCH = 4096  # messages in one BATCH
 MAX_AGENT_SESSIONS = 1024  # sessions one agent heartbeat may list
 SESSION_BYTES = 16
-DTYPES = {"float16": np.float16, "float32": np.float32, "int32": np.int32, "int64": np.int64}
+DTYPES = {"float16": np.float16, "float32": np.float32, "int32": np.int32, "int64": np.int64,
+          "int8": np.int8, "uint8": np.uint8}  # int8 / uint8: quantised wire codes (routing/quant.py)
 _NP_DTYPES = {k: np.dtype(v) for k, v in DTYPES.items()}
 
 
@@ -189,11 +191,13 @@ SPECS: dict[MsgType, Spec] = {
                         "eos": Optional(TOKEN_ID)}, frozenset({A}),
                    # the device's M budget (issue 17): the edge's gate adapts τ to it and
                    # enforces it; worker and broker need not act on it
-                   optional={"m_budget": Float(0.0, 1.0)}),
+                   # wire_dtype (issue 22): int8/int4 frames; the OPEN then carries the grid, float16
+                   # (len(wire_layers) + 1, d): the kit's per-channel scales of those layers and z
+                   (0, 1), optional={"m_budget": Float(0.0, 1.0), "wire_dtype": Str(8, WIRE_DTYPES)}),
     MsgType.FRAME: Spec({"session": SESSION, "pos": POS, "epoch": EPOCH, "token": TOKEN_ID},
-                        frozenset({W}), (1, 2)),
+                        frozenset({W}), (1, 4)),  # z [+ wire layers], each fp16 or (codes, scales)
     MsgType.REQUEST: Spec({"session": SESSION, "pos": POS, "epoch": EPOCH}, frozenset({A})),
-    MsgType.HIDDEN: Spec({"session": SESSION, "pos": POS, "epoch": EPOCH}, frozenset({W}), (1, 1)),
+    MsgType.HIDDEN: Spec({"session": SESSION, "pos": POS, "epoch": EPOCH}, frozenset({W}), (1, 2)),
     MsgType.CORRECT: Spec({"session": SESSION, "pos": POS, "epoch": EPOCH, "token": TOKEN_ID},
                           frozenset({A})),
     MsgType.ACK: Spec({"session": SESSION, "pos": POS}, frozenset({A})),
@@ -246,7 +250,8 @@ def error(code: ErrorCode, detail: str, session: bytes | None = None) -> Message
 def encode(m: Message) -> list:
     header = {"v": VERSION, "type": m.type.value, **m.fields,
               "tensors": [{"dtype": t.dtype.name, "shape": list(t.shape)} for t in m.tensors]}
-    return [msgpack.packb(header, use_bin_type=True)] + [np.ascontiguousarray(t).data for t in m.tensors]
+    return [msgpack.packb(header, use_bin_type=True)] + [np.ascontiguousarray(t).reshape(-1).view(np.uint8).data
+                                                        for t in m.tensors]
 
 
 def _buffer(frame) -> memoryview | bytes:
@@ -313,7 +318,24 @@ def decode(frames: list, tensors: bool = True, sender: Role | None = None) -> Me
         raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{t.value}: {len(frames) - 1} tensor frames for "
                             f"{len(specs)} specs", session)
     arrays = [_tensor(s, f, session, tensors) for s, f in zip(specs, frames[1:], strict=True)]
+    _check_wire(t, fields, specs, arrays, session)
     return Message(t, fields, arrays if tensors else [])
+
+
+def _check_wire(t: MsgType, fields: dict, specs: list, arrays: list, session: bytes | None) -> None:
+    """The wire tensors' structure: FRAME/HIDDEN states fp16 or quantised pairs, an OPEN's grid
+    present exactly when its wire_dtype quantises (routing/quant.py)."""
+    why = None
+    if t in (MsgType.FRAME, MsgType.HIDDEN):
+        why = check_wire(specs, arrays, 2 if t is MsgType.FRAME else 1)
+    elif t is MsgType.OPEN:
+        quantised = fields.get("wire_dtype", "fp16") != "fp16"
+        if quantised != bool(specs):
+            why = f"wire_dtype {fields.get('wire_dtype', 'fp16')} with {len(specs)} grid tensors"
+        elif specs:
+            why = check_grid(specs[0], arrays[0], len(fields["wire_layers"]) + 1)
+    if why is not None:
+        raise ProtocolError(ErrorCode.BAD_TENSOR, f"{t.value}: {why}", session)
 
 
 def peek(frames: list) -> tuple[MsgType, bytes | None]:
@@ -340,8 +362,8 @@ def _tensor(spec: object, frame, session: bytes | None, wrap: bool = True) -> np
     want = math.prod(shape) * dtype.itemsize
     if want > MAX_TENSOR_BYTES:
         raise ProtocolError(ErrorCode.TOO_LARGE, f"tensor of {want} bytes > {MAX_TENSOR_BYTES}", session)
-    if len(buf) != want:
-        raise ProtocolError(ErrorCode.BAD_TENSOR, f"tensor frame has {len(buf)} bytes, shape {shape} "
+    if (buf.nbytes if isinstance(buf, memoryview) else len(buf)) != want:
+        raise ProtocolError(ErrorCode.BAD_TENSOR, f"tensor frame has {memoryview(buf).nbytes} bytes, shape {shape} "
                             f"{dtype.name} needs {want}", session)
     return np.frombuffer(buf, dtype=dtype).reshape(shape) if wrap else None  # a view: no copy
 
@@ -354,6 +376,7 @@ class Limits:
     vocab: int
     n_layers: int
     context: int
+    d_model: int = 0  # 0: not checked (an OPEN's grid width)
 
     def check(self, m: Message) -> None:
         """Raise BAD_MESSAGE/TOO_LARGE for a value the backbone cannot take."""
@@ -371,6 +394,10 @@ class Limits:
                 raise ProtocolError(ErrorCode.BAD_MESSAGE, f"eos {m['eos']} outside [0, {self.vocab})", sid)
             if any(i >= self.n_layers for i in m["wire_layers"]):
                 raise ProtocolError(ErrorCode.BAD_MESSAGE, f"wire_layers must lie in 0..{self.n_layers - 1}", sid)
+            if m.tensors and self.d_model and (m.tensors[0].shape[1] != self.d_model or (
+                    m.get("wire_dtype") == "int4" and self.d_model % 2)):
+                raise ProtocolError(ErrorCode.BAD_TENSOR, f"grid of width {m.tensors[0].shape[1]} for a "
+                                    f"backbone of d={self.d_model} ({m.get('wire_dtype')})", sid)
             return
         if m.type in (MsgType.CORRECT, MsgType.TOKEN) and m["token"] >= self.vocab:
             raise ProtocolError(ErrorCode.BAD_MESSAGE, f"{m.type.value} token {m['token']} outside "

@@ -27,7 +27,7 @@ def cmd_pretrain(args) -> None:
 # TrainConfig fields whose flags default to None (= TrainConfig's own default, one place)
 _TRAIN_TUNABLES = ("dropout", "weight_decay", "patience", "schedule", "clf_features", "clf_hidden",
                    "clf_objective", "rollout_prompts", "gen_batch", "dev_fraction", "rollout_tokens",
-                   "calib_steps", "calib_prompts", "batch")
+                   "calib_steps", "calib_prompts", "batch", "wire_dtype")
 
 
 def cmd_train(args) -> None:
@@ -296,6 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs without a better dev NLL before stopping")
     q.add_argument("--schedule", default=None, choices=["onecycle", "cosine", "constant"])
     q.add_argument("--clf-features", default=None, choices=["z", "z+stats"])
+    q.add_argument("--wire-dtype", default=None, choices=["fp16", "int8", "int4"],
+                   help="train for frames on this grid (quantisation-aware for the wire; issue 22)")
     q.add_argument("--clf-hidden", type=int, default=None, help="0 = linear")
     q.add_argument("--clf-objective", default=None,
                    choices=["onpolicy", "mixture", "both"])

@@ -25,6 +25,7 @@ SMOKE = {
     "persona_quality.py": "method", "seed_table.py": "method",
     "blend_quality.py": "blend",
     "edge_devices.py": "device",
+    "wire_bytes.py": "wire",
 }
 SHELL = ("gpu_stack.sh", "gpu_loadtest.sh", "spa_gpu.sh", "xsum_results.sh")
 LIBRARIES = ("common.py",)  # imported by the scripts

@@ -330,7 +330,7 @@ def test_decode_graph_buffers_equal_reference(tiny):
     s = sched.sessions[opens[3].session]  # the ring holds what HF computes at each position
     out = bb.forward(torch.tensor([s.seq[:-1]], device=bb.device))
     assert len(s.ring) == 10
-    for pos, hid in s.ring.items():
+    for pos, (hid,) in s.ring.items():  # fp16 wire: one tensor per position
         want = torch.stack([out.hidden[i][0, pos - 1] for i in (0, 2)]).half()
         assert (hid.float() - want.float()).abs().max() < 1e-2
 
