@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge_agent.accounting import Accounting, SessionStats
+from edge_agent.budget import BudgetConfig, BudgetGate
 from edge_agent.decoding import Act, Decoder, Step
 from edge_agent.detok import Detokenizer
 from edge_agent.replay import GiveUp, RetryPolicy, Streak, retryable
@@ -65,13 +66,17 @@ class Stream:
     """One generation: iterate for pieces; `tokens` and `stats` fill in as it goes."""
 
     def __init__(self, agent: EdgeAgent, prompt_ids: list[int], max_new: int, mode: Mode,
-                 sampling: Sampling, window: int, policy: RetryPolicy) -> None:
+                 sampling: Sampling, window: int, policy: RetryPolicy,
+                 budget: BudgetConfig | None = None) -> None:
         self.agent, self.prompt_ids, self.max_new = agent, prompt_ids, max_new
         self.mode, self.sampling, self.window = mode, sampling, window
         self.id = os.urandom(16)
         self.acct = Accounting(mode.value)
         self.stats: SessionStats = self.acct.stats
-        self.decoder = Decoder(mode, max_new, agent.edge.eos_token_id, len(prompt_ids), self.stats)
+        gate = BudgetGate.of(budget, agent.edge, mode)  # None: the bundle's fixed τ decides
+        self.decoder = Decoder(mode, max_new, agent.edge.eos_token_id, len(prompt_ids), self.stats,
+                               budget=gate)
+        self.stats.m_budget = gate.budget if gate is not None else None
         self.tokens: list[int] = self.decoder.tokens
         self.paths: list[str] = self.decoder.paths
         self.detok = Detokenizer(agent.tokenizer)
@@ -111,6 +116,8 @@ class Stream:
             outcome = "error"
             raise
         finally:
+            if self.decoder.budget is not None:
+                self.stats.budget_forced = self.decoder.budget.forced
             self.acct.closed(outcome)
             self.agent.forget(self)
             self.agent.send(msg(MsgType.CLOSE, session=self.id))
@@ -203,11 +210,12 @@ class Stream:
             self.id = os.urandom(16)
         self.heard, self._ack = False, None
         agent.register(self)
+        budget = {} if self.stats.m_budget is None else {"m_budget": self.stats.m_budget}
         self._account(agent.send(msg(
             MsgType.OPEN, session=self.id, prompt=self.prompt_ids + self.tokens,
             max_new_tokens=self.max_new - len(self.tokens), mode=self.mode.value,
             window=self.window, sampling=self.sampling.to_dict(), fingerprint=edge.fingerprint,
-            wire_layers=edge.wire_layers(self.mode), eos=edge.eos_token_id)))
+            wire_layers=edge.wire_layers(self.mode), eos=edge.eos_token_id, **budget)))
 
     # ---------------------------------------------------------------- I/O
     def deliver(self, m: Message, nbytes: int) -> None:

@@ -62,6 +62,7 @@ def run_demo(args) -> None:
                     [sys.executable, "-m", "spa", "agent", "--broker", stack.agents_addr,
                      "--bundle", str(s.get("bundle") or models.bundle(s["user"])), "--prompt", s["prompt"],
                      "--mode", s["mode"], "--json", "--max-new-tokens", str(args.max_new_tokens),
+                     *(["--m-budget", str(args.m_budget)] if getattr(args, "m_budget", 0) else []),
                      *stack.client_args],
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
