@@ -35,6 +35,7 @@ from routing.errors import InputError
 from routing.modes import Combine, Mode, training_choices, training_heads
 from routing.transmissions import Transmissions
 
+LST_REPLACE = {"side_kind": "lst", "width_div": 4, "dropout": 0.1, "lr": 3e-3}
 NEVER = 1e9  # a logit threshold no classifier reaches: the gate never fires
 CLF_OBJECTIVES = ("onpolicy", "mixture", "both")
 
@@ -60,9 +61,12 @@ class TrainConfig:
     every: int = 1  # every k-th backbone layer travels; sane range 1–6
     layers: list[int] = field(default_factory=list)  # explicit layers (overrides every)
     gates: bool = False
+    side_kind: str = "spa"  # 'spa' (edge_agent/side_network.py) or 'lst' (LST's ladder network)
     warm_start: bool = True
-    clf_features: str = "z"  # z | z+stats (the backbone distribution's confidence)
-    clf_hidden: int = 0  # 0 = linear; sane range 0–256
+    # The gate: z plus the backbone distribution's entropy / top-1 / margin (from the edge's own
+    # lm_head copy), a 64-wide hidden layer — dev AUC 0.797 → 0.897 on XSum (RESULTS.md §7.1)
+    clf_features: str = "z+stats"  # z | z+stats (the backbone distribution's confidence)
+    clf_hidden: int = 64  # 0 = linear; sane range 0–256
     clf_objective: str = "both"  # onpolicy | mixture | both
     rollout_prompts: int = 0  # prompts for on-policy classifier data; 0 = all
     rollout_tokens: int = 48  # tokens per rollout and per calibration generation
@@ -71,10 +75,13 @@ class TrainConfig:
     gen_batch: int = 64  # sequences per backbone forward in rollouts; 8–1024
     feature_tokens: int = 16384  # padded tokens per feature-extraction forward; 2k–256k
     seed: int = 0
-    # Per combine, fields that differ for its head. The defaults above and these were chosen on
-    # the XSum dev split with SmolLM2-135M (benchmarks/spa_select.py, RESULTS.md §1): the
-    # replacing network needs more width (d/4 = 144 there) and less dropout than the adding one.
-    overrides: dict = field(default_factory=lambda: {"replace": {"width_div": 4, "dropout": 0.1}})
+    # Per combine, fields that differ for its head. The defaults above were chosen on the XSum
+    # dev split with SmolLM2-135M (benchmarks/spa_select.py, RESULTS.md §1). The replacing head
+    # (lst/choice) is LST as Sung et al. build it (edge_agent/ladder.py: a ladder from every
+    # layer, gated, started from the backbone's principal directions) at reduction factor 4
+    # (d/4 = 144, the width the older replacing network needed), at LST's higher learning rate;
+    # the older network: {"width_div": 4, "dropout": 0.1} (issue 17 item 1, RESULTS.md §7.5).
+    overrides: dict = field(default_factory=lambda: {"replace": LST_REPLACE})
 
     def __post_init__(self) -> None:
         if self.mode not in training_choices():
@@ -100,7 +107,8 @@ class TrainConfig:
     def side_config(self, d_model: int, n_layers: int) -> SideConfig:
         width = self.width or max(8, d_model // self.width_div)
         return SideConfig(d_model, n_layers, width=width, layers=list(self.layers),
-                          every=self.every, gates=self.gates, dropout=self.dropout)
+                          every=self.every, gates=self.gates, dropout=self.dropout,
+                          kind=self.side_kind)
 
 
 @dataclass
@@ -384,6 +392,8 @@ def train_head(backbone: Backbone, edge: EdgeModel, combine: str, train_ex: list
     feats_train, feats_dev = feats_train.select(side_cfg.layers), feats_dev.select(side_cfg.layers)
     head = edge.new_head(combine, side_cfg)
     head.side.to(feats_train.y.device)
+    if hasattr(head.side, "init_from"):  # LST: start from the backbone (edge_agent/ladder.py)
+        head.side.init_from(feats_train.states[:8192].float())
     side_hist = train_side(edge, head, feats_train, feats_dev, cfg, progress)
     best = min(side_hist, key=lambda h: h["dev_loss"])
     print(f"side[{combine}] kept epoch {best['epoch']} of {len(side_hist)} "
