@@ -76,10 +76,12 @@ table)  # carry runs/spa_gpu/p2 (after stage1): every run of issue 17's table at
   [ -d /root/smollm2 ] || python3 benchmarks/spa_gguf_to_hf.py $W/model.gguf /root/smollm2 --tokenizer $W/tok
   rm -rf /root/repo && mkdir /root/repo && cp -r . /root/repo/ 2>/dev/null; cd /root/repo && rm -rf runs
   O="${OUT:-/tmp/out}"; mkdir -p "$O"
-  RUNS=${RUNS:-"x0:xsum:--seed 0|x1:xsum:--seed 1|x2:xsum:--seed 2|t0:sums:--seed 0|t1:sums:--seed 1|t2:sums:--seed 2|c0:compare:--seed 0|c1:compare:--seed 1|c2:compare:--seed 2"}
+  # r1: LST without reduction (side width d) on seed 0: does the rank-r output bound LST? (§7.5)
+  RUNS=${RUNS:-"x0:xsum:--seed 0|x1:xsum:--seed 1|x2:xsum:--seed 2|r1:xsum:--seed 0 --side-overrides replace:side_kind=lst,width_div=1,dropout=0.1,lr=0.003|t0:sums:--seed 0|t1:sums:--seed 1|t2:sums:--seed 2|c0:compare:--seed 0|c1:compare:--seed 1|c2:compare:--seed 2"}
   IFS='|' read -ra runs <<< "$RUNS"
-  left=$((deadline - (SECONDS - start) - 25))
-  for run in "${runs[@]}"; do
+  left=$((deadline - (SECONDS - start) - 25)); ngpu=$(nvidia-smi -L 2>/dev/null | wc -l); i=0
+  for run in "${runs[@]}"; do  # spread over the GPUs there are (one on nvidia-h200)
+    export CUDA_VISIBLE_DEVICES=$((i % (ngpu > 0 ? ngpu : 1))); i=$((i + 1))
     name=${run%%:*}; rest=${run#*:}; data=${rest%%:*}; targs="${rest#*:} ${TRAIN_ARGS:-}"
     mkdir -p $W/run_$name; budgets=""; eargs=""
     if [ "$data" = xsum ]; then file=$W/data/xsum_1000.jsonl; [ "$name" = x0 ] && budgets="--budgets 0.2,0.35,0.5"
@@ -88,6 +90,7 @@ table)  # carry runs/spa_gpu/p2 (after stage1): every run of issue 17's table at
       --out $W/run_$name --device cuda $budgets --train-args '$targs' --eval-args '$eargs' \
       > $W/run_$name/log 2>&1; echo EXIT \$? >> $W/run_$name/log" > /dev/null 2>&1 < /dev/null &
   done
+  export CUDA_VISIBLE_DEVICES=$((i % (ngpu > 0 ? ngpu : 1)))
   timeout $((deadline - (SECONDS - start) - 30)) python3 benchmarks/persona_quality.py --backbone /root/smollm2 \
     --device cuda --json "$O/persona.json" ${PERSONA_ARGS:---target-m 0.7 --calib-prompts 0 --rollout-prompts 32} \
     2>&1 | grep -v Warning > $W/persona.log; cp $W/persona.log "$O/"
@@ -100,6 +103,7 @@ table)  # carry runs/spa_gpu/p2 (after stage1): every run of issue 17's table at
     ds=$(for d in $W/run_${t#*:}?; do [ -f $d/eval.json ] && echo $d; done)
     [ -n "$ds" ] && python3 benchmarks/seed_table.py $ds --title "${t%%:*}, SmolLM2-135M-Instruct" 2>&1
   done
+  [ -f $W/run_r1/eval.json ] && python3 benchmarks/seed_table.py $W/run_r1 --title "XSum seed 0, LST at r = 1" 2>&1 | head -12
   [ -f $W/run_x0/budget.json ] && python3 benchmarks/seed_table.py $W/run_x0 --title "XSum seed 0 with the M budget" 2>&1 | tail -12
   grep -A4 "^ada: mean\|^bo: mean" $W/persona.log; echo "table: $((SECONDS - start)) s"; true ;;
 wait)  # polls every run's log for up to S seconds (default 560), then brings back what there is

@@ -35,7 +35,7 @@ from routing.errors import InputError
 from routing.modes import Combine, Mode, training_choices, training_heads
 from routing.transmissions import Transmissions
 
-LST_REPLACE = {"side_kind": "lst", "width_div": 4, "dropout": 0.1, "lr": 3e-3}
+LST_REPLACE = {"side_kind": "lst", "width_div": 2, "dropout": 0.1, "lr": 3e-3}
 NEVER = 1e9  # a logit threshold no classifier reaches: the gate never fires
 CLF_OBJECTIVES = ("onpolicy", "mixture", "both")
 
@@ -78,9 +78,10 @@ class TrainConfig:
     # Per combine, fields that differ for its head. The defaults above were chosen on the XSum
     # dev split with SmolLM2-135M (benchmarks/spa_select.py, RESULTS.md §1). The replacing head
     # (lst/choice) is LST as Sung et al. build it (edge_agent/ladder.py: a ladder from every
-    # layer, gated, started from the backbone's principal directions) at reduction factor 4
-    # (d/4 = 144, the width the older replacing network needed), at LST's higher learning rate;
-    # the older network: {"width_div": 4, "dropout": 0.1} (issue 17 item 1, RESULTS.md §7.5).
+    # layer, gated, started from the backbone's principal directions) at reduction factor 2
+    # (d/2 = 288: its output reaches lm_head through rank r, and a rank-144 reading of z alone
+    # costs 1.5 nats, RESULTS.md §7.5), at LST's higher learning rate; the older network:
+    # {"width_div": 4, "dropout": 0.1} (issue 17 item 1).
     overrides: dict = field(default_factory=lambda: {"replace": LST_REPLACE})
 
     def __post_init__(self) -> None:
