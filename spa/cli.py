@@ -473,8 +473,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--new-user", help="a third user blended on the spot from this JSONL's first "
                    "≤ 16 records (issue 19; the pool is built into <cache>/pool on first use)")
     q.add_argument("--pool", help="the side-network pool for --new-user (default <cache>/pool)")
-    q.add_argument("--m-budget", type=float, default=0.0, help="each spa session's M budget b "
-                   "(0 = the bundle's fixed τ; the agents' --m-budget, issue 17)")
+    from edge_agent.budget import BudgetConfig
+
+    BudgetConfig.add_arguments(q)  # each agent's --m-budget (spa/choice sessions; issue 17)
     q.set_defaults(func=cmd_demo)
     return p
 
