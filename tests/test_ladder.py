@@ -49,13 +49,18 @@ def test_full_width_ladder_starts_as_the_backbone(backbone, feats):
     assert evaluate_side(edge, head, dev) == pytest.approx(F.cross_entropy(base, dev.y).item(), abs=0.05)
 
 
-def test_narrow_ladder_starts_near_the_backbone_and_learns(backbone, feats):
+def test_narrow_ladder_starts_as_a_rank_r_reading_and_learns(backbone, feats):
     train, dev = feats
     edge, head = _lst_head(backbone, max(8, backbone.d_model // 8))
-    cold = evaluate_side(edge, head, dev)  # random ladders, before the backbone's directions
     head.side.init_from(train.states.float())
+    head.side.eval()
+    u = head.side.out.weight  # (d, r): z's top-r principal directions
+    with torch.no_grad():
+        side = edge.lm_head(head.side(dev.states.float()))
+        reading = edge.lm_head(dev.z.float() @ u @ u.T)
+    assert torch.allclose(u.T @ u, torch.eye(u.shape[1]), atol=1e-4)
+    assert (side.argmax(-1) == reading.argmax(-1)).float().mean() >= 0.9
     start = evaluate_side(edge, head, dev)
-    assert start < cold
     hist = train_side(edge, head, train, dev, dataclasses.replace(TrainConfig(), epochs=3, lr=3e-3,
                                                                    dropout=0.1), progress=False)
     assert hist[-1]["train_loss"] < hist[0]["train_loss"]
@@ -68,6 +73,7 @@ def test_lst_bundle_round_trips_and_serves(backbone, feats, tmp_path):
     edge, head = _lst_head(backbone, 16)
     head.side.init_from(train.states.float())
     edge.set_head(dataclasses.replace(head, threshold=0.0))
+    edge.eval()  # no dropout: the loaded bundle is in eval mode too
     out = save_bundle(edge, tmp_path / "b", {"test": True})
     loaded = load_bundle(out, backbone.fingerprint)
     side = loaded.heads["replace"].side
