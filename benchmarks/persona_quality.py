@@ -18,6 +18,9 @@ for the first seed.
 
     python benchmarks/persona_quality.py --backbone smollm2-135m [--device cuda] \
         [--users ada,bo] [--seeds 0,1,2] [--prompts 100] [--json out.json]
+
+--smoke: seconds on the tests' tiny backbone ($SPA_BENCH_BACKBONE): ada, 12 training records,
+4 held-out questions, one seed, one epoch.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import time
@@ -61,7 +65,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--bundles", default="", help="NAME=DIR,…: measure these trained bundles (e.g. "
                    "`spa build-models`' users/ada) instead of training; one 'seed' each")
     p.add_argument("--json", default="")
+    p.add_argument("--smoke", action="store_true", help="seconds, on the tests' tiny backbone")
     args = p.parse_args(argv)
+    tiny: dict = {}
+    if args.smoke:
+        args.backbone = os.environ.get("SPA_BENCH_BACKBONE") or args.backbone
+        args.users, args.seeds, args.prompts, args.train_records = "ada", "0", 4, 12
+        tiny = {"epochs": 1, "clf_epochs": 1, "calib_steps": 2, "rollout_tokens": 8}
 
     from rouge_score import rouge_scorer
 
@@ -121,6 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
                 record = {"heads": {"add": edge.heads["add"].info}}
             else:
                 extra = {"rollout_prompts": 0, "calib_prompts": 0, "gen_batch": 256} if args.full_budget else {}
+                extra.update(tiny)
                 if args.target_m > 0:
                     extra["target_m"] = args.target_m
                 for key in ("rollout_prompts", "calib_prompts"):

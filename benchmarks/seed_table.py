@@ -83,13 +83,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="*", type=Path)
     p.add_argument("--label", action="append", default=[], help="NAME=DIR: a variant shown apart")
+    p.add_argument("--title", default="XSum, SmolLM2-135M-Instruct", help="the table's task")
     p.add_argument("--smoke", action="store_true", help="the table of the committed H200 runs (results/issue17)")
     args = p.parse_args()
     if args.smoke:
         args.runs = sorted((Path(__file__).resolve().parent.parent / "results" / "issue17").glob("run_s*"))
     if not args.runs:
         p.error("give the run directories (each with eval.json and bundle_record.json)")
-    table([load(r) for r in args.runs], "XSum, SmolLM2-135M-Instruct")
+    table([load(r) for r in args.runs], args.title)
     for lab in args.label:
         name, _, d = lab.partition("=")
         table([load(Path(x)) for x in d.split(",")], name)

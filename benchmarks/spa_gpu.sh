@@ -10,6 +10,9 @@
 #   bash benchmarks/spa_gpu.sh wait [S]    # polls the log(s) for up to S seconds (default 560)
 #   bash benchmarks/spa_gpu.sh issue17     # carry runs/spa_gpu/p2: issue 17's runs (see there), then wait
 #   RUNS="t0:sums:--seed 0|t1:sums:--seed 1|c0:compare:--seed 0" bash benchmarks/spa_gpu.sh issue17
+#   bash benchmarks/spa_gpu.sh table       # carry runs/spa_gpu/p2: issue 17's whole table in THIS call
+#                                          # (≤ 8 min): XSum, sums, compare × seeds 0-2, the persona
+#                                          # check with its fix, every run waited for; tables printed
 # Prepare here: split -b 50000000 SmolLM2-135M-Instruct.Q4_1.gguf part_ (see RESULTS.md §1), and
 # runs/spa_gpu/src = `git archive HEAD edge_agent cloud_worker routing spa monitoring benchmarks`
 # (a committed snapshot, not a working tree others are editing).
@@ -64,6 +67,46 @@ issue17)  # carry runs/spa_gpu/p2: joins, converts, then (issue 17) four XSum ru
   [ "${2:-}" = runs ] || timeout ${FG_TIMEOUT:-420} python3 benchmarks/persona_quality.py --backbone /root/smollm2 --device cuda \
     --json "${OUT:-/tmp/out}/persona.json" ${PERSONA_ARGS:-} 2>&1 | grep -v Warning | tee $W/persona.log
   cp $W/persona.log "${OUT:-/tmp/out}/"; for f in $W/run_*/log; do echo "== $f"; tail -c 1500 $f; done ;;
+table)  # carry runs/spa_gpu/p2 (after stage1): every run of issue 17's table at once, in the
+  # background (XSum, sums, compare × training seeds 0-2; the M-budget curve on XSum seed 0), the
+  # persona check in the foreground, then waits for the runs; everything ends by DEADLINE s after
+  # the start (default 450: the call's 8 minutes, less the transfers). TRAIN_ARGS go to every run.
+  start=$SECONDS; deadline=${DEADLINE:-450}
+  cat $W/part_aa runs/spa_gpu/p2/part_ab > $W/model.gguf && md5sum $W/model.gguf
+  export PYTHONPATH=/root/site HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+  [ -d /root/smollm2 ] || python3 benchmarks/spa_gguf_to_hf.py $W/model.gguf /root/smollm2 --tokenizer $W/tok
+  rm -rf /root/repo && mkdir /root/repo && cp -r . /root/repo/ 2>/dev/null; cd /root/repo && rm -rf runs
+  O="${OUT:-/tmp/out}"; mkdir -p "$O"
+  # r1: LST without reduction (side width d) on seed 0: does the rank-r output bound LST? (§7.5)
+  RUNS=${RUNS:-"x0:xsum:--seed 0|x1:xsum:--seed 1|x2:xsum:--seed 2|r1:xsum:--seed 0 --side-overrides replace:side_kind=lst,width_div=1,dropout=0.1,lr=0.003|t0:sums:--seed 0|t1:sums:--seed 1|t2:sums:--seed 2|c0:compare:--seed 0|c1:compare:--seed 1|c2:compare:--seed 2"}
+  IFS='|' read -ra runs <<< "$RUNS"
+  left=$((deadline - (SECONDS - start) - 25)); ngpu=$(nvidia-smi -L 2>/dev/null | wc -l); i=0
+  for run in "${runs[@]}"; do  # spread over the GPUs there are (one on nvidia-h200)
+    export CUDA_VISIBLE_DEVICES=$((i % (ngpu > 0 ? ngpu : 1))); i=$((i + 1))
+    name=${run%%:*}; rest=${run#*:}; data=${rest%%:*}; targs="${rest#*:} ${TRAIN_ARGS:-}"
+    mkdir -p $W/run_$name; budgets=""; eargs=""
+    if [ "$data" = xsum ]; then file=$W/data/xsum_1000.jsonl; [ "$name" = x0 ] && budgets="--budgets 0.2,0.35,0.5"
+    else file=$W/data/$data.jsonl; eargs="--sweep-limit 100"; [ -f $file ] || python3 -m lab.tasks $data --out $file; fi
+    setsid nohup bash -c "timeout $left python3 benchmarks/spa_xsum.py --backbone /root/smollm2 --data $file \
+      --out $W/run_$name --device cuda $budgets --train-args '$targs' --eval-args '$eargs' \
+      > $W/run_$name/log 2>&1; echo EXIT \$? >> $W/run_$name/log" > /dev/null 2>&1 < /dev/null &
+  done
+  export CUDA_VISIBLE_DEVICES=$((i % (ngpu > 0 ? ngpu : 1)))
+  timeout $((deadline - (SECONDS - start) - 30)) python3 benchmarks/persona_quality.py --backbone /root/smollm2 \
+    --device cuda --json "$O/persona.json" ${PERSONA_ARGS:---target-m 0.7 --calib-prompts 0 --rollout-prompts 32} \
+    2>&1 | grep -v Warning > $W/persona.log; cp $W/persona.log "$O/"
+  for f in $W/run_*/log; do
+    while [ $((SECONDS - start)) -lt $((deadline - 15)) ] && ! grep -q "^EXIT" $f; do sleep 3; done
+  done
+  for d in $W/run_*; do cp $d/bundle/bundle.json $d/bundle_record.json 2>/dev/null; echo "== $d"; tail -c 600 $d/log; done
+  (cd $W && tar czf "$O/runs.tgz" run_*/*.json run_*/*.png run_*/log persona.log 2>/dev/null)
+  for t in xsum:x sums:t compare:c; do
+    ds=$(for d in $W/run_${t#*:}?; do [ -f $d/eval.json ] && echo $d; done)
+    [ -n "$ds" ] && python3 benchmarks/seed_table.py $ds --title "${t%%:*}, SmolLM2-135M-Instruct" 2>&1
+  done
+  [ -f $W/run_r1/eval.json ] && python3 benchmarks/seed_table.py $W/run_r1 --title "XSum seed 0, LST at r = 1" 2>&1 | head -12
+  [ -f $W/run_x0/budget.json ] && python3 benchmarks/seed_table.py $W/run_x0 --title "XSum seed 0 with the M budget" 2>&1 | tail -12
+  grep -A4 "^ada: mean\|^bo: mean" $W/persona.log; echo "table: $((SECONDS - start)) s"; true ;;
 wait)  # polls every run's log for up to S seconds (default 560), then brings back what there is
   end=$((SECONDS + ${2:-560}))
   for f in $W/run_*/log $W/log; do
@@ -76,5 +119,5 @@ wait)  # polls every run's log for up to S seconds (default 560), then brings ba
   done
   [ -f $W/log ] && tail -c 9000 $W/log && cp $W/run/*.json $W/run/*.png $W/log "${OUT:-/tmp/out}/" 2>/dev/null
   (cd $W && tar czf "${OUT:-/tmp/out}/runs.tgz" run_*/*.json run_*/*.png run_*/log 2>/dev/null); true ;;
-*) echo "usage: $0 stage1|stage2|issue17|wait [seconds]"; exit 2 ;;
+*) echo "usage: $0 stage1|stage2|issue17|table|wait [seconds]"; exit 2 ;;
 esac

@@ -6,12 +6,15 @@ with bootstrap intervals and paired bootstraps. Prints the tables and the wall-c
         --device cuda [--select] [--train-args "--dropout 0.2 …"]
 
 --select runs `benchmarks/spa_select.py`'s sweep first and trains with what it chose.
+--smoke: seconds on the tests' tiny backbone ($SPA_BENCH_BACKBONE) and 60 generated `sums`
+records (lab/tasks.py): train, eval in five modes with the sweep, and one budget.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -22,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", required=True)
-    p.add_argument("--data", required=True)
+    p.add_argument("--backbone")
+    p.add_argument("--data")
     p.add_argument("--out", default="runs/spa_xsum")
     p.add_argument("--device", default="cpu")
     p.add_argument("--train-split", default=":800")
@@ -41,7 +44,12 @@ def main() -> None:
                    "bundle evaluated with frames on each grid, side network stored fp32 and int8, "
                    "paired bootstraps against fp16/fp32 (wire.json)")
     p.add_argument("--wire-modes", default="spa,full", help="modes of the --wire-dtypes table")
+    p.add_argument("--smoke", action="store_true", help="seconds, on the tests' tiny backbone")
     args = p.parse_args()
+    if args.smoke:
+        _smoke(args)
+    if not args.backbone or not args.data:
+        p.error("--backbone and --data are required (or --smoke)")
 
     import torch
 
@@ -94,6 +102,25 @@ def main() -> None:
                "train": shlex.join(train_cmd), "eval": shlex.join(eval_cmd)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2), flush=True)
+
+
+def _smoke(args) -> None:
+    """The whole pipeline at toy scale: the tiny backbone, 60 `sums` records (48 train with a
+    dev tenth, 12 evaluated), one epoch, 8 new tokens, one budget."""
+    from lab.tasks import main as make_task
+
+    out = Path(args.out if args.out != "runs/spa_xsum" else "smoke_spa_xsum")
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "sums.jsonl"
+    make_task(["sums", "--n", "60", "--out", str(data)])
+    args.backbone = os.environ.get("SPA_BENCH_BACKBONE") or args.backbone
+    args.data, args.out, args.train_split, args.eval_split = str(data), str(out), ":48", "48:"
+    args.train_args = ("--epochs 1 --clf-epochs 1 --calib-steps 2 --rollout-tokens 8 "
+                       "--max-prompt-tokens 96 " + args.train_args)
+    args.eval_args = "--max-new-tokens 8 --sweep-limit 4 --max-prompt-tokens 96 " + args.eval_args
+    args.budgets, args.budget_tokens = args.budgets or "0.5", 8
+    if not args.backbone:
+        raise SystemExit("--smoke needs SPA_BENCH_BACKBONE (a tiny backbone) or --backbone")
 
 
 def budget_run(args, out: Path) -> None:

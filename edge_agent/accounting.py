@@ -25,6 +25,16 @@ class SessionStats(Transmissions):
     bytes_down: int = 0
     stale_frames: int = 0
     replays: int = 0  # re-opens after a retryable error, silence or a lost path
+    m_budget: float | None = None  # the session's M budget b (None: the bundle's fixed τ)
+    budget_forced: int = 0  # decisions the budget's band made against the gate
+
+    @property
+    def budget_gap(self) -> float | None:
+        """M − b for a session under a budget (None without one or before a token)."""
+        return None if self.m_budget is None or not self.tokens else self.m - self.m_budget
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "budget_gap": self.budget_gap}
 
 
 class Accounting:
@@ -46,6 +56,8 @@ class Accounting:
 
     def closed(self, outcome: str) -> None:
         metrics.SESSIONS_FINISHED.labels(self._mode, outcome).inc()
+        if self.stats.budget_gap is not None:
+            metrics.BUDGET_GAP.labels(self._mode).observe(abs(self.stats.budget_gap))
         metrics.ACTIVE_SESSIONS.labels("agent").dec()
 
     def up(self, nbytes: int) -> None:

@@ -27,6 +27,7 @@ import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
+from edge_agent.budget import BudgetConfig
 from edge_agent.config import AgentConfig
 from edge_agent.decoding import check_request
 from edge_agent.edge_batch import EdgeCompute
@@ -263,7 +264,10 @@ class EdgeAgent:
 
     def generate(self, prompt: str | list[int], max_new_tokens: int = 48, mode: str | Mode = "spa",
                  sampling: Sampling | None = None, window: int | None = None,
-                 wire_dtype: str | WireDtype | None = None) -> Stream:
+                 wire_dtype: str | WireDtype | None = None,
+                 budget: BudgetConfig | None = None) -> Stream:
+        """One generation; under `budget` (an M budget b > 0) the gate adapts τ to spend b
+        blocking transmissions per token (edge_agent/budget.py), and OPEN carries b."""
         mode = Mode.parse(mode)
         wire = WireDtype.parse(wire_dtype or self.cfg.wire_dtype)
         if wire.quantised and mode.uses_side:
@@ -279,7 +283,7 @@ class EdgeAgent:
             self.heard = time.monotonic()
             self._beat_task = asyncio.get_running_loop().create_task(self._beat())
         return Stream(self, ids, max_new_tokens, mode, sampling or Sampling(), window or self.window,
-                      self.retry, wire if mode.uses_side else WireDtype.FP16)
+                      self.retry, wire if mode.uses_side else WireDtype.FP16, budget)
 
     async def close(self) -> None:
         if self._beat_task is not None:

@@ -22,7 +22,8 @@ from torch import nn
 
 from edge_agent.edge_model import EdgeModel, Head
 from edge_agent.kit import kit_id, load_kit, save_kit
-from edge_agent.side_network import Classifier, SideConfig, SideNetwork
+from edge_agent.ladder import build_side
+from edge_agent.side_network import Classifier, SideConfig
 from edge_agent.weights import RESIDENT, keep_int8, pack, unpack
 from routing.errors import FingerprintMismatch, InputError
 
@@ -124,7 +125,7 @@ def load_bundle(path: str | Path, expected_fingerprint: str | None = None,
     try:
         tensors = unpack(stored)
         for combine, h in meta["heads"].items():
-            side = SideNetwork(SideConfig(**h["side"]))
+            side = build_side(SideConfig(**h["side"]))
             side.load_state_dict(_sub(tensors, f"{combine}.side."))
             clf = Classifier(meta["d_model"], **h.get("classifier", {}))
             clf.load_state_dict(_sub(tensors, f"{combine}.classifier."))

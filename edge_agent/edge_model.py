@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from edge_agent.ladder import LadderSide, build_side
 from edge_agent.side_network import Classifier, SideConfig, SideNetwork
 from routing import quant
 from routing.errors import InputError
@@ -29,7 +30,7 @@ class Head:
     """One combine setting's private parts: side network, classifier and threshold τ."""
 
     combine: str  # 'add' (full/spa) or 'replace' (lst/choice)
-    side: SideNetwork
+    side: SideNetwork | LadderSide
     classifier: Classifier
     # The gate fires when g > τ. It is kept as a threshold on the classifier's logit: a
     # confident classifier saturates g at 1.0 in fp32, and a logit keeps the ranking.
@@ -77,7 +78,7 @@ class EdgeModel(nn.Module):
     def new_head(self, combine: str, side_cfg: SideConfig) -> Head:
         if combine not in ("add", "replace"):
             raise InputError(f"unknown combine {combine!r}")
-        head = Head(combine, SideNetwork(side_cfg), Classifier(self.d_model))
+        head = Head(combine, build_side(side_cfg), Classifier(self.d_model))
         self.set_head(head)
         return head
 

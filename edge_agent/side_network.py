@@ -37,6 +37,7 @@ class SideConfig:
     gates: bool = False  # LST-style learned gates
     gate_temperature: float = 0.1
     dropout: float = 0.0  # on the side state x while training; sane range 0–0.5
+    kind: str = "spa"  # 'spa': this file's network; 'lst': LST's ladder network (edge_agent/ladder.py)
 
     def __post_init__(self) -> None:
         if self.width <= 0:
@@ -51,6 +52,8 @@ class SideConfig:
         bad = [i for i in self.layers if not 1 <= i <= self.n_layers]
         if bad:
             raise InputError(f"side network: layers {bad} outside 1..{self.n_layers}")
+        if self.kind not in ("spa", "lst"):
+            raise InputError(f"side network: unknown kind {self.kind!r}: expected spa or lst")
         if self.act not in _ACTS:
             raise InputError(f"side network: unknown activation {self.act!r}")
         self.layers = sorted(set(int(i) for i in self.layers))

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge_agent.accounting import Accounting, SessionStats
+from edge_agent.budget import BudgetConfig, BudgetGate
 from edge_agent.decoding import Act, Decoder, Step
 from edge_agent.detok import Detokenizer
 from edge_agent.replay import GiveUp, RetryPolicy, Streak, retryable
@@ -67,14 +68,17 @@ class Stream:
 
     def __init__(self, agent: EdgeAgent, prompt_ids: list[int], max_new: int, mode: Mode,
                  sampling: Sampling, window: int, policy: RetryPolicy,
-                 wire: WireDtype = WireDtype.FP16) -> None:
+                 wire: WireDtype = WireDtype.FP16, budget: BudgetConfig | None = None) -> None:
         self.agent, self.prompt_ids, self.max_new = agent, prompt_ids, max_new
         self.wire = wire  # fp16, or int8/int4 frames on the edge kit's grid (routing/quant.py)
         self.mode, self.sampling, self.window = mode, sampling, window
         self.id = os.urandom(16)
         self.acct = Accounting(mode.value)
         self.stats: SessionStats = self.acct.stats
-        self.decoder = Decoder(mode, max_new, agent.edge.eos_token_id, len(prompt_ids), self.stats)
+        gate = BudgetGate.of(budget, agent.edge, mode)  # None: the bundle's fixed τ decides
+        self.decoder = Decoder(mode, max_new, agent.edge.eos_token_id, len(prompt_ids), self.stats,
+                               budget=gate)
+        self.stats.m_budget = gate.budget if gate is not None else None
         self.tokens: list[int] = self.decoder.tokens
         self.paths: list[str] = self.decoder.paths
         self.detok = Detokenizer(agent.tokenizer)
@@ -114,6 +118,8 @@ class Stream:
             outcome = "error"
             raise
         finally:
+            if self.decoder.budget is not None:
+                self.stats.budget_forced = self.decoder.budget.forced
             self.acct.closed(outcome)
             self.agent.forget(self)
             self.agent.send(msg(MsgType.CLOSE, session=self.id))
@@ -217,11 +223,12 @@ class Stream:
         layers = edge.wire_layers(self.mode)
         quantised = {"wire_dtype": self.wire.value} if self.wire.quantised else {}
         grid = [edge.grid_rows(layers)] if self.wire.quantised else None  # (K+1, d) fp16
+        budget = {} if self.stats.m_budget is None else {"m_budget": self.stats.m_budget}
         self._account(agent.send(msg(
             MsgType.OPEN, grid, **quantised, session=self.id, prompt=self.prompt_ids + self.tokens,
             max_new_tokens=self.max_new - len(self.tokens), mode=self.mode.value,
             window=self.window, sampling=self.sampling.to_dict(), fingerprint=edge.fingerprint,
-            wire_layers=layers, eos=edge.eos_token_id)))
+            wire_layers=layers, eos=edge.eos_token_id, **budget)))
 
     # ---------------------------------------------------------------- I/O
     def deliver(self, m: Message, nbytes: int) -> None:

@@ -37,6 +37,7 @@ from routing.modes import Combine, Mode, training_choices, training_heads
 from routing.quant import WireDtype
 from routing.transmissions import Transmissions
 
+LST_REPLACE = {"side_kind": "lst", "width_div": 2, "dropout": 0.1, "lr": 3e-3}
 NEVER = 1e9  # a logit threshold no classifier reaches: the gate never fires
 CLF_OBJECTIVES = ("onpolicy", "mixture", "both")
 
@@ -62,9 +63,12 @@ class TrainConfig:
     every: int = 1  # every k-th backbone layer travels; sane range 1–6
     layers: list[int] = field(default_factory=list)  # explicit layers (overrides every)
     gates: bool = False
+    side_kind: str = "spa"  # 'spa' (edge_agent/side_network.py) or 'lst' (LST's ladder network)
     warm_start: bool = True
-    clf_features: str = "z"  # z | z+stats (the backbone distribution's confidence)
-    clf_hidden: int = 0  # 0 = linear; sane range 0–256
+    # The gate: z plus the backbone distribution's entropy / top-1 / margin (from the edge's own
+    # lm_head copy), a 64-wide hidden layer — dev AUC 0.797 → 0.897 on XSum (RESULTS.md §7.1)
+    clf_features: str = "z+stats"  # z | z+stats (the backbone distribution's confidence)
+    clf_hidden: int = 64  # 0 = linear; sane range 0–256
     clf_objective: str = "both"  # onpolicy | mixture | both
     rollout_prompts: int = 0  # prompts for on-policy classifier data; 0 = all
     rollout_tokens: int = 48  # tokens per rollout and per calibration generation
@@ -76,10 +80,14 @@ class TrainConfig:
     # fp16 | int8 | int4: the wire the heads are trained for (issue 22): the side network, the
     # classifier and τ see z and the hidden states through this grid, as served (backbone frozen)
     wire_dtype: str = "fp16"
-    # Per combine, fields that differ for its head. The defaults above and these were chosen on
-    # the XSum dev split with SmolLM2-135M (benchmarks/spa_select.py, RESULTS.md §1): the
-    # replacing network needs more width (d/4 = 144 there) and less dropout than the adding one.
-    overrides: dict = field(default_factory=lambda: {"replace": {"width_div": 4, "dropout": 0.1}})
+    # Per combine, fields that differ for its head. The defaults above were chosen on the XSum
+    # dev split with SmolLM2-135M (benchmarks/spa_select.py, RESULTS.md §1). The replacing head
+    # (lst/choice) is LST as Sung et al. build it (edge_agent/ladder.py: a ladder from every
+    # layer, gated, started from the backbone's principal directions) at reduction factor 2
+    # (d/2 = 288: its output reaches lm_head through rank r, and a rank-144 reading of z alone
+    # costs 1.5 nats, RESULTS.md §7.5), at LST's higher learning rate; the older network:
+    # {"width_div": 4, "dropout": 0.1} (issue 17 item 1).
+    overrides: dict = field(default_factory=lambda: {"replace": LST_REPLACE})
 
     def __post_init__(self) -> None:
         if self.mode not in training_choices():
@@ -105,7 +113,8 @@ class TrainConfig:
     def side_config(self, d_model: int, n_layers: int) -> SideConfig:
         width = self.width or max(8, d_model // self.width_div)
         return SideConfig(d_model, n_layers, width=width, layers=list(self.layers),
-                          every=self.every, gates=self.gates, dropout=self.dropout)
+                          every=self.every, gates=self.gates, dropout=self.dropout,
+                          kind=self.side_kind)
 
 
 @dataclass
@@ -401,6 +410,8 @@ def train_head(backbone: Backbone, edge: EdgeModel, combine: str, train_ex: list
     feats_train, feats_dev = feats_train.select(side_cfg.layers), feats_dev.select(side_cfg.layers)
     head = edge.new_head(combine, side_cfg)
     head.side.to(feats_train.y.device)
+    if hasattr(head.side, "init_from"):  # LST: start from the backbone (edge_agent/ladder.py)
+        head.side.init_from(feats_train.states[:8192].float())
     side_hist = train_side(edge, head, feats_train, feats_dev, cfg, progress)
     best = min(side_hist, key=lambda h: h["dev_loss"])
     print(f"side[{combine}] kept epoch {best['epoch']} of {len(side_hist)} "

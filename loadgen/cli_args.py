@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 
+from edge_agent.budget import BudgetConfig
 from loadgen.config import LoadConfig
 
 
@@ -15,6 +16,7 @@ def add_arguments(q: argparse.ArgumentParser) -> None:
     q.add_argument("--models", help="a `spa build-models` directory: every user's bundle with "
                    "its held-out prompts, simulated users spread over them")
     LoadConfig.add_arguments(q)
+    BudgetConfig.add_arguments(q)  # --m-budget B: every gated session's M budget (issue 17)
     q.add_argument("--sessions", dest="num_prompts", type=int, default=argparse.SUPPRESS,
                    help="the same as --num-prompts")
     q.add_argument("--goodput", dest="goodput_slos", nargs="+", default=[], metavar="NAME:MS",
@@ -35,3 +37,8 @@ def add_arguments(q: argparse.ArgumentParser) -> None:
 
 def config(args: argparse.Namespace) -> LoadConfig:
     return LoadConfig.from_args(args, goodput=" ".join(args.goodput_slos))
+
+
+def budget(args: argparse.Namespace) -> BudgetConfig | None:
+    """Every gated session's M budget, or None (the bundles' fixed τ)."""
+    return BudgetConfig.from_args(args) if getattr(args, "m_budget", 0.0) > 0 else None

@@ -43,6 +43,7 @@ class RequestRecord:
     attempts: int = 0
     errors: list[str] = field(default_factory=list)  # the code of every failed attempt
     error: str | None = None  # what left it unfinished: a code, or 'cancelled' (None = completed)
+    m_budget: float | None = None  # the session's M budget b (None: the bundle's fixed τ)
 
     @property
     def completed(self) -> bool:
@@ -121,10 +122,22 @@ def summarize(records: list[RequestRecord], seconds: float, slos: dict[str, floa
         "retries": sum(max(0, r.attempts - 1) for r in records),
         "errors": dict(sorted(errors.items())),  # every failed attempt, retried ones too
         "unfinished": dict(sorted(unfinished.items())),
+        **budget_figures(done),
     }
     for name in LATENCIES:
         d.update(latency_stats(name, samples(records, name)))
     return d
+
+
+def budget_figures(done: list[RequestRecord], band: float = 0.05) -> dict:
+    """Completed sessions under an M budget (issue 17): their b, the largest |M − b| of one
+    session, and the share within ±`band` of b (empty without budgeted sessions)."""
+    under = [r for r in done if r.m_budget is not None and r.sent.tokens]
+    if not under:
+        return {}
+    gaps = [abs(r.sent.m - r.m_budget) for r in under]
+    return {"m_budget": sorted({r.m_budget for r in under}), "budget_sessions": len(under),
+            "budget_gap_max": max(gaps), f"budget_within_{band:g}": sum(g <= band for g in gaps) / len(under)}
 
 
 def by_mode(records: list[RequestRecord]) -> dict[str, list[RequestRecord]]:

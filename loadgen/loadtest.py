@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from edge_agent.agent import SessionError
-from loadgen.cli_args import config
+from loadgen.cli_args import budget, config
 from loadgen.config import LoadConfig
 from loadgen.figures import report
 from loadgen.progress import Progress
@@ -129,7 +129,7 @@ def main(args) -> None:
     for bundle, prompts in sources:
         edge = load_bundle(bundle)
         users.append((edge, load_prompts(prompts, edge.tokenizer, cfg.max_prompt_tokens)))
-    test = LoadTest(users, cfg, client_keys(args, "agent"))  # its series exist before a scrape
+    test = LoadTest(users, cfg, client_keys(args, "agent"), budget(args))  # its series exist before a scrape
     progress = Progress(test, cfg.report)
     metrics.serve(args.metrics_port, args.metrics_addr)
     load = (f"{cfg.concurrency} users" if not cfg.rates else

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from edge_agent.agent import EdgeAgent, SessionError
+from edge_agent.budget import BudgetConfig
 from edge_agent.edge_model import EdgeModel
 from loadgen import queue_wait
 from loadgen.arrivals import gaps
@@ -59,7 +60,7 @@ class LoadTest:
     i mod len(users) (in a closed loop, simulated user k stays with bundle k mod len(users))."""
 
     def __init__(self, users: list[tuple[EdgeModel, list[list[int]]]], cfg: LoadConfig,
-                 keys: security.ClientKeys | None = None) -> None:
+                 keys: security.ClientKeys | None = None, budget: BudgetConfig | None = None) -> None:
         if not users:
             raise InputError("a load test needs at least one bundle")
         self.modes = cfg.mode_list
@@ -67,7 +68,7 @@ class LoadTest:
             for mode in self.modes:
                 if not edge.supports(mode):
                     edge.head_for(mode)  # raises with the reason
-        self.users, self.cfg, self.keys = users, cfg, keys
+        self.users, self.cfg, self.keys, self.budget = users, cfg, keys, budget
         self.issued = 0  # requests handed out (picks prompt, mode and seed)
         self.stopping = False
         self.fatal: SessionError | None = None
@@ -94,7 +95,8 @@ class LoadTest:
         while True:
             rec.attempts += 1
             stream = agent.generate(prompt, cfg.max_new_tokens, mode,
-                                    Sampling(cfg.temperature, cfg.top_k, seed), cfg.window)
+                                    Sampling(cfg.temperature, cfg.top_k, seed), cfg.window,
+                                    self.budget)
             self.live[id(rec)] = (rec, stream)
             t_open = time.perf_counter()
             try:
@@ -150,6 +152,7 @@ class LoadTest:
         rec.bytes_up += s.bytes_up
         rec.bytes_down += s.bytes_down
         rec.output_tokens = s.tokens
+        rec.m_budget = s.m_budget
 
     async def _one(self, agents: list[EdgeAgent], phase: Phase, t0: float, u: int | None = None,
                    ) -> None:

@@ -42,6 +42,9 @@ EDGE_RTT = Histogram("spa_edge_round_trip_seconds", "REQUEST → HIDDEN round tr
                      buckets=_EDGE_RTT, registry=REGISTRY)
 SIDE_COMPUTE = Histogram("spa_side_compute_seconds", "Side network + lm_head time per token",
                          ["mode"], buckets=_SIDE, registry=REGISTRY)
+BUDGET_GAP = Histogram("spa_session_budget_gap", "|M − b| of each finished session that had an M "
+                       "budget b (issue 17)", ["mode"],
+                       buckets=(0.01, 0.02, 0.03, 0.05, 0.1, 0.2, 0.5, 1.0), registry=REGISTRY)
 
 # ---- every process: messages ----------------------------------------------------------
 MESSAGES = Counter("spa_messages", "Protocol messages, by type and direction",

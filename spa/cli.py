@@ -153,6 +153,7 @@ def cmd_agent(args) -> None:
     import asyncio
 
     from edge_agent.agent import EdgeAgent
+    from edge_agent.budget import BudgetConfig
     from edge_agent.bundle import load_bundle
     from edge_agent.config import AgentConfig
     from edge_agent.replay import RetryPolicy
@@ -167,11 +168,13 @@ def cmd_agent(args) -> None:
     metrics.init_agent_series([args.mode])
     metrics.serve(args.metrics_port, args.metrics_addr)
 
+    budget = BudgetConfig.from_args(args) if args.m_budget > 0 else None
+
     async def run() -> None:
         agent = EdgeAgent(edge, args.broker, keys=keys, cfg=AgentConfig.from_args(args),
                           retry=RetryPolicy.from_args(args))
         try:
-            stream = agent.generate(args.prompt, args.max_new_tokens, args.mode)
+            stream = agent.generate(args.prompt, args.max_new_tokens, args.mode, budget=budget)
             async with asyncio.timeout(args.timeout):
                 async for piece in stream:
                     if args.json:
@@ -184,7 +187,8 @@ def cmd_agent(args) -> None:
                                   "inter_token_s": s.inter_token_s}), flush=True)
                 return
             itl = sorted(s.inter_token_s)
-            print(f"\n[{args.mode}] tokens={s.tokens} M={s.m:.3f} side={s.side_rate:.3f} "
+            under = "" if s.m_budget is None else f" (budget {s.m_budget:g}, forced {s.budget_forced})"
+            print(f"\n[{args.mode}] tokens={s.tokens} M={s.m:.3f}{under} side={s.side_rate:.3f} "
                   f"corrections={s.corrections} TTFT={s.ttft_s * 1000:.1f}ms "
                   f"ITL p50={itl[len(itl) // 2] * 1000 if itl else 0:.1f}ms", file=sys.stderr)
         finally:
@@ -394,6 +398,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     AgentConfig.add_arguments(q)
     RetryPolicy.add_arguments(q)
+    from edge_agent.budget import BudgetConfig
+
+    BudgetConfig.add_arguments(q)  # --m-budget B: the session's gate adapts τ to B (issue 17)
     _security(q)
     q.set_defaults(func=cmd_agent)
 
@@ -468,6 +475,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--new-user", help="a third user blended on the spot from this JSONL's first "
                    "≤ 16 records (issue 19; the pool is built into <cache>/pool on first use)")
     q.add_argument("--pool", help="the side-network pool for --new-user (default <cache>/pool)")
+    from edge_agent.budget import BudgetConfig
+
+    BudgetConfig.add_arguments(q)  # each agent's --m-budget (spa/choice sessions; issue 17)
     q.set_defaults(func=cmd_demo)
     return p
 

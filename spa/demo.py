@@ -62,6 +62,7 @@ def run_demo(args) -> None:
                     [sys.executable, "-m", "spa", "agent", "--broker", stack.agents_addr,
                      "--bundle", str(s.get("bundle") or models.bundle(s["user"])), "--prompt", s["prompt"],
                      "--mode", s["mode"], "--json", "--max-new-tokens", str(args.max_new_tokens),
+                     *_budget_flags(args),
                      *stack.client_args],
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                     env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
@@ -84,6 +85,14 @@ def run_demo(args) -> None:
     if first is not None:
         print(f"first token {first - t0:.1f} s after the demo started; all done in "
               f"{time.monotonic() - t0:.1f} s")
+
+
+def _budget_flags(args) -> list[str]:
+    """The agents' M-budget flags (none without a budget)."""
+    if not getattr(args, "m_budget", 0.0):
+        return []
+    return ["--m-budget", str(args.m_budget), "--budget-rate", str(args.budget_rate),
+            "--budget-slack", str(args.budget_slack)]
 
 
 def _new_user(args, models: ModelSet, modes: list[str]) -> list[dict]:

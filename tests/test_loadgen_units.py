@@ -127,6 +127,20 @@ def test_counts_add_up_per_mode_and_overall():
     assert d["bytes_down_per_token"] == pytest.approx(300.0)
 
 
+def test_budget_figures_per_session():
+    """Sessions under an M budget: b, the largest |M − b| of one session, the share within 0.05;
+    nothing about budgets when no session had one."""
+    assert "m_budget" not in summarize(random_records(1), 5.0)
+    recs = [rec(n=20), rec(n=20), rec(n=20), rec(n=20, error="TIMEOUT")]
+    for r, blocking in zip(recs, (14, 15, 24, 2), strict=True):  # M 0.35, 0.375, 0.60, 0.05
+        r.sent = Transmissions(tokens=40, requests=blocking)
+        r.m_budget = 0.35
+    d = summarize(recs, 5.0)
+    assert d["m_budget"] == [0.35] and d["budget_sessions"] == 3  # completed ones
+    assert d["budget_gap_max"] == pytest.approx(0.25)
+    assert d["budget_within_0.05"] == pytest.approx(2 / 3)
+
+
 def test_goodput_is_the_share_meeting_every_slo():
     recs = random_records(1)
     slos = {"ttft": 0.25, "tpot": 0.08, "e2el": 1.5}

@@ -10,10 +10,11 @@ import pytest
 import zmq
 
 from edge_agent.agent import EdgeAgent, SessionError
+from edge_agent.budget import BudgetConfig
 from edge_agent.bundle import load_bundle
 from lab.reference import ReferenceGenerator
 from routing.modes import Mode
-from routing.protocol import decode, encode, msg
+from routing.protocol import MsgType, decode, encode, msg
 from spa.stack import LocalStack
 
 
@@ -23,18 +24,21 @@ def stack(backbone_dir, tmp_path_factory):
         yield s
 
 
-async def _run(agent, prompt, mode, max_new):
-    stream = agent.generate(prompt, max_new, mode)
+async def _run(agent, prompt, mode, max_new, budget=None):
+    stream = agent.generate(prompt, max_new, mode, budget=budget)
     async for _ in stream:
         pass
     return stream
 
 
-async def _run_all(stack, edge, jobs, max_new=16):
+async def _run_all(stack, edge, jobs, max_new=16, budget=None, sent=None):
     agent = EdgeAgent(edge, stack.agents_addr, keys=stack.agent_keys)
+    if sent is not None:  # record what the agent sends
+        send = agent.send
+        agent.send = lambda m: (sent.append(m), send(m))[1]
     try:
         return await asyncio.wait_for(
-            asyncio.gather(*(_run(agent, p, m, max_new) for p, m in jobs)), 120)
+            asyncio.gather(*(_run(agent, p, m, max_new, budget) for p, m in jobs)), 120)
     finally:
         await agent.close()
 
@@ -50,6 +54,32 @@ def test_equivalence_with_reference(stack, backbone, edge, prompts, mode):
         assert (s.stats.requests, s.stats.corrections, s.stats.lockstep) == (
             r.stats.requests, r.stats.corrections, r.stats.lockstep)
         assert s.stats.m == r.stats.m
+
+
+@pytest.mark.parametrize("b", [0.2, 0.5])
+def test_served_sessions_keep_their_m_budget(stack, backbone, edge, prompts, b):
+    """Issue 17 item 3 end to end: OPEN carries b, every served session equals the reference
+    under the same budget token for token and path for path, and a 64-token session's M is
+    within 0.05 of b (each within the band's (slack + 1)/T); the stats report b and M − b."""
+    cfg, sent = BudgetConfig(m_budget=b), []
+    jobs = [(p, "spa") for p in prompts[:6]]
+    streams = asyncio.run(_run_all(stack, edge, jobs, max_new=64, budget=cfg, sent=sent))
+    opens = [m for m in sent if m.type is MsgType.OPEN]
+    assert len(opens) == len(jobs) and all(m["m_budget"] == b for m in opens)
+    ref = ReferenceGenerator(backbone, edge)
+    for p, s in zip(prompts[:6], streams, strict=True):
+        r = ref.generate(p, 64, "spa", budget=cfg)
+        assert s.tokens == r.tokens and s.paths == r.paths
+        assert (s.stats.requests, s.stats.corrections) == (r.stats.requests, r.stats.corrections)
+        assert abs(s.stats.m - b) <= (cfg.budget_slack + 1) / s.stats.tokens + 1e-9
+        if s.stats.tokens == 64:
+            assert abs(s.stats.m - b) <= 0.05
+        d = s.stats.to_dict()
+        assert d["m_budget"] == b and d["budget_gap"] == pytest.approx(s.stats.m - b)
+    plain: list = []  # without a budget: the bundle's τ, and no m_budget on the wire
+    fixed = asyncio.run(_run_all(stack, edge, jobs[:1], max_new=64, sent=plain))[0]
+    assert fixed.stats.m_budget is None and fixed.stats.to_dict()["budget_gap"] is None
+    assert [m.fields.get("m_budget") for m in plain if m.type is MsgType.OPEN] == [None]
 
 
 def test_forced_corrections_roll_back(stack, backbone, bundle_dir, prompts):
