@@ -86,6 +86,7 @@ table)  # carry runs/spa_gpu/p2 (after stage1): every run of issue 17's table at
     name=${run%%:*}; rest=${run#*:}; data=${rest%%:*}; targs="${rest#*:} ${TRAIN_ARGS:-}"
     mkdir -p $W/run_$name; budgets=""; eargs=""
     if [ "$data" = xsum ]; then file=$W/data/xsum_1000.jsonl; [ "$name" = x0 ] && budgets="--budgets 0.2,0.35,0.5"
+      [ "$name" = x1 ] && budgets="${WIRE_ARGS:-}"  # e.g. --wire-dtypes fp16,int8,int4 (issue 22)
     else file=$W/data/$data.jsonl; eargs="--sweep-limit 100"; [ -f $file ] || python3 -m lab.tasks $data --out $file; fi
     setsid nohup bash -c "timeout $left python3 benchmarks/spa_xsum.py --backbone /root/smollm2 --data $file \
       --out $W/run_$name --device cuda $budgets --train-args '$targs' --eval-args '$eargs' \
