@@ -98,7 +98,6 @@ class LoadTest:
                                     Sampling(cfg.temperature, cfg.top_k, seed), cfg.window,
                                     self.budget)
             self.live[id(rec)] = (rec, stream)
-            t_open = time.perf_counter()
             try:
                 async with asyncio.timeout(cfg.session_timeout):
                     async for _ in stream:
@@ -135,7 +134,8 @@ class LoadTest:
             self._absorb(rec, stream)
             s = stream.stats
             rec.output_tokens = s.tokens
-            rec.ttft = t_open - t0 + s.ttft_s
+            # the stream's clock starts inside generate(): its first token counts from there
+            rec.ttft = stream.acct.t0 - t0 + s.ttft_s
             rec.e2el = time.perf_counter() - t0
             rec.itl = list(s.inter_token_s)
             return

@@ -50,14 +50,43 @@ def bench_env(backbone_dir, bundle_dir) -> dict:
             "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
 
 
-@pytest.mark.parametrize("script", sorted(SMOKE))
-def test_smoke(script, bench_env, tmp_path):
+PARALLEL = 2  # smokes run single-threaded (OMP_NUM_THREADS=1): two at a time on CI's 2 cores
+
+
+def _runnable(script: str) -> str | None:
+    """Why `script` cannot run its smoke yet, or None."""
     path = BENCH / script
     if not path.exists():
-        pytest.skip(f"{script} does not exist yet ({SMOKE[script]} engineer)")
+        return f"{script} does not exist yet ({SMOKE[script]} engineer)"
     if "--smoke" not in path.read_text():
-        pytest.skip(f"{script} has no --smoke mode yet ({SMOKE[script]} engineer)")
-    res = subprocess.run([sys.executable, str(path), "--smoke"], cwd=tmp_path, env=bench_env,
-                         capture_output=True, text=True, timeout=TIMEOUT_S)
+        return f"{script} has no --smoke mode yet ({SMOKE[script]} engineer)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(bench_env, tmp_path_factory) -> dict[str, subprocess.CompletedProcess | str]:
+    """Every runnable smoke, PARALLEL at a time; script → its result."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(script: str) -> subprocess.CompletedProcess | str:
+        cwd = tmp_path_factory.mktemp(script.replace(".", "_"))
+        try:
+            return subprocess.run([sys.executable, str(BENCH / script), "--smoke"], cwd=cwd, env=bench_env,
+                                  capture_output=True, text=True, timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired as e:
+            return f"timed out after {TIMEOUT_S} s; stdout: {str(e.stdout)[-2000:]}"
+
+    todo = [s for s in sorted(SMOKE) if _runnable(s) is None]
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        return dict(zip(todo, pool.map(run, todo), strict=True))
+
+
+@pytest.mark.parametrize("script", sorted(SMOKE))
+def test_smoke(script, smoke_runs):
+    why = _runnable(script)
+    if why:
+        pytest.skip(why)
+    res = smoke_runs[script]
+    assert not isinstance(res, str), f"{script} --smoke {res}"
     assert res.returncode == 0, f"{script} --smoke failed:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
     assert res.stdout.strip(), f"{script} --smoke printed nothing"
