@@ -20,7 +20,7 @@ from lab.data import read_prompt_file
 from routing.errors import InputError
 from spa.stack import LocalStack
 
-SMALL = {"train_records": 24, "epochs": 2}  # seconds, not minutes: the test checks the plumbing
+SMALL = {"train_records": 16, "epochs": 2}  # seconds, not minutes: the test checks the plumbing
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def smol_models(tmp_path_factory):
     out = tmp_path_factory.mktemp("models")
     users = [dataclasses.replace(U.ADA, **SMALL), dataclasses.replace(U.BO, **SMALL)]
     if U.xsum_file() is not None:  # ../shared beside the checkout (as in CI): the XSum user too
-        users.append(dataclasses.replace(U.NEWS, train_records=12, epochs=1))
+        users.append(dataclasses.replace(U.NEWS, train_records=8, epochs=1))
     return build_models(out, "smollm2-135m", progress=False, users=users)
 
 
@@ -109,7 +109,7 @@ def test_build_models_makes_two_users_for_smollm2(smol_models):
         assert len(read_prompt_file(m.prompts(name))) == 8
     if "news" in m.user_names():  # cut as for training; the summary starts where SmolLM2 starts
         records = [json.loads(ln) for ln in m.tasks("news").read_text().splitlines()]
-        assert len(records) == 12 and all(r["prompt"].endswith("\nSummary:") for r in records)
+        assert len(records) == 8 and all(r["prompt"].endswith("\nSummary:") for r in records)
         assert all(r["output"].startswith("\n") and r["output"].strip() for r in records)
         assert all(p.endswith("\nSummary:") for p in read_prompt_file(m.prompts("news")))
     for name in m.user_names():
