@@ -115,7 +115,7 @@ def main() -> None:
     torch.set_num_threads(1)
     cap = str(max(counts) + 16)
     stack = LocalStack(backbone, workers=1, max_sessions=int(cap),
-                       broker_args=("--max-agent-sessions", cap)).start(timeout=600)
+                       broker_args=("--max-agent-sessions", cap, "--queue-per-key", cap)).start(timeout=600)
     try:
         if hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})  # this process: one core

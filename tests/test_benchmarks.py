@@ -18,7 +18,7 @@ BENCH = ROOT / "benchmarks"
 # script → who keeps its --smoke working
 SMOKE = {
     "loadtest_scaling.py": "load", "wan_latency.py": "load", "delay_proxy.py": "load",
-    "stack_efficiency.py": "load", "spa_batched_speed.py": "load", "spa_gguf_to_hf.py": "load",
+    "stack_efficiency.py": "load", "rate_sweep.py": "load", "spa_batched_speed.py": "load", "spa_gguf_to_hf.py": "load",
     "gpu_engine.py": "worker", "batching.py": "worker", "bare_hop.py": "worker", "worker_io.py": "worker",
     "broker_overhead.py": "broker",
     "spa_xsum.py": "method", "spa_select.py": "method", "first_token_eos.py": "method",
