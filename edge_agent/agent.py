@@ -83,7 +83,7 @@ class EdgeAgent:
         self.broker, self.keys = broker, keys
         self.retry: RetryPolicy = retry or RETRY
         self._own_compute = compute is None
-        self.compute = compute or EdgeCompute(edge, inline=cfg.inline_compute)
+        self.compute = compute or EdgeCompute(edge, inline=cfg.inline_compute, device=cfg.compute_device)
         self.ctx = zmq.asyncio.Context.instance()
         self.sessions: dict[bytes, Stream] = {}
         self.broker_id: bytes | None = None

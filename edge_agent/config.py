@@ -24,3 +24,7 @@ class AgentConfig(Tunables):
                               choices=WIRE_DTYPES)
     inline_compute: bool = tunable(False, help="edge compute on the event loop's own thread "
                                    "(default: a compute thread)")
+    compute_device: str = tunable("cpu", help="where the edge's gate, side network and lm_head run: "
+                                  "cpu (a phone), or cuda for a load tester simulating hundreds of "
+                                  "devices beside a GPU (same arithmetic, batched across sessions)",
+                                  choices=("cpu", "cuda"))

@@ -9,12 +9,15 @@ while a batch computes form the next one (continuous batching, as a worker does 
 The arithmetic is `EdgeModel`'s — the same calls the batched generator makes, and row for row
 the numbers of one-at-a-time `gate` / `side_token` (tests/test_edge_batch.py holds every stream
 to the reference generator token for token). `inline=True` computes on the loop's thread
-(no thread hop; for a process that has nothing else to do).
+(no thread hop; for a process that has nothing else to do). `device="cuda"` runs the batches on
+a GPU copy of the edge's modules (a load tester simulating hundreds of devices beside the
+GPU it loads: the same calls, float rounding in another order, so a near-tie may go the other way).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +28,12 @@ import torch
 from edge_agent.edge_model import EdgeModel
 from routing.modes import Mode
 from routing.sampling import Sampling, pick_tokens
+
+
+def on_device(edge: EdgeModel, device: torch.device | str) -> EdgeModel:
+    """A copy of the edge's modules on `device` (the tokenizer and the grid shared, not copied)."""
+    keep = {id(edge.tokenizer): edge.tokenizer, id(edge.grid): edge.grid}
+    return copy.deepcopy(edge, memo=keep).to(device)
 
 
 @dataclass
@@ -41,8 +50,10 @@ class _Ask:
 class EdgeCompute:
     """`await compute.gate(mode, z)` -> (fire, g); `await compute.side(...)` -> token id."""
 
-    def __init__(self, edge: EdgeModel, inline: bool = False) -> None:
-        self.edge = edge
+    def __init__(self, edge: EdgeModel, inline: bool = False, device: str = "cpu") -> None:
+        self.device = torch.device(device)
+        # the compute's own copy on another device (the stream keeps unwiring with `edge` on the CPU)
+        self.edge = edge if self.device.type == "cpu" else on_device(edge, self.device)
         self._asks: list[_Ask] = []
         self._busy = self._kicked = False
         self._pool = None if inline else ThreadPoolExecutor(1, thread_name_prefix="edge-compute")
@@ -125,13 +136,13 @@ class EdgeCompute:
             groups.setdefault((a.kind, a.mode), []).append(i)
         edge = self.edge
         for (kind, mode), rows in groups.items():
-            z = torch.from_numpy(np.stack([asks[i].z for i in rows])).float()
+            z = torch.from_numpy(np.stack([asks[i].z for i in rows])).float().to(self.device)
             if kind == "gate":
                 fire, g = edge.gate_batch(mode, z)
                 for k, i in enumerate(rows):
                     answers[i] = (fire[k], g[k])
                 continue
-            wire = torch.from_numpy(np.stack([asks[i].wire for i in rows])).float()
+            wire = torch.from_numpy(np.stack([asks[i].wire for i in rows])).float().to(self.device)
             logits = edge.side_logits(mode, z, wire)
             toks = pick_tokens(logits, [asks[i].sampling for i in rows], [asks[i].pos for i in rows])
             for k, i in enumerate(rows):

@@ -137,3 +137,21 @@ def test_batched_compute_equals_one_at_a_time(edge, inline):
         assert fire == want_fire and g == pytest.approx(want_g, rel=1e-5, abs=1e-6)
         assert tok == edge.side_token(mode, torch.from_numpy(z), torch.from_numpy(wire), s, pos)
     assert compute.rows >= 48 + 24 and compute.batches <= 3  # batched, not one at a time
+
+
+def test_compute_on_another_device_is_a_copy_with_the_same_answers(edge):
+    """`compute_device` (a load tester beside a GPU) computes on `on_device`'s copy: here the copy
+    is made for the CPU so the test runs anywhere; its answers equal the original's, the original
+    is untouched, and the tokenizer and grid are shared rather than copied."""
+    from edge_agent.edge_batch import on_device
+
+    twin = on_device(edge, "cpu")
+    assert twin is not edge and twin.tokenizer is edge.tokenizer and twin.grid is edge.grid
+    assert twin.lm_head.weight.data_ptr() != edge.lm_head.weight.data_ptr()
+    rng = np.random.default_rng(1)
+    for mode in (m for m in (Mode.SPA, Mode.FULL, Mode.CHOICE) if edge.supports(m)):
+        z = torch.from_numpy((rng.standard_normal((6, edge.d_model)) * 3).astype(np.float32))
+        wire = torch.from_numpy(rng.standard_normal((6, len(edge.wire_layers(mode)), edge.d_model))
+                                .astype(np.float32))
+        assert twin.gate_batch(mode, z) == edge.gate_batch(mode, z)
+        assert torch.equal(twin.side_logits(mode, z, wire), edge.side_logits(mode, z, wire))
