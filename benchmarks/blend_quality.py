@@ -13,25 +13,28 @@ never seen by the router) — spa-for-all against routed (the need router's 'not
 prompts as base). M of the stream, and Rouge-L of the customised half, paired.
 
 Devices: the pool, the trained comparators and every evaluation run on `--device`; the blend
-always runs on the CPU (its own float32 copy of the backbone for the examples' features, as a
-device receives them) with `--threads` torch threads, timed in wall and CPU seconds. `--cores
-0,1` pins the whole process to those cores first (as `taskset -c 0,1` does), so the blend's
-figure is a 2-core one; the record says how many cores the process could use.
+always runs on the CPU (its own float32 copy of the backbone for the examples' features, where a
+device would receive them as HIDDEN frames) with `--threads` torch threads, timed in wall and
+CPU seconds. `--cores 2` pins the whole process (every thread it starts later) to the first two
+of its CPUs before any work, as `taskset -c 0,1` does, so the blend's figure is a 2-core one on
+any host; its record says how many cores the process could use. Results go to `--json` after
+the pool and after every user (a run cut by a time limit still brings the users it finished),
+the tables to the .md beside it at the end; `--deadline` starts no user that would end later.
 
     python benchmarks/blend_quality.py --smoke            # tiny backbone, seconds
     HF_HUB_OFFLINE=1 nice -n 10 python benchmarks/blend_quality.py --pool runs/pool-smollm2
 
-The H200 call (one call, ≤ 8 min; repo at /root/repo, SmolLM2 at /root/smollm2, the corpus
-carried as /root/spa/data/corpus_en.txt beside XSum — without it the personas' sentences are
-generated ones, and the record says so):
+The H200 call (one call, ≤ 8 min; repo at /root/repo, SmolLM2 at /root/smollm2, XSum and the
+English corpus at /root/spa/data — copy /work/shared/data/corpus_en.txt into runs/spa_gpu/data
+before stage 1; without it the personas' sentences are generated ones, and the record says so):
 
     cd /root/repo && export PYTHONPATH=/root/repo:/root/site HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
-      && mkdir -p ${OUT:-/tmp/out} && T=$(command -v taskset >/dev/null && echo taskset -c 0,1) \
-      && timeout 470 $T python3 benchmarks/blend_quality.py --device cuda --backbone /root/smollm2 \
-      --xsum /root/spa/data/xsum_1000.jsonl --corpus /root/spa/data/corpus_en.txt --cores 0,1 \
-      --pool /root/spa/pool-smollm2 --pool-records 400 --train-records 300 --eval 96 --max-new 48 \
-      --epochs 8 --deadline 440 --json ${OUT:-/tmp/out}/blend_quality.json 2>&1 \
-      | grep -v Warning | tee ${OUT:-/tmp/out}/blend_quality.log; cp /root/spa/pool-smollm2/pool.json ${OUT:-/tmp/out}/
+      && O=${OUT:-/tmp/out} && mkdir -p $O && T=$(taskset -c 0,1 true 2>/dev/null && echo taskset -c 0,1); \
+      timeout 460 $T python3 benchmarks/blend_quality.py --device cuda --backbone /root/smollm2 \
+      --xsum /root/spa/data/xsum_1000.jsonl --corpus /root/spa/data/corpus_en.txt --cores 2 \
+      --pool /root/spa/pool-smollm2 --pool-records 400 --train-records 300 --eval 128 \
+      --max-new 48 --epochs 8 --deadline 400 --json $O/blend_quality.json 2>&1 | grep -v Warn \
+      | tee $O/blend_quality.log; cp /root/spa/pool-smollm2/pool.json $O/ 2>/dev/null; true
 """
 
 from __future__ import annotations
@@ -96,17 +99,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--batch", type=int, default=0, help="generation batch (0: 256 on cuda, 12 on cpu)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the blend")
-    ap.add_argument("--cores", default="", help="pin the process to these CPU cores first, e.g. 0,1")
+    ap.add_argument("--cores", type=int, default=0,
+                    help="pin the process to this many of its CPU cores first (0: no pinning)")
     ap.add_argument("--deadline", type=float, default=0, help="s: start no user that would end later")
     ap.add_argument("--json", default=str(ROOT / "results" / "blend_quality.json"))
     return ap.parse_args(argv)
 
 
-def pin(cores: str) -> None:
-    if cores and hasattr(os, "sched_setaffinity"):
-        want = {int(c) for c in cores.split(",")} & os.sched_getaffinity(0)
-        if want:
-            os.sched_setaffinity(0, want)
+def pin(cores: int) -> None:
+    """The process (and every thread it starts later) on the first `cores` of its CPUs."""
+    if cores > 0 and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
 
 
 def smoke_setup(args: argparse.Namespace) -> None:
