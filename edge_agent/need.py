@@ -47,11 +47,11 @@ def prompt_embedding(prompts: list[list[int]], lm_head: torch.nn.Linear) -> Tens
     for ids in prompts:
         if not ids:
             raise InputError("need router: an empty prompt")
-        idx = torch.tensor(sorted(set(int(i) for i in ids)))
+        idx = torch.tensor(sorted(set(int(i) for i in ids)), device=w.device)
         if int(idx.max()) >= w.shape[0] or int(idx.min()) < 0:
             raise InputError(f"need router: token id outside the vocabulary of {w.shape[0]}")
         rows.append(w[idx].float().mean(0))
-    return F.normalize(torch.stack(rows), dim=-1) * w.shape[1] ** 0.5
+    return F.normalize(torch.stack(rows), dim=-1).cpu() * w.shape[1] ** 0.5  # the router's side
 
 
 @dataclass

@@ -16,12 +16,15 @@ with the K coefficients w — nothing else — chosen from ≤ 16 of the user's 
    lab/training.py, no rollouts) and τ set at a firing rate on them; the need router
    (edge_agent/need.py) learns the user's prompts against the pool's generic ones.
 
-Blending times itself in wall and CPU seconds: on the shared 2-core machine wall time is mostly
-other people's work.
+Blending runs on the CPU whatever device the backbone is on (the features come to the CPU, as
+HIDDEN frames come to a device) with `cfg.threads` torch threads, and times itself in wall and
+CPU seconds (on the shared 2-core machine wall time is mostly other people's work). The edge
+kit (lm_head copy, wire grid) ships with the device: made before the clock starts.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -59,14 +62,14 @@ def blend(backbone, pool: Pool, examples: list[Example], cfg: BlendConfig,
     examples = examples[: cfg.max_examples]
     if len(examples) < 2:
         raise InputError(f"blending needs at least 2 examples, got {len(examples)}")
+    edge = (edge or EdgeModel.for_backbone(backbone)).cpu()  # the device's kit: not timed
     threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
     try:
         t0, c0 = time.perf_counter(), time.process_time()
         tcfg = train_config(cfg)
-        feats = extract_features(backbone, examples, pool.side_cfg, tcfg, progress=False)
+        feats = _on_cpu(extract_features(backbone, examples, pool.side_cfg, tcfg, progress=False))
         t1, c1 = time.perf_counter(), time.process_time()
-        edge = edge or EdgeModel.for_backbone(backbone)
         w, fit = fit_coefficients(edge.lm_head, pool, feats, cfg)
         head = Head("add", blended_network(pool, w), Classifier(backbone.d_model))
         finish_head(edge, head, feats, tcfg, cfg.fire_rate)
@@ -87,9 +90,26 @@ def blend(backbone, pool: Pool, examples: list[Example], cfg: BlendConfig,
                                     "total": round(t2 - t0, 3)},
                         "cpu_seconds": {"features": round(c1 - c0, 3), "blend": round(c2 - c1, 3),
                                         "total": round(c2 - c0, 3)},
-                        "threads": cfg.threads, "need": need.info}}
+                        "threads": cfg.threads, "cores": _cores(), "need": need.info}}
     head.info["blend"] = record["blend"]
     return edge.eval(), record
+
+
+def _on_cpu(feats):
+    """Features where the blend runs: the CPU (as the wire brings them: fp16)."""
+    from lab.training import Features
+
+    if feats.y.device.type == "cpu":
+        return feats
+    return Features(feats.states.cpu(), feats.z.cpu(), feats.y.cpu(), feats.layers)
+
+
+def _cores() -> int:
+    """CPU cores this process may run on (its affinity: `taskset -c 0,1` gives 2)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 0
 
 
 def fit_coefficients(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConfig
@@ -102,13 +122,15 @@ def fit_coefficients(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConf
     deltas = {k: torch.stack([pool.members[m][k].float() - base[k] for m in names]) for k in base}
     net = pool.network("base")
     with torch.no_grad():  # the candidate vocabulary: targets, top tokens of backbone and members
-        cand = [y, lm_head(z).topk(cfg.candidates, -1).indices.flatten()]
+        backbone_logits = lm_head(z)
+        cand = [y, backbone_logits.topk(cfg.candidates, -1).indices.flatten()]
         member_nll = {}
-        for m in names:
-            logits = lm_head(z + pool.network(m)(states))
+        for m in names:  # one module, each member's weights (building 6 modules costs ~1 CPU s)
+            member = {k: v.float() for k, v in pool.members[m].items()}
+            logits = lm_head(z + functional_call(net, member, (states,)))
             cand.append(logits.topk(cfg.candidates, -1).indices.flatten())
             member_nll[m] = round(F.cross_entropy(logits, y).item(), 4)
-        base_nll = F.cross_entropy(lm_head(z), y).item()
+        base_nll = F.cross_entropy(backbone_logits, y).item()
     vocab = torch.unique(torch.cat(cand))
     target = torch.searchsorted(vocab, y)
     weight = lm_head.weight[vocab].detach()

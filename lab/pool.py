@@ -24,7 +24,9 @@ building the pool costs one frozen backbone pass per style and a few epochs on i
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import random
 import re
 import time
@@ -86,21 +88,36 @@ _CLEAN = [(re.compile(r" ([,.;:!?')])"), r"\1"), (re.compile(r"([(]) "), r"\1"),
           (re.compile(r" @(.)@ "), r"\1"), (re.compile(r" 's\b"), "'s")]
 
 
-def sentences(n: int, seed: int = 0, corpus: Path | None = None) -> list[str]:
-    """`n` distinct plain sentences (8–16 words): from the shared English corpus when it is
-    there, else generated (lab/synthetic.py); shuffled by `seed`."""
-    corpus = corpus or SHARED / "corpus_en.txt"
-    found: list[str] = []
-    if corpus.is_file():
-        for line in corpus.read_text(encoding="utf-8", errors="replace").splitlines():
-            line = line.strip()
-            if not line or line.startswith("=") or "<unk>" in line:
-                continue
-            for s in re.split(r"(?<=[.!?]) (?=[A-Z])", line):
-                for pat, rep in _CLEAN:
-                    s = pat.sub(rep, s)
-                if 8 <= len(s.split()) <= 16 and s[-1] in ".!?" and '"' not in s:
-                    found.append(s)
+def corpus_file(explicit: str | Path | None = None) -> Path | None:
+    """The English corpus the personas' sentences come from: `explicit`, $SPA_CORPUS, or
+    ../shared/data/corpus_en.txt beside the repo; None when none of them is a file."""
+    for cand in (explicit, os.environ.get("SPA_CORPUS"), SHARED / "corpus_en.txt"):
+        if cand and Path(cand).is_file():
+            return Path(cand)
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _corpus_sentences(path: str, mtime: float) -> tuple[str, ...]:
+    """Every distinct plain sentence (8–16 words) of a corpus file, sorted (parsed once)."""
+    found: set[str] = set()
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        line = line.strip()
+        if not line or line.startswith("=") or "<unk>" in line:
+            continue
+        for s in re.split(r"(?<=[.!?]) (?=[A-Z])", line):
+            for pat, rep in _CLEAN:
+                s = pat.sub(rep, s)
+            if 8 <= len(s.split()) <= 16 and s[-1] in ".!?" and '"' not in s:
+                found.add(s)
+    return tuple(sorted(found))
+
+
+def sentences(n: int, seed: int = 0, corpus: str | Path | None = None) -> list[str]:
+    """`n` distinct plain sentences (8–16 words): from the English corpus (corpus_file) when
+    there is one, else generated (lab/synthetic.py); shuffled by `seed`."""
+    path = corpus_file(corpus)
+    found = list(_corpus_sentences(str(path), path.stat().st_mtime)) if path else []
     if len(found) < n:
         from lab.synthetic import _sentence
 
@@ -121,8 +138,10 @@ def chat_prompt(text: str, tokenizer) -> str:
 
 
 def style_records(style: Style, n: int, tokenizer, start: int = 0, seed: int = 0,
-                  xsum: Path | None = None, max_prompt_tokens: int = 128) -> list[Example]:
-    """`n` records of `style`, from its own slice of sentences (XSum: records from `start`)."""
+                  xsum: Path | None = None, max_prompt_tokens: int = 128,
+                  corpus: str | Path | None = None) -> list[Example]:
+    """`n` records of `style`, from its own slice of sentences (XSum: records from `start`;
+    `corpus`: see corpus_file)."""
     if style.kind == "xsum":
         if xsum is None:
             raise InputError(f"style {style.name} needs XSum records (--xsum or ../shared/data)")
@@ -131,7 +150,7 @@ def style_records(style: Style, n: int, tokenizer, start: int = 0, seed: int = 0
             prompt = tokenizer.decode(ex.prompt_ids(tokenizer, max_prompt_tokens))
             out.append(Example("", prompt, "\n" + ex.answer.strip(), ex.line))
         return out
-    sents = sentences(style.offset + start + n, seed)[style.offset + start:]
+    sents = sentences(style.offset + start + n, seed, corpus)[style.offset + start:]
     r = random.Random(seed + style.offset + start)
     return [Example("", chat_prompt(f"{r.choice(ASKS)} {s}", tokenizer),
                     f"{style.opening} {s} {style.closing}", i) for i, s in enumerate(sents[:n])]
@@ -233,8 +252,10 @@ def train_config(cfg: PoolConfig, epochs: int):
 
 
 def build_pool(backbone, out: str | Path, cfg: PoolConfig, styles: tuple[Style, ...] = POOL_STYLES,
-               xsum: Path | None = None, progress: bool = False) -> Pool:
-    """Train θ0 on the union of `styles`' records, then each member from θ0 on its own."""
+               xsum: Path | None = None, progress: bool = False,
+               corpus: str | Path | None = None) -> Pool:
+    """Train θ0 on the union of `styles`' records, then each member from θ0 on its own, on
+    the backbone's device (features and side networks there; the pool is saved from the CPU)."""
     from edge_agent.edge_model import EdgeModel, Head
     from edge_agent.side_network import Classifier
     from lab.training import Features, extract_features, split_dev, train_side
@@ -249,7 +270,7 @@ def build_pool(backbone, out: str | Path, cfg: PoolConfig, styles: tuple[Style, 
     tok = backbone.tokenizer
     feats: dict[str, tuple[Features, Features]] = {}
     for s in styles:
-        ex = style_records(s, cfg.records, tok, 0, cfg.seed, xsum, cfg.max_prompt_tokens)
+        ex = style_records(s, cfg.records, tok, 0, cfg.seed, xsum, cfg.max_prompt_tokens, corpus)
         tr, dev = split_dev(ex, tcfg)
         feats[s.name] = (extract_features(backbone, tr, side_cfg, tcfg, progress),
                          extract_features(backbone, dev, side_cfg, tcfg, progress))
@@ -261,17 +282,18 @@ def build_pool(backbone, out: str | Path, cfg: PoolConfig, styles: tuple[Style, 
         return Features(torch.cat([p.states for p in parts]), torch.cat([p.z for p in parts]),
                         torch.cat([p.y for p in parts]), parts[0].layers)
 
-    edge = EdgeModel.for_backbone(backbone)
+    edge = EdgeModel.for_backbone(backbone).to(backbone.device)
     base = Head("add", SideNetwork(side_cfg), Classifier(backbone.d_model))
     hist = train_side(edge, base, union(0), union(1), train_config(cfg, cfg.base_epochs), progress)
-    theta0 = {k: v.detach().clone() for k, v in base.side.state_dict().items()}
+    theta0 = {k: v.detach().cpu().clone() for k, v in base.side.state_dict().items()}
     members, record = {}, {"base": {"dev_nll": min(h["dev_loss"] for h in hist)}}
     for s in styles:
         head = Head("add", SideNetwork(side_cfg), Classifier(backbone.d_model))
         head.side.load_state_dict(theta0)
+        head.side.to(backbone.device)
         before = _nll(edge, head, feats[s.name][1])
         h = train_side(edge, head, *feats[s.name], tcfg, progress)
-        members[s.name] = {k: v.detach().clone() for k, v in head.side.state_dict().items()}
+        members[s.name] = {k: v.detach().cpu().clone() for k, v in head.side.state_dict().items()}
         record[s.name] = {"about": s.about, "records": cfg.records, "positions": len(feats[s.name][0]),
                           "dev_nll_base_net": before, "dev_nll": min(x["dev_loss"] for x in h),
                           "dev_nll_backbone": _backbone_nll(edge, feats[s.name][1])}
@@ -280,7 +302,8 @@ def build_pool(backbone, out: str | Path, cfg: PoolConfig, styles: tuple[Style, 
     info = {"styles": record, "config": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
             "seconds": round(time.perf_counter() - started, 1),
             "cpu_seconds": round(time.process_time() - cpu0, 1),
-            "backbone": getattr(backbone, "source", "?")}
+            "backbone": getattr(backbone, "source", "?"), "device": str(backbone.device),
+            "corpus": str(corpus_file(corpus) or "generated sentences")}
     save_pool(Path(out), backbone.fingerprint, side_cfg, theta0, members, info,
               generic_prompts(64, tok))
     print(f"pool: {len(members)} members in {info['seconds']:.0f} s ({info['cpu_seconds']:.0f} "

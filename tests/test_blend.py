@@ -183,3 +183,27 @@ def test_need_file_parsing_never_crashes(tmp_path_factory, content):
     except InputError:
         return
     assert r is not None and r.weight.shape == (4,) and torch.isfinite(r.weight).all()
+
+
+def test_blend_report_routing_and_gap():
+    """The mixed stream's M and the customised half's Rouge-L, and the gap closed, by hand."""
+    from types import SimpleNamespace as NS
+
+    from lab.blend_report import gap_interval, markdown, routing_row
+
+    spa_c = NS(sessions=[(10, 0.5), (10, 0.5)], scores=[50.0, 60.0])
+    base_c = NS(sessions=[(10, 0.0), (10, 0.0)], scores=[40.0, 30.0])
+    spa_g, base_g = NS(sessions=[(20, 0.25)], scores=[0.0]), NS(sessions=[(20, 0.0)], scores=[0.0])
+    r = routing_row([True, False], [False], spa_c, base_c, spa_g, base_g)
+    assert r["m_spa_for_all"] == pytest.approx(15 / 40) and r["m_routed"] == pytest.approx(5 / 40)
+    assert r["m_fall"] == pytest.approx(2 / 3) and r["customised_kept"] == 0.5
+    assert r["rouge_customised_routed"] == 40 and r["paired_routed_minus_all"]["diff"] == -15
+    assert gap_interval([0, 0], [5, 5], [10, 10]) == pytest.approx((0.5, 0.5, 0.5))
+    rows = {k: {"scores": [1.0, 2.0], "m": 0.5} for k in
+            ("base", "blended full", "blended spa", "trained full", "trained spa")}
+    blend_rec = {"examples": 2, "positions": 9, "seconds": {"total": 1.0, "features": 0.5},
+                 "cpu_seconds": {"total": 2.0}, "cores": 2, "threads": 2, "coefficients": {"a": 0.5}}
+    user = {"rows": rows, "blend": blend_rec, "trained": {"records": 4, "seconds": 3.0},
+            "routing": {**r, "decision_ms": 1.0}}
+    table = markdown({"u1": user, "u2": user}, pooled=True)
+    assert "| all | 4 |" in table and "+66.7%" in table and "| u2 | 2 | 9 | 1.00 | 2.00 |" in table
