@@ -14,7 +14,8 @@
 #                                          # (≤ 8 min): XSum, sums, compare × seeds 0-2, the persona
 #                                          # check with its fix, every run waited for; tables printed
 #   (table's knobs: RUNS, TRAIN_ARGS, WIRE_ARGS for the runs named in WIRE_RUNS (default x1), PERSONA_ARGS,
-#    DEADLINE, EXTRA: one more shell command run beside them from /root/repo with $OUT set, waited for)
+#    DEADLINE, EXTRA: one more shell command run beside them from /root/repo with $OUT set, waited for;
+#    TABLE_CPUS: taskset the runs and the persona check to these cores, e.g. 2-15 when EXTRA takes 0,1)
 # Prepare here: split -b 50000000 SmolLM2-135M-Instruct.Q4_1.gguf part_ (see RESULTS.md §1), and
 # runs/spa_gpu/src = `git archive HEAD edge_agent cloud_worker routing spa monitoring benchmarks`
 # (a committed snapshot, not a working tree others are editing).
@@ -90,7 +91,7 @@ table)  # carry runs/spa_gpu/p2 (after stage1): every run of issue 17's table at
     if [ "$data" = xsum ]; then file=$W/data/xsum_1000.jsonl; [ "$name" = x0 ] && budgets="--budgets 0.2,0.35,0.5"
       [[ " ${WIRE_RUNS:-x1} " == *" $name "* ]] && budgets="$budgets ${WIRE_ARGS:-}"  # e.g. --wire-dtypes fp16,int8,int4 (issue 22)
     else file=$W/data/$data.jsonl; eargs="--sweep-limit 100"; [ -f $file ] || python3 -m lab.tasks $data --out $file; fi
-    setsid nohup bash -c "timeout $left python3 benchmarks/spa_xsum.py --backbone /root/smollm2 --data $file \
+    setsid nohup bash -c "timeout $left ${TABLE_CPUS:+taskset -c $TABLE_CPUS} python3 benchmarks/spa_xsum.py --backbone /root/smollm2 --data $file \
       --out $W/run_$name --device cuda $budgets --train-args '$targs' --eval-args '$eargs' \
       > $W/run_$name/log 2>&1; echo EXIT \$? >> $W/run_$name/log" > /dev/null 2>&1 < /dev/null &
   done
@@ -100,7 +101,7 @@ table)  # carry runs/spa_gpu/p2 (after stage1): every run of issue 17's table at
     setsid nohup bash -c "OUT=$O timeout $left bash $W/extra.sh > $W/extra.log 2>&1; echo EXIT \$? >> $W/extra.log" \
       > /dev/null 2>&1 < /dev/null &
   fi
-  timeout $((deadline - (SECONDS - start) - 30)) python3 benchmarks/persona_quality.py --backbone /root/smollm2 \
+  timeout $((deadline - (SECONDS - start) - 30)) ${TABLE_CPUS:+taskset -c $TABLE_CPUS} python3 benchmarks/persona_quality.py --backbone /root/smollm2 \
     --device cuda --json "$O/persona.json" ${PERSONA_ARGS:---target-m 0.7 --calib-prompts 0 --rollout-prompts 32} \
     2>&1 | grep -v Warning > $W/persona.log; cp $W/persona.log "$O/"
   for f in $W/run_*/log ${EXTRA:+$W/extra.log}; do
