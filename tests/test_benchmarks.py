@@ -28,7 +28,7 @@ SMOKE = {
     "wire_bytes.py": "wire",
 }
 SHELL = ("gpu_stack.sh", "gpu_loadtest.sh", "spa_gpu.sh", "xsum_results.sh")
-LIBRARIES = ("common.py",)  # imported by the scripts
+LIBRARIES = ("common.py", "stage_probes.py")  # imported by the scripts
 TIMEOUT_S = 420  # a smoke run takes seconds; this is for a 2-core machine under load
 
 
