@@ -23,10 +23,15 @@ from lab.data import Example
 from lab.features import Features
 from lab.side_training import side_logits
 from lab.train_config import TrainConfig
-from routing.modes import Combine, Mode
+from routing.modes import Combine, Gate, Mode
 from routing.transmissions import Transmissions
 
 NEVER = 1e9  # a logit threshold no classifier reaches: the gate never fires
+
+
+def _mode(combine: Combine, gate: Gate) -> Mode:
+    """The mode of the table (routing/modes.py) that runs a head of `combine` under `gate`."""
+    return next(m for m in Mode if m.combine == combine and m.gate == gate)
 
 
 @torch.no_grad()
@@ -107,7 +112,7 @@ def rollouts(backbone: Backbone, edge: EdgeModel, head: Head, examples: list[Exa
     """On-policy states: generate with the side network always on (the trajectory a firing
     gate follows) and label each position 1 where the side token differs from the backbone's.
     Teacher-forced answers alone leave the gate blind to its own generations."""
-    mode = Mode.FULL if head.combine == Combine.ADD else Mode.LST
+    mode = _mode(head.combine, Gate.ALWAYS)
     gen = BatchedGenerator(backbone, edge, BatchConfig(cfg.gen_batch, progress=progress))
     gens = gen.generate(_prompts(backbone, examples, cfg), cfg.rollout_tokens, mode, keep_z=True,
                         desc=f"rollouts {mode.value}", wire_dtype=cfg.wire_dtype)
@@ -119,7 +124,7 @@ def rollouts(backbone: Backbone, edge: EdgeModel, head: Head, examples: list[Exa
 def measured_m(backbone: Backbone, edge: EdgeModel, head: Head, prompts: list[list[int]],
                threshold: float, cfg: TrainConfig) -> Transmissions:
     """Transmission counts of real gated generations (batched) on `prompts` at `threshold`."""
-    mode = Mode.SPA if head.combine == Combine.ADD else Mode.CHOICE
+    mode = _mode(head.combine, Gate.CLASSIFIER)
     saved, head.threshold = head.threshold, threshold
     try:
         gen = BatchedGenerator(backbone, edge, BatchConfig(cfg.gen_batch, progress=False))
