@@ -38,6 +38,12 @@ def test_every_benchmark_is_listed():
     assert present <= listed, f"add to tests/test_benchmarks.py: {sorted(present - listed)}"
 
 
+def test_every_benchmark_has_a_smoke_mode():
+    """A listed script without --smoke would only be skipped below: that is how benchmarks rot."""
+    missing = [s for s in sorted(SMOKE) if (BENCH / s).exists() and "--smoke" not in (BENCH / s).read_text()]
+    assert not missing, f"give these a --smoke mode: {missing}"
+
+
 @pytest.mark.parametrize("script", SHELL)
 def test_shell_scripts_parse(script):
     res = subprocess.run(["bash", "-n", str(BENCH / script)], capture_output=True, text=True)
