@@ -14,6 +14,7 @@ One backbone pass collects every layer's states for the training records (the la
 Prints both tables and returns (and writes) the `spa train` flags it chose.
 
     python benchmarks/spa_select.py --backbone DIR --data xsum_1000.jsonl --split :800 --device cuda
+    python benchmarks/spa_select.py --smoke   # the quick grid on the tiny backbone, 32 built-in records
 """
 
 from __future__ import annotations
@@ -53,8 +54,8 @@ FLAG = {"dropout": "--dropout", "weight_decay": "--weight-decay", "every": "--ev
 
 def main(argv: list[str] | None = None) -> list[str]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backbone", required=True)
-    p.add_argument("--data", required=True)
+    p.add_argument("--backbone")
+    p.add_argument("--data")
     p.add_argument("--split", default=":800")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", default="runs/spa_select.json")
@@ -64,7 +65,23 @@ def main(argv: list[str] | None = None) -> list[str]:
     p.add_argument("--quick", action="store_true", help="a tiny grid (CPU smoke test)")
     p.add_argument("--rollout-prompts", type=int, default=0)
     p.add_argument("--rollout-tokens", type=int, default=48)
+    p.add_argument("--smoke", action="store_true", help="--quick on the benchmarks' tiny backbone and "
+                   "32 built-in records, 4 tokens per generation (seconds)")
     args = p.parse_args(argv)
+    if args.smoke:
+        import tempfile
+
+        from common import models
+
+        from lab.synthetic import make_personal_tasks, write_jsonl
+
+        tmp = Path(tempfile.mkdtemp(prefix="spa-select-"))
+        args.backbone, args.data = str(models()[0]), str(write_jsonl(make_personal_tasks(32, seed=3),
+                                                                      tmp / "tasks.jsonl"))
+        args.split, args.quick, args.out = "", True, str(tmp / "spa_select.json")
+        args.gen_batch, args.rollout_tokens, args.max_prompt_tokens = 16, 4, 64
+    elif not (args.backbone and args.data):
+        p.error("give --backbone and --data (or --smoke)")
 
     import torch
     from rouge_score import rouge_scorer

@@ -6,8 +6,8 @@ row's last scheduled token, logits, z and the per-layer states; then, on the dev
 rows at once, tokens are chosen (`routing.sampling.choose_tokens`), z is encoded in each session's
 wire dtype (fp16, or int8/int4 codes + scales: `routing.quant`, on the device), lockstep rows' wire
 layers are gathered and encoded, and all of it goes to the host in one non-blocking copy into
-pinned memory (one sync per step). Gated rows' encoded wire layers stay on the device in the
-ring; a REQUEST copies only its position's states.
+pinned memory (one sync per step; the encoding and the staging: `step_output.py`). Gated rows'
+encoded wire layers stay on the device in the ring; a REQUEST copies only its position's states.
 
 On cuda, pure-decode steps replay CUDA graphs captured at bucketed batch sizes (nano-vllm's
 `capture_cudagraph`): static input buffers are filled, the graph replays, padded rows write to
@@ -18,7 +18,6 @@ the KV budget allows; a bigger decode batch runs eagerly (same kernels, no graph
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -29,54 +28,12 @@ from cloud_worker.attention import AttnBatch, paged_decode_available
 from cloud_worker.backbone import Backbone
 from cloud_worker.block_manager import SCRATCH_SLOT, ZERO_SLOT, table_slots, token_slots
 from cloud_worker.config import WorkerConfig
-from cloud_worker.session import Session
-from routing import quant
-from routing.quant import WireDtype
+from cloud_worker.step_output import Row, Staging, StepOutput, encode_wire
 from routing.sampling import choose_tokens, noise_key
 
 log = logging.getLogger("spa.worker")
 GRAPH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512,
                  640, 768, 896, 1024)
-
-Row = tuple[Session, int]  # a session and how many of its new tokens run this step
-_NP = {torch.int32: np.int32, torch.float16: np.float16, torch.int8: np.int8, torch.uint8: np.uint8}
-
-
-class _Staging:
-    """The step's device tensors, laid end to end as bytes for the one copy to the host, and
-    rebuilt as numpy arrays (views into the host copy) afterwards."""
-
-    def __init__(self) -> None:
-        self.parts: list[Tensor] = []
-        self.meta: list[tuple[torch.dtype, tuple[int, ...]]] = []
-
-    def add(self, t: Tensor) -> int:
-        self.parts.append(t.contiguous().reshape(-1).view(torch.uint8))
-        self.meta.append((t.dtype, tuple(t.shape)))
-        return len(self.meta) - 1
-
-    def flat(self) -> Tensor:
-        return torch.cat(self.parts)
-
-    def unpack(self, host: np.ndarray) -> list[np.ndarray]:
-        out, o = [], 0
-        for (dtype, shape), p in zip(self.meta, self.parts, strict=True):
-            n = p.numel()
-            out.append(host[o : o + n].view(_NP[dtype]).reshape(shape))
-            o += n
-        return out
-
-
-@dataclass
-class StepOutput:
-    """Host-side results of the rows that emit a FRAME, in `rows` order."""
-
-    rows: list[Row]  # every row of the step, in the order the runner ran them
-    emit: list[int]  # indices into rows of those that reached their last token
-    tokens: list[int]  # per emitting row
-    z: list[list[np.ndarray]]  # per emitting row: z's wire tensors, [(d,) fp16] or [codes, scale]
-    shipped: dict[int, list[np.ndarray]]  # row index -> wire tensors of its (k, d) layers (lockstep)
-    ring: dict[int, list[Tensor]]  # row index -> the same, kept on the device (gated rows)
 
 
 class _Eager:
@@ -233,42 +190,9 @@ class ModelRunner:
             tokens = choose_tokens(lg, self._to(temps, torch.float64), self._to(top_k),
                                    self._to(keys), kmax=max(top_k))
         zz = z if idx is None else z[idx]  # (E, d)
-        stage = _Staging()
+        stage = Staging()
         stage.add(tokens.to(torch.int32))
-        E = len(emit)
-        # per wire dtype (fp16 / int8 / int4), the rows' z, shipped and kept layers, encoded here
-        groups: dict[WireDtype, list[int]] = {}
-        for e, i in enumerate(emit):
-            groups.setdefault(rows[i][0].wire, []).append(e)
-        z_parts: list[list[int]] = [[] for _ in range(E)]  # per emitting row: stage handles
-        shipped_h: dict[int, list[int]] = {}
-        ring: dict[int, list[Tensor]] = {}
-        for wire, es in groups.items():
-            sess = [rows[emit[e]][0] for e in es]
-            sel = zz if len(es) == E else zz[self._to(es)]
-            chan = torch.stack([s.grid[-1] for s in sess]) if wire.quantised else None
-            hs = [stage.add(t) for t in quant.encode(sel, chan, wire)]  # (n, d) or (n, ·) + (n,)
-            for j, e in enumerate(es):
-                z_parts[e] = [(h, j) for h in hs]
-            # wire layers: lockstep rows ship them with the FRAME, gated rows keep them in the ring
-            for ships in (True, False):
-                rs = [(emit[e], s) for e, s in zip(es, sess, strict=True)
-                      if s.wire_layers and s.ships_hidden == ships]
-                if not rs:
-                    continue
-                lay = [k for _, s in rs for k in s.wire_layers]
-                at = [i for i, s in rs for _ in s.wire_layers]
-                sel_h = hidden[self._to(lay), self._to(at)]  # (Σk, d)
-                hchan = torch.cat([s.grid[:-1] for _, s in rs]) if wire.quantised else None
-                enc = quant.encode(sel_h, hchan, wire)
-                o = 0
-                for i, s in rs:
-                    k = len(s.wire_layers)
-                    if ships:
-                        shipped_h[i] = [stage.add(t[o : o + k]) for t in enc]
-                    else:
-                        ring[i] = [t[o : o + k] for t in enc]  # stays on the device
-                    o += k
+        z_parts, shipped_h, ring = encode_wire(rows, emit, zz, hidden, stage, self._to)
         arrays = stage.unpack(self._copy_to_host(stage.flat()))  # the one transfer of the step
         toks = arrays[0].tolist()
         zh = [[arrays[h][j] for h, j in parts] for parts in z_parts]

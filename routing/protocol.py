@@ -5,8 +5,10 @@ raw frame sent with copy=False. Every message type has ONE typed definition belo
 fields with their types and ranges (nested ones included), its tensor arity and who may send it.
 `decode` checks a message against it in full — version, type, sender, every field, no unknown
 field, frame count, dtype allow-list, prod(shape)·itemsize == len(frame), size limits — and raises
-ProtocolError with an `ErrorCode` the receiver answers in an ERROR. `check_limits` adds what only
+ProtocolError with an `ErrorCode` the receiver answers in an ERROR. `Limits.check` adds what only
 the worker knows (vocabulary, layers, context). Nothing crashes, nothing is dropped silently.
+The field kinds the specs are written in (`Int`, `Str`, `ListOf`, …) are in `routing/fields.py`;
+everyone imports the contract from here.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import msgpack
 import numpy as np
 
 from routing.errors import ErrorCode
+from routing.fields import MAX_POS as MAX_POS  # re-exported: the contract's names in one place
+from routing.fields import Bytes, Float, Int, ListOf, Map, Optional, Str
 from routing.modes import Mode
 from routing.quant import WIRE_DTYPES, check_grid, check_wire
 
@@ -30,7 +34,6 @@ MAX_PROMPT = 1 << 17  # prompt tokens; the worker's context is the real bound
 MAX_NEW = 1 << 20  # max_new_tokens before the context check
 MAX_WINDOW = 256  # tokens decoded past the last ACK; bounds the worker's ring; sane range 1–256
 MAX_WIRE_LAYERS = 256  # hidden states per position; the backbone's depth is the real bound
-MAX_POS = (1 << 31) - 1  # positions, epochs, token ids before the model's own bounds
 MAX_BATCH = 4096  # messages in one BATCH
 MAX_AGENT_SESSIONS = 1024  # sessions one agent heartbeat may list
 SESSION_BYTES = 16
@@ -69,101 +72,6 @@ class ProtocolError(Exception):
     def __init__(self, code: ErrorCode | str, detail: str, session: bytes | None = None) -> None:
         super().__init__(f"{code}: {detail}")
         self.code, self.detail, self.session = ErrorCode(code), detail, session
-
-
-# ----------------------------------------------------------------------------- field kinds
-@dataclass(frozen=True)
-class Int:
-    lo: int = 0
-    hi: int = MAX_POS
-
-    def check(self, v: object) -> str | None:
-        if type(v) is not int:
-            return f"is {type(v).__name__}, expected int"
-        return None if self.lo <= v <= self.hi else f"= {v} outside [{self.lo}, {self.hi}]"
-
-
-@dataclass(frozen=True)
-class Float:
-    lo: float
-    hi: float
-
-    def check(self, v: object) -> str | None:
-        if type(v) not in (int, float):
-            return f"is {type(v).__name__}, expected a number"
-        return None if math.isfinite(v) and self.lo <= v <= self.hi else f"= {v} outside [{self.lo}, {self.hi}]"
-
-
-@dataclass(frozen=True)
-class Str:
-    max_len: int
-    choices: tuple[str, ...] = ()
-
-    def check(self, v: object) -> str | None:
-        if type(v) is not str:
-            return f"is {type(v).__name__}, expected str"
-        if len(v) > self.max_len:
-            return f"has {len(v)} characters > {self.max_len}"
-        return None if not self.choices or v in self.choices else f"= {v[:32]!r}, expected one of {self.choices}"
-
-
-@dataclass(frozen=True)
-class Bytes:
-    size: int
-
-    def check(self, v: object) -> str | None:
-        if type(v) is not bytes:
-            return f"is {type(v).__name__}, expected bytes"
-        return None if len(v) == self.size else f"has {len(v)} bytes, expected {self.size}"
-
-
-@dataclass(frozen=True)
-class ListOf:
-    """A list of `item`s, its length within [min_len, max_len]."""
-
-    item: object
-    min_len: int
-    max_len: int
-    unique: bool = False
-
-    def check(self, v: object) -> str | None:
-        if type(v) is not list:
-            return f"is {type(v).__name__}, expected a list"
-        if not self.min_len <= len(v) <= self.max_len:
-            return f"has {len(v)} items, allowed {self.min_len}–{self.max_len}"
-        check = self.item.check
-        for i, x in enumerate(v):
-            if (why := check(x)) is not None:
-                return f"[{i}] {why}"
-        if self.unique and len(set(v)) != len(v):
-            return "has repeated items"
-        return None
-
-
-@dataclass(frozen=True)
-class Map:
-    """A nested map with fixed keys (all optional), each of its own kind."""
-
-    fields: dict
-
-    def check(self, v: object) -> str | None:
-        if type(v) is not dict:
-            return f"is {type(v).__name__}, expected a map"
-        for k, x in v.items():
-            kind = self.fields.get(k) if type(k) is str else None
-            if kind is None:
-                return f"has unknown key {k!r:.40}"
-            if (why := kind.check(x)) is not None:
-                return f".{k} {why}"
-        return None
-
-
-@dataclass(frozen=True)
-class Optional:
-    kind: object
-
-    def check(self, v: object) -> str | None:
-        return None if v is None else self.kind.check(v)
 
 
 SESSION = Bytes(SESSION_BYTES)

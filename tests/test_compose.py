@@ -1,7 +1,10 @@
 """compose.yaml without a Docker engine: valid against the compose-spec schema; its Prometheus
 and Grafana files agree with it; and each service's own command (and healthcheck) runs as a
 local process, service hosts mapped to 127.0.0.1 and ports mapped to free ones, and the stack
-works: the agents generate, Prometheus finds every target and records M."""
+works: the agents generate, Prometheus finds every target and records M.
+
+Longer than 350 lines: the spec checks and both runs share compose.yaml's parsed services and
+helpers, and scripts/compose-test.sh, README and RESULTS.md name its tests by this path."""
 
 from __future__ import annotations
 

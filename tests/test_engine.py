@@ -1,6 +1,9 @@
 """The paged engine on the CPU: token for token equal to the single-sequence reference (fp32),
 rollback as a length change, chunked prefill mixed with decodes, fair turns beyond the batch
-limit, admission by the KV budget, and batched token choice equal to routing/sampling.py."""
+limit, admission by the KV budget, and batched token choice equal to routing/sampling.py.
+
+Longer than 350 lines: every test shares the module's fp32 tiny backbone and open/drain helpers,
+and RESULTS.md names its tests by this path."""
 
 from __future__ import annotations
 

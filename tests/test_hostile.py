@@ -3,6 +3,9 @@
 A CURVE stack on 127.0.0.1 (broker with a 2 s lease and 16 sessions per agent, one worker); raw
 ZeroMQ sockets play the rogue worker, the stranger without a key, the hijacker, the silent agent
 and the fuzzer. After each abuse the service keeps serving: valid sessions equal the reference.
+
+Longer than 350 lines: the tests share one module-scoped CURVE stack (a second module would start
+a second stack), and RESULTS.md names its tests by this path.
 """
 
 from __future__ import annotations

@@ -9,6 +9,10 @@ statement, function-level ones included — so a lazy import on a rare path is c
     lab            host tools (training, evaluation, reference, data): the serving packages
     loadgen        the load generator: edge_agent, lab, routing, monitoring
     spa            the CLI, demo and local stack: anything
+
+And the house rule of one concept per file: no production file (the packages above, benchmarks/,
+scripts/) over MAX_LINES unless LONG_FILES names it with its reason; a test file over it says
+why in its module docstring (a line starting "Longer than").
 """
 
 import ast
@@ -26,6 +30,10 @@ MAY_IMPORT = {
     "loadgen": {"edge_agent", "lab", "routing", "monitoring"},
     "spa": OURS - {"spa"},
 }
+
+
+MAX_LINES = 350
+LONG_FILES: dict[str, str] = {}  # "package/file.py": why it must stay longer (none today)
 
 
 def imports_of(path: Path) -> set[str]:
@@ -81,3 +89,30 @@ def test_command_line_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                          check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines())
+
+
+def test_production_files_have_one_concept_each():
+    """Over MAX_LINES a file holds more than one concept: split it by concept (names from the
+    domain; keep the old module's names importable from it) or give its reason in LONG_FILES."""
+    roots = sorted(OURS) + ["benchmarks", "scripts"]
+    long = [f"{p.relative_to(ROOT)}: {n} lines" for r in roots for p in sorted((ROOT / r).rglob("*.py"))
+            if (n := _lines(p)) > MAX_LINES and str(p.relative_to(ROOT)) not in LONG_FILES]
+    assert not long, f"over {MAX_LINES} lines without a reason in LONG_FILES:\n" + "\n".join(long)
+    stale = [f for f in LONG_FILES if not (ROOT / f).exists() or _lines(ROOT / f) <= MAX_LINES]
+    assert not stale, f"LONG_FILES entries no longer needed: {stale}"
+
+
+def test_long_test_files_say_why():
+    """A test module over MAX_LINES keeps its reason (e.g. one module-scoped stack its tests
+    share) in its docstring, on a line starting "Longer than"."""
+    silent = []
+    for p in sorted((ROOT / "tests").glob("*.py")):
+        if _lines(p) > MAX_LINES:
+            doc = ast.get_docstring(ast.parse(p.read_text())) or ""
+            if not any(line.strip().startswith("Longer than") for line in doc.splitlines()):
+                silent.append(f"{p.name}: {_lines(p)} lines")
+    assert not silent, "test files over the limit without a reason:\n" + "\n".join(silent)
