@@ -16,17 +16,24 @@ mode and measure:
 Means with the spread over training seeds (min–max) and a 95 % bootstrap interval over prompts
 for the first seed.
 
+`--wire-dtypes fp16,int8,int4` (issue 22): the first seed's bundle (or the given one) again with
+its frames on each grid and its weights stored fp32 and int8, each row's body Rouge-L paired
+(bootstrap over the held-out questions) against fp16 frames + fp32 weights, with frame % and M
+(lab/wire_quality.py, as spa_xsum.py's wire.json); under `wire` per user in --json.
+
     python benchmarks/persona_quality.py --backbone smollm2-135m [--device cuda] \
-        [--users ada,bo] [--seeds 0,1,2] [--prompts 100] [--json out.json]
+        [--users ada,bo] [--seeds 0,1,2] [--prompts 100] [--json out.json] \
+        [--bundles ada=DIR,bo=DIR] [--wire-dtypes fp16,int8,int4]
 
 --smoke: seconds on the tests' tiny backbone ($SPA_BENCH_BACKBONE): ada, 12 training records,
-4 held-out questions, one seed, one epoch.
+4 held-out questions, one seed, one epoch, and the wire table for fp16,int8.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import statistics
@@ -64,6 +71,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--calib-prompts", type=int, default=-1, help="-1 = the demo build's (0 = all dev)")
     p.add_argument("--bundles", default="", help="NAME=DIR,…: measure these trained bundles (e.g. "
                    "`spa build-models`' users/ada) instead of training; one 'seed' each")
+    p.add_argument("--wire-dtypes", default="", help="issue 22: e.g. fp16,int8,int4 — the first "
+                   "seed's bundle with frames on each grid and weights fp32/int8, paired against "
+                   "fp16/fp32")
+    p.add_argument("--wire-modes", default="spa,full", help="modes of the --wire-dtypes table")
     p.add_argument("--json", default="")
     p.add_argument("--smoke", action="store_true", help="seconds, on the tests' tiny backbone")
     args = p.parse_args(argv)
@@ -71,6 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.smoke:
         args.backbone = os.environ.get("SPA_BENCH_BACKBONE") or args.backbone
         args.users, args.seeds, args.prompts, args.train_records = "ada", "0", 4, 12
+        args.wire_dtypes = args.wire_dtypes or "fp16,int8"
         tiny = {"epochs": 1, "clf_epochs": 1, "calib_steps": 2, "rollout_tokens": 8}
 
     from rouge_score import rouge_scorer
@@ -80,7 +92,6 @@ def main(argv: list[str] | None = None) -> dict:
     from lab.batched import BatchConfig, BatchedGenerator
     from lab.build import user_train_config
     from lab.data import load_examples
-    from lab.evaluate import bootstrap_ci
     from lab.synthetic import write_jsonl
     from lab.training import train_bundle
     from routing.sampling import Sampling
@@ -122,6 +133,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name}: {len(examples)} records in {data_s:.0f} s; base first sentence vs base answer "
               f"{u_rep['base_first_vs_base']:.1f}; sampled vs greedy (first sentences) "
               f"{u_rep['sampled_vs_greedy_first']:.1f}", flush=True)
+        figures = functools.partial(_figures, held=(ids, user, ref1, base, u_rep["base_first_vs_base"]),
+                                    tok=tok, scorer=scorer)
         for seed in seeds if name not in given else [0]:
             t1 = time.time()
             if name in given:
@@ -145,23 +158,7 @@ def main(argv: list[str] | None = None) -> dict:
             row: dict = {"seed": seed, "train_s": round(train_s, 1),
                          "auc_dev": record["heads"]["add"].get("calibration", {}).get("clf_auc_dev")}
             for mode in ("spa", "full"):
-                outs = gen.generate(ids, MAX_NEW, mode)
-                texts = [tok.decode(g.tokens, skip_special_tokens=True) for g in outs]
-                parts = [U.split_letter(t, user) for t in texts]
-                framed = [float(o and c) for o, c, _ in parts]
-                body1 = [_score(scorer, r, b) for r, (_, _, b) in zip(ref1, parts, strict=True)]
-                vs_all = [_score(scorer, a, b) for a, (_, _, b) in zip(base, parts, strict=True)]
-                toks = sum(g.stats.tokens for g in outs)
-                row[mode] = {
-                    "frame": 100 * statistics.fmean(framed),
-                    "opening": 100 * statistics.fmean(float(o) for o, _, _ in parts),
-                    "closing": 100 * statistics.fmean(float(c) for _, c, _ in parts),
-                    "body_vs_base_first": statistics.fmean(body1),
-                    "body_vs_base_first_ci": bootstrap_ci(body1, 2000),
-                    "body_vs_base_ratio": statistics.fmean(vs_all) / u_rep["base_first_vs_base"],
-                    "m": sum(g.stats.blocking for g in outs) / toks,
-                    "side_usage": sum(g.stats.side_used for g in outs) / toks,
-                    "tokens": toks / len(outs)}
+                row[mode], _, texts = figures(gen, mode)
                 if seed == seeds[0] and mode == "spa":
                     u_rep["examples"] = [{"prompt": held[i].prompt[-80:], "spa": texts[i], "base": base[i]}
                                          for i in range(3)]
@@ -169,11 +166,69 @@ def main(argv: list[str] | None = None) -> dict:
                     {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row[mode].items()}),
                     flush=True)
             u_rep["seeds"].append(row)
+            if args.wire_dtypes and seed == seeds[0]:
+                u_rep["wire"] = _wire_table(bb, edge, bcfg, figures, args, name)
         report["users"][name] = u_rep
         _summary(name, u_rep)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=str))
     return report
+
+
+def _figures(gen, mode: str, wire: str = "fp16", *, held: tuple, tok, scorer,
+             ) -> tuple[dict, list[float], list[str]]:
+    """One mode (and wire dtype) over the held-out questions: the figures, the per-question
+    body Rouge-L against base's first sentence, and the texts."""
+    from lab import users as U
+    from lab.evaluate import bootstrap_ci
+
+    ids, user, ref1, base, ceiling = held
+    outs = gen.generate(ids, MAX_NEW, mode, wire_dtype=wire)
+    texts = [tok.decode(g.tokens, skip_special_tokens=True) for g in outs]
+    parts = [U.split_letter(t, user) for t in texts]
+    framed = [float(o and c) for o, c, _ in parts]
+    body1 = [_score(scorer, r, b) for r, (_, _, b) in zip(ref1, parts, strict=True)]
+    vs_all = [_score(scorer, a, b) for a, (_, _, b) in zip(base, parts, strict=True)]
+    toks = sum(g.stats.tokens for g in outs)
+    return {
+        "frame": 100 * statistics.fmean(framed),
+        "opening": 100 * statistics.fmean(float(o) for o, _, _ in parts),
+        "closing": 100 * statistics.fmean(float(c) for _, c, _ in parts),
+        "body_vs_base_first": statistics.fmean(body1),
+        "body_vs_base_first_ci": bootstrap_ci(body1, 2000),
+        "body_vs_base_ratio": statistics.fmean(vs_all) / ceiling,
+        "m": sum(g.stats.blocking for g in outs) / toks,
+        "side_usage": sum(g.stats.side_used for g in outs) / toks,
+        "tokens": toks / len(outs)}, body1, texts
+
+
+def _wire_table(bb, edge, bcfg, figures, args, name: str) -> list[dict]:
+    """The body Rouge-L, frame % and M per (weights, mode, wire), paired against fp16/fp32."""
+    import tempfile
+
+    from lab.batched import BatchedGenerator
+    from lab.wire_quality import weight_variants, wire_rows
+    from routing.modes import Mode
+
+    with tempfile.TemporaryDirectory() as tmp:
+        gens = {w: BatchedGenerator(bb, e, bcfg) for w, e in weight_variants(bb, edge, Path(tmp)).items()}
+
+        def run(weights: str, mode: Mode, wire: str) -> tuple[list[float], dict]:
+            fig, body1, _ = figures(gens[weights], mode.value, wire)
+            return body1, fig
+
+        rows = wire_rows(list(gens), [Mode.parse(m) for m in args.wire_modes.split(",")],
+                         args.wire_dtypes, run, label=f"{name} ", what="body Rouge-L")
+    print(f"\n{name}: body Rouge-L per wire dtype and weights, Δ vs fp16/fp32 [95% paired]")
+    print("| mode | wire | weights | body Rouge-L | Δ [95%] | frame % | M |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for r in rows:
+        p = r["vs_fp16_fp32"]
+        d = f"{p['diff']:+.2f} [{p['lo']:+.2f}, {p['hi']:+.2f}]" if p else "—"
+        print(f"| {r['mode']} | {r['wire']} | {r['weights']} | {r['score']:.2f} | {d} | "
+              f"{r['frame']:.0f} | {r['m']:.3f} |")
+    print(flush=True)
+    return rows
 
 
 def _summary(name: str, rep: dict) -> None:

@@ -146,36 +146,27 @@ def budget_run(args, out: Path) -> None:
 
 def wire_run(args, out: Path) -> None:
     """The same bundle under each wire grid and with its weights stored int8 (issue 22): Rouge-L
-    and M per (mode, wire, weights), paired bootstrap of each against fp16 frames + fp32 weights."""
+    and M per (mode, wire, weights), paired bootstrap of each against fp16 frames + fp32 weights
+    (lab/wire_quality.py, shared with persona_quality.py)."""
     from cloud_worker.backbone import Backbone
-    from edge_agent.bundle import load_bundle, save_bundle
+    from edge_agent.bundle import load_bundle
     from lab.data import load_examples, split
-    from lab.evaluate import Evaluator, paired_bootstrap
-    from routing import quant
+    from lab.evaluate import Evaluator
+    from lab.wire_quality import weight_variants, wire_rows
     from routing.modes import Mode
 
     bb = Backbone.load(args.backbone, args.device)
-    edges = {"fp32": load_bundle(out / "bundle", bb.fingerprint)}
-    save_bundle(load_bundle(out / "bundle", bb.fingerprint), out / "bundle_int8", weights="int8",
-                kits=out / "kits_int8")
-    edges["int8"] = load_bundle(out / "bundle_int8", bb.fingerprint, kits=out / "kits_int8")
-    for edge in edges.values():  # a kit made before issue 22 has no grid: calibrate it here
-        edge.grid = edge.grid if edge.grid is not None else quant.calibrate(bb)
+    edges = weight_variants(bb, load_bundle(out / "bundle", bb.fingerprint), out)
     examples = split(load_examples(args.data), args.eval_split)[: args.limit or None]
-    rows, base = [], {}
-    for weights, edge in edges.items():
-        ev = Evaluator(bb, edge, 384, 48, 256 if "cuda" in args.device else 32, False)
-        for mode in [Mode.parse(m) for m in args.wire_modes.split(",")]:
-            for wire in args.wire_dtypes.split(","):
-                r = ev.run_mode(mode, examples, wire_dtype=wire)
-                key = (mode.value, wire, weights)
-                if wire == "fp16" and weights == "fp32":
-                    base[mode.value] = r.scores
-                pair = (paired_bootstrap(r.scores, base[mode.value]) if mode.value in base else None)
-                rows.append({**r.row(), "wire": wire, "weights": weights, "vs_fp16_fp32": pair})
-                d = f" Δ {pair['diff']:+.2f} [{pair['lo']:+.2f}, {pair['hi']:+.2f}]" if pair else ""
-                print(f"{key[0]:6} wire {wire:5} weights {weights}: Rouge-L {r.rouge_l:.2f} "
-                      f"M {r.stats.m:.3f}{d}", flush=True)
+    evs = {w: Evaluator(bb, e, 384, 48, 256 if "cuda" in args.device else 32, False)
+           for w, e in edges.items()}
+
+    def run(weights: str, mode: Mode, wire: str) -> tuple[list[float], dict]:
+        r = evs[weights].run_mode(mode, examples, wire_dtype=wire)
+        return r.scores, r.row()
+
+    rows = wire_rows(list(edges), [Mode.parse(m) for m in args.wire_modes.split(",")],
+                     args.wire_dtypes, run)
     (out / "wire.json").write_text(json.dumps({"examples": len(examples), "rows": rows}, indent=2))
 
 

@@ -8,6 +8,13 @@ per side token.
    FRAME, a lockstep FRAME and a HIDDEN built by the contract's codec from states quantised by
    routing/quant.py, and the spa figure at a request rate r (bytes/token = FRAME + r·HIDDEN).
 3. CPU time of one side token (dequantise + side network + lm_head) per dtype at that shape.
+4. The edge at run time with its weights fp32 or int8 (the bundle as given, loaded fp32; and an
+   int8-stored copy of it loaded `resident="int8"`): each loaded in a fresh process, measured as
+   (a) the RSS delta of `load_bundle` (bundle + edge kit + tokenizer; /proc/self/status VmRSS
+   after importing torch and the agent's modules, against after loading) and (b) the bytes of
+   the torch storages the loaded model holds (private side networks and classifiers; the kit's
+   lm_head), and the CPU time (process_time, 1 thread) per side token of that loaded bundle in
+   spa mode (side network + lm_head on fp16 states).
 
     .venv/bin/python benchmarks/wire_bytes.py --backbone DIR --bundle DIR [--prompts 8 --tokens 32]
     .venv/bin/python benchmarks/wire_bytes.py --smoke     # the tests' tiny backbone (env SPA_BENCH_*)
@@ -121,6 +128,72 @@ def side_time(d: int, n_layers: int, reps: int) -> dict:
     return out
 
 
+def _rss() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+
+def _storage_bytes(module: torch.nn.Module) -> int:
+    seen, total = set(), 0
+    for t in [*module.parameters(), *module.buffers()]:
+        st = t.untyped_storage()
+        if st.data_ptr() not in seen:
+            seen.add(st.data_ptr())
+            total += st.nbytes()
+    return total
+
+
+def measure_loaded(bundle: str, resident: str, reps: int) -> dict:
+    """In this (fresh) process: load `bundle` keeping weights `resident`; RSS delta, storage
+    bytes, CPU seconds per spa side token."""
+    from edge_agent.bundle import load_bundle
+    from routing.modes import Mode
+
+    torch.set_num_threads(1)
+    try:  # imported before the baseline: the RSS delta is the model's, not a module's
+        import transformers  # noqa: F401
+        from transformers import AutoTokenizer  # noqa: F401
+    except ImportError:
+        pass
+    before = _rss()
+    edge = load_bundle(bundle, resident=resident)
+    rss = _rss() - before
+    head = edge.head_for(Mode.SPA)
+    private = _storage_bytes(head.side) + _storage_bytes(head.classifier)
+    lm = _storage_bytes(edge.lm_head)
+    layers = edge.wire_layers(Mode.SPA)
+    d = edge.lm_head.in_features
+    g = torch.Generator().manual_seed(0)
+    z, states = torch.randn(1, d, generator=g), torch.randn(1, len(layers), d, generator=g)
+    with torch.inference_mode():
+        for i in range(reps + 2):
+            if i == 2:
+                cpu = time.process_time()
+            edge.side_logits(Mode.SPA, z, states).argmax(-1)
+        cpu = (time.process_time() - cpu) / reps
+    return {"resident": resident, "rss_delta": rss, "private_bytes": private, "lm_head_bytes": lm,
+            "cpu_per_side_token": cpu}
+
+
+def loaded_rows(bundle: str, reps: int, tmp: Path) -> list[dict]:
+    """fp32 (the bundle as given) and int8 (an int8-stored copy, kept int8): each in its own
+    process, so that neither's RSS includes the other's."""
+    import copy
+    import json
+    import subprocess
+
+    from edge_agent.bundle import load_bundle, save_bundle
+
+    int8 = save_bundle(copy.deepcopy(load_bundle(bundle)), tmp / "bundle-int8", kits=tmp / "kits",
+                       weights="int8")
+    rows = []
+    for path, resident in ((bundle, "fp32"), (str(int8), "int8")):
+        out = subprocess.run([sys.executable, __file__, "--loaded", path, resident, str(reps)],
+                             capture_output=True, text=True, check=True)
+        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--backbone", default=os.environ.get("SPA_BENCH_BACKBONE"))
@@ -131,8 +204,15 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=0.62, help="REQUESTs per token for the SmolLM2 row")
     ap.add_argument("--reps", type=int, default=20, help="side tokens timed per dtype")
     ap.add_argument("--smoke", action="store_true", help="seconds: 2 prompts of 6 tokens, spa only")
+    ap.add_argument("--loaded", nargs=3, metavar=("BUNDLE", "RESIDENT", "REPS"),
+                    help=argparse.SUPPRESS)  # item 4's fresh process
     args = ap.parse_args()
     torch.set_num_threads(1)
+    if args.loaded:
+        import json
+
+        print(json.dumps(measure_loaded(args.loaded[0], args.loaded[1], int(args.loaded[2]))))
+        return
     if args.smoke:
         args.prompts, args.tokens, args.modes, args.reps = 2, 6, "spa", 5
     if args.backbone and args.bundle:
@@ -154,6 +234,17 @@ def main() -> None:
     t = side_time(576, 30, args.reps)
     print("\nCPU time per side token (1 thread; dequantise + side network + lm_head, SmolLM2 shape):")
     print("  " + "  ".join(f"{w} {v * 1e3:.2f} ms" for w, v in t.items()))
+    if args.bundle:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            rows = loaded_rows(args.bundle, args.reps, Path(tmp))
+        print(f"\nthe loaded edge, weights fp32 vs int8 (each in a fresh process; {args.bundle}):")
+        print(f"{'weights':8} {'RSS delta of load':>18} {'private (torch)':>16} {'lm_head (torch)':>16} "
+              f"{'CPU/side token':>15}")
+        for r in rows:
+            print(f"{r['resident']:8} {r['rss_delta'] / 1e6:15.2f} MB {r['private_bytes'] / 1e6:13.3f} MB "
+                  f"{r['lm_head_bytes'] / 1e6:13.2f} MB {r['cpu_per_side_token'] * 1e3:12.3f} ms")
 
 
 if __name__ == "__main__":

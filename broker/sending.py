@@ -80,7 +80,7 @@ class Sending:
         for (type_, direction), tally in self._tally.items():
             if tally[0]:
                 metrics.MESSAGES.labels("broker", type_, direction).inc(tally[0])
-                metrics.BYTES.labels("broker", type_, direction).inc(tally[1])
+                metrics.message_bytes("broker", type_, direction).inc(tally[1])
                 tally[0] = tally[1] = 0
         metrics.LIVE_WORKERS.set(len(self.workers))
         metrics.ACTIVE_SESSIONS.labels("broker").set(len(self.routes))

@@ -40,12 +40,12 @@ class SessionStats(Transmissions):
 class Accounting:
     """One stream's counters; `stats` is what the caller reads."""
 
-    def __init__(self, mode: str, clock=time.perf_counter) -> None:
+    def __init__(self, mode: str, wire_dtype: str = "fp16", clock=time.perf_counter) -> None:
         self.stats = SessionStats()
         self.clock = clock
         self.t0 = self.last = clock()
         m = metrics
-        self._tokens = {p: m.TOKENS.labels(mode, p) for p in ("base", "side")}
+        self._tokens = {p: m.TOKENS.labels(mode, p, wire_dtype) for p in ("base", "side")}
         self._blocking = {k: m.BLOCKING.labels(mode, k) for k in ("request", "correct", "lockstep")}
         self._ttft, self._itl = m.TTFT.labels(mode), m.ITL.labels(mode)
         self._stale, self._side = m.STALE_FRAMES.labels(mode), m.SIDE_COMPUTE.labels(mode)

@@ -144,11 +144,12 @@ class EdgeAgent:
         self._broadcast(ErrorCode.TIMEOUT, why)
 
     # ---------------------------------------------------------------- sending
-    def send(self, m) -> int:
-        """Send without waiting (in order; queued in pyzmq when the socket is full): its bytes."""
+    def send(self, m, wire: WireDtype | None = None) -> int:
+        """Send without waiting (in order; queued in pyzmq when the socket is full): its bytes,
+        counted under the wire dtype of the session it belongs to (none: connection-wide)."""
         frames = encode(m)
         n = sum(len(f) for f in frames)
-        metrics.count_message("agent", m.type, "out", n)
+        metrics.count_message("agent", m.type, "out", n, wire.value if wire else "")
         self._push(frames)
         return n
 
@@ -177,13 +178,14 @@ class EdgeAgent:
             parts = [encode(m) for _, m in live]
             frames = encode_batch(parts)
             n = sum(len(f) for f in frames)
-            metrics.count_message("agent", MsgType.BATCH, "out", n)
+            metrics.MESSAGES.labels("agent", MsgType.BATCH, "out").inc()
             self._push(frames)
-            for s, _ in live:
+            for s, _ in live:  # its bytes shared out over its sessions (and their wire dtypes)
+                metrics.message_bytes("agent", MsgType.BATCH, "out", s.wire.value).inc(n / len(live))
                 s.acct.up(n // len(live))
             return
         for s, m in live:
-            s.acct.up(self.send(m))
+            s.acct.up(self.send(m, s.wire))
 
     # ---------------------------------------------------------------- receiving
     async def _read(self, sock: zmq.asyncio.Socket, sync: zmq.Socket) -> None:
@@ -217,14 +219,14 @@ class EdgeAgent:
         if m.type not in TO_AGENT:
             raise ProtocolError(ErrorCode.FORBIDDEN, f"an agent does not take {m.type.value}")
         n = sum(len(f.buffer) if hasattr(f, "buffer") else len(f) for f in frames)
-        metrics.count_message("agent", m.type, "in", n)
+        s = self.sessions.get(m.session) if m.session else None
+        metrics.count_message("agent", m.type, "in", n, s.wire.value if s is not None else "")
         if m.type is MsgType.HEARTBEAT:
             instance = m.get("broker")
             if instance is not None and self.broker_id not in (None, instance):
                 self._broadcast(ErrorCode.BROKER_RESTARTED, "the broker restarted")
             self.broker_id = instance or self.broker_id
             return
-        s = self.sessions.get(m.session) if m.session else None
         if s is not None:
             s.deliver(m, n)
         elif m.type is MsgType.ERROR and m.session is None:

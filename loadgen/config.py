@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from routing.config import Tunables, tunable
 from routing.errors import InputError
 from routing.modes import Mode, parse_modes
+from routing.quant import WireDtype, parse_wire_dtypes
 
 SLO_METRICS = ("ttft", "tpot", "e2el")  # vLLM's names; `e2e` is accepted for `e2el`
 
@@ -62,6 +63,10 @@ class LoadConfig(Tunables):
     broker_metrics: str = tunable("", help="the broker's /metrics URL: OPENs it placed and their "
                                   "mean wait in its admission queue, per run")
     modes: str = tunable("spa", help="comma list of modes, taken in turn (e.g. spa,full,base)")
+    wire_dtype: str = tunable("fp16", help="how the cloud sends z and hidden states: fp16, int8 or "
+                              "int4 (the edge kit's grid); a comma list such as fp16,int8 gives "
+                              "the simulated devices these in turn (request i: the "
+                              "(i // number of modes)-th, so every mode runs with each)")
     concurrency: int = tunable(8, 1, 4096, "closed loop: simulated users, each one session at a time")
     request_rate: str = tunable("", help="open loop: requests per second arriving (Poisson unless "
                                 "--burstiness; 'inf' = all at once); a comma list such as "
@@ -95,6 +100,7 @@ class LoadConfig(Tunables):
     def validate(self):
         super().validate()
         parse_modes(self.modes)
+        parse_wire_dtypes(self.wire_dtype)
         parse_rates(self.request_rate)
         parse_goodput(self.goodput)
         if not self.request_rate and self.max_concurrency:
@@ -109,6 +115,10 @@ class LoadConfig(Tunables):
     @property
     def mode_list(self) -> list[Mode]:
         return [Mode.parse(m) for m in parse_modes(self.modes)]
+
+    @property
+    def wire_list(self) -> list[WireDtype]:
+        return parse_wire_dtypes(self.wire_dtype)
 
     @property
     def rates(self) -> list[float]:

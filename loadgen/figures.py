@@ -3,7 +3,7 @@
 Field names follow vLLM's benchmark JSON where the meaning is the same (`completed`,
 `request_throughput`, `output_throughput`, `request_goodput`, `mean_ttft_ms`, `p99_itl_ms`,
 `median_e2el_ms`, …); the rest is SPA's own: M (blocking edge↔cloud transmissions per token),
-side usage, corrections, bytes per token each way, errors by code, attempts (refused and tried
+side usage, corrections, bytes per token each way (also per wire dtype), errors by code, attempts (refused and tried
 again); queue wait comes from the broker (loadgen/queue_wait.py).
 
 - TTFT: from the request's first attempt to its first token (refusals and retries included).
@@ -44,6 +44,7 @@ class RequestRecord:
     errors: list[str] = field(default_factory=list)  # the code of every failed attempt
     error: str | None = None  # what left it unfinished: a code, or 'cancelled' (None = completed)
     m_budget: float | None = None  # the session's M budget b (None: the bundle's fixed τ)
+    wire: str = "fp16"  # how its z and hidden states came (modes without a side: fp16)
 
     @property
     def completed(self) -> bool:
@@ -123,6 +124,7 @@ def summarize(records: list[RequestRecord], seconds: float, slos: dict[str, floa
         "errors": dict(sorted(errors.items())),  # every failed attempt, retried ones too
         "unfinished": dict(sorted(unfinished.items())),
         **budget_figures(done),
+        "wire_dtypes": wire_figures(records),
     }
     for name in LATENCIES:
         d.update(latency_stats(name, samples(records, name)))
@@ -138,6 +140,22 @@ def budget_figures(done: list[RequestRecord], band: float = 0.05) -> dict:
     gaps = [abs(r.sent.m - r.m_budget) for r in under]
     return {"m_budget": sorted({r.m_budget for r in under}), "budget_sessions": len(under),
             "budget_gap_max": max(gaps), f"budget_within_{band:g}": sum(g <= band for g in gaps) / len(under)}
+
+
+def wire_figures(records: list[RequestRecord]) -> dict[str, dict]:
+    """Per wire dtype (issue 22): sessions, tokens, M and bytes per generated token each way
+    (every attempt's, as the totals)."""
+    out: dict[str, dict] = {}
+    for wire in sorted({r.wire for r in records}):
+        rs = [r for r in records if r.wire == wire]
+        sent = Transmissions()
+        for r in rs:
+            sent += r.sent
+        n = sent.tokens
+        out[wire] = {"sessions": len(rs), "completed": sum(r.completed for r in rs), "tokens": n,
+                     "m": sent.m, "bytes_up_per_token": sum(r.bytes_up for r in rs) / n if n else None,
+                     "bytes_down_per_token": sum(r.bytes_down for r in rs) / n if n else None}
+    return out
 
 
 def by_mode(records: list[RequestRecord]) -> dict[str, list[RequestRecord]]:

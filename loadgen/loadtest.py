@@ -25,6 +25,7 @@ from loadgen.prompts import load_prompts
 from loadgen.runner import LoadTest, Phase, offered
 from monitoring import metrics
 from routing.errors import InputError, SpaError
+from routing.quant import WireDtype
 
 
 def ms(v: float | None) -> str:
@@ -34,7 +35,8 @@ def ms(v: float | None) -> str:
 def results(phases: list[Phase], cfg: LoadConfig) -> list[dict]:
     """One report per phase, with the run's settings beside its figures (vLLM's names)."""
     meta = {"backend": "spa", "date": datetime.now(UTC).strftime("%Y%m%d-%H%M%S"),
-            "modes": [m.value for m in cfg.mode_list], "burstiness": cfg.burstiness,
+            "modes": [m.value for m in cfg.mode_list],
+            "wire_dtype": [w.value for w in cfg.wire_list], "burstiness": cfg.burstiness,
             "num_prompts": cfg.num_prompts, "max_new_tokens": cfg.max_new_tokens,
             "goodput": {k: v * 1000 for k, v in cfg.slos.items()} or None}
     out = []
@@ -63,6 +65,16 @@ def mode_table(d: dict) -> list[str]:
         if d.get("goodput_share") is not None:
             row += f" {s['goodput_share'] or 0:>5.0%}"
         rows.append(row)
+    return rows
+
+
+def wire_table(d: dict) -> list[str]:
+    """Bytes per generated token each way per mode and wire dtype (issue 22)."""
+    rows = [f"{'mode':>6} {'wire':>5} {'sess':>5} {'tokens':>7} {'M':>5} {'B up/tok':>8} {'B dn/tok':>8}"]
+    for mode, s in [*d["modes"].items(), ("all", d)]:
+        for wire, w in s["wire_dtypes"].items():
+            rows.append(f"{mode:>6} {wire:>5} {w['sessions']:>5} {w['tokens']:>7} {w['m']:>5.3f} "
+                        f"{w['bytes_up_per_token'] or 0:>8.0f} {w['bytes_down_per_token'] or 0:>8.0f}")
     return rows
 
 
@@ -135,7 +147,8 @@ def main(args) -> None:
     load = (f"{cfg.concurrency} users" if not cfg.rates else
             f"rate {','.join(offered(r) for r in cfg.rates)}/s"
             + (f" (at most {cfg.max_concurrency} in flight)" if cfg.max_concurrency else ""))
-    print(f"loadtest: {load} of {len(users)} bundles, modes {cfg.modes}, broker {cfg.broker}"
+    print(f"loadtest: {load} of {len(users)} bundles, modes {cfg.modes}, wire {cfg.wire_dtype}, "
+          f"broker {cfg.broker}"
           + (f", /metrics on :{args.metrics_port}" if args.metrics_port else ""),
           file=sys.stderr, flush=True)
     if args.delay:
@@ -163,6 +176,8 @@ def main(args) -> None:
               f"this process's CPU {d['cpu_share']:.0%} of a core, errors: {errs}{queued}", file=sys.stderr)
         if len(reports) == 1:
             print("\n".join(mode_table(d)), file=sys.stderr)
+            if cfg.wire_list != [WireDtype.FP16]:  # fp16 alone: the mode table says it all
+                print("\n".join(wire_table(d)), file=sys.stderr)
     if len(reports) > 1:
         print("\n".join(sweep_table(reports)), file=sys.stderr)
     if args.linger and args.metrics_port:

@@ -34,6 +34,7 @@ from monitoring import metrics
 from routing import security
 from routing.errors import ErrorCode, InputError
 from routing.modes import Mode
+from routing.quant import WireDtype
 from routing.sampling import Sampling
 
 
@@ -63,11 +64,14 @@ class LoadTest:
                  keys: security.ClientKeys | None = None, budget: BudgetConfig | None = None) -> None:
         if not users:
             raise InputError("a load test needs at least one bundle")
-        self.modes = cfg.mode_list
+        self.modes, self.wires = cfg.mode_list, cfg.wire_list
         for edge, _ in users:
             for mode in self.modes:
                 if not edge.supports(mode):
                     edge.head_for(mode)  # raises with the reason
+                if mode.uses_side:
+                    for wire in self.wires:
+                        edge.check_grid(wire)  # int8/int4 need the kit's grid
         self.users, self.cfg, self.keys, self.budget = users, cfg, keys, budget
         self.issued = 0  # requests handed out (picks prompt, mode and seed)
         self.stopping = False
@@ -78,15 +82,20 @@ class LoadTest:
         self.on_sample: Callable[[Phase], None] | None = None
         self.phase: Phase | None = None
         self.phases: list[Phase] = []
-        metrics.init_agent_series([m.value for m in self.modes])
+        metrics.init_agent_series([m.value for m in self.modes], [w.value for w in self.wires])
 
     # ---- one request -------------------------------------------------------------------
-    def _job(self, u: int | None = None) -> tuple[int, list[int], Mode, int]:
+    def _job(self, u: int | None = None) -> tuple[int, list[int], Mode, WireDtype, int]:
+        """Request i: its user, prompt, mode (i mod modes), wire dtype (the (i div modes)-th in
+        turn: every mode runs with each) and seed."""
         i = self.issued
         self.issued += 1
         u = i % len(self.users) if u is None else u
         prompts = self.users[u][1]
-        return u, prompts[i % len(prompts)], self.modes[i % len(self.modes)], self.cfg.seed + i
+        mode = self.modes[i % len(self.modes)]
+        wire = self.wires[(i // len(self.modes)) % len(self.wires)]
+        return u, prompts[i % len(prompts)], mode, wire if mode.uses_side else WireDtype.FP16, \
+            self.cfg.seed + i
 
     async def _request(self, agent: EdgeAgent, prompt: list[int], mode: Mode, seed: int,
                        rec: RequestRecord) -> None:
@@ -96,7 +105,7 @@ class LoadTest:
             rec.attempts += 1
             stream = agent.generate(prompt, cfg.max_new_tokens, mode,
                                     Sampling(cfg.temperature, cfg.top_k, seed), cfg.window,
-                                    self.budget)
+                                    wire_dtype=rec.wire, budget=self.budget)
             self.live[id(rec)] = (rec, stream)
             try:
                 async with asyncio.timeout(cfg.session_timeout):
@@ -156,8 +165,8 @@ class LoadTest:
 
     async def _one(self, agents: list[EdgeAgent], phase: Phase, t0: float, u: int | None = None,
                    ) -> None:
-        u, prompt, mode, seed = self._job(u)
-        rec = RequestRecord(mode.value, time.perf_counter() - t0, len(prompt))
+        u, prompt, mode, wire, seed = self._job(u)
+        rec = RequestRecord(mode.value, time.perf_counter() - t0, len(prompt), wire=wire.value)
         phase.records.append(rec)
         try:
             await self._request(agents[u], prompt, mode, seed, rec)

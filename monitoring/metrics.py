@@ -1,7 +1,7 @@
 """Every metric of the system, defined once (DESIGN.md §6).
 
 Names `spa_…`, base units (seconds, bytes), `_total` counters, bounded labels only: mode,
-message type, direction, error code, path, kind — never a session or agent id. M is not a gauge:
+message type, direction, error code, path, kind, wire dtype — never a session or agent id. M is not a gauge:
 it is `spa_blocking_transmissions_total / spa_tokens_generated_total`, divided in PromQL by the
 recording rules in monitoring/prometheus/rules.yml.
 
@@ -11,6 +11,8 @@ Each process serves its registry on /metrics (`serve(port)`).
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from routing.modes import Mode
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -23,8 +25,9 @@ _STEP = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 # ---- agents (edge) -------------------------------------------------------------------
-TOKENS = Counter("spa_tokens_generated", "Generated tokens, by the path that produced them",
-                 ["mode", "path"], registry=REGISTRY)
+TOKENS = Counter("spa_tokens_generated", "Generated tokens, by the path that produced them and "
+                 "how the session's z and hidden states came (wire_dtype: fp16, int8, int4)",
+                 ["mode", "path", "wire_dtype"], registry=REGISTRY)
 BLOCKING = Counter("spa_blocking_transmissions", "Exchanges the token stream waits on "
                    "(request, correct, lockstep): the numerator of M", ["mode", "kind"],
                    registry=REGISTRY)
@@ -49,8 +52,10 @@ BUDGET_GAP = Histogram("spa_session_budget_gap", "|M − b| of each finished ses
 # ---- every process: messages ----------------------------------------------------------
 MESSAGES = Counter("spa_messages", "Protocol messages, by type and direction",
                    ["component", "type", "direction"], registry=REGISTRY)
-BYTES = Counter("spa_message_bytes", "Protocol bytes, by type and direction",
-                ["component", "type", "direction"], registry=REGISTRY)
+BYTES = Counter("spa_message_bytes", "Protocol bytes, by type and direction; an agent's also by "
+                "its session's wire dtype (fp16, int8, int4; empty for messages of no live session "
+                "and for the broker's and workers')",
+                ["component", "type", "direction", "wire_dtype"], registry=REGISTRY)
 ERRORS = Counter("spa_errors", "ERROR answers and internal faults, by code",
                  ["component", "code"], registry=REGISTRY)
 
@@ -78,18 +83,27 @@ WASTED = Counter("spa_speculative_tokens_wasted", "Tokens decoded ahead and thro
                  registry=REGISTRY)
 
 
-def count_message(component: str, type_: str, direction: str, nbytes: int) -> None:
+def message_bytes(component: str, type_: str, direction: str, wire_dtype: str = "") -> Counter:
+    """The bytes counter of one (component, type, direction[, an agent session's wire dtype])."""
+    return BYTES.labels(component, type_, direction, wire_dtype)
+
+
+def count_message(component: str, type_: str, direction: str, nbytes: int,
+                  wire_dtype: str = "") -> None:
     MESSAGES.labels(component, type_, direction).inc()
-    BYTES.labels(component, type_, direction).inc(nbytes)
+    BYTES.labels(component, type_, direction, wire_dtype).inc(nbytes)
 
 
-def init_agent_series(modes: list[str]) -> None:
+def init_agent_series(modes: list[str], wire_dtypes: list[str] = ("fp16",)) -> None:
     """Create an agent's per-mode series at 0 before any traffic. Rates over a window that
     starts before the first token are then exact (numerator and denominator of M extrapolated
-    alike), and dashboards show 0 rather than 'no data'."""
+    alike), and dashboards show 0 rather than 'no data'. Modes without a side network run fp16
+    whatever the device asks (their sessions carry no hidden states)."""
     for mode in modes:
+        wires = wire_dtypes if Mode.parse(mode).uses_side else ("fp16",)
         for path in ("base", "side"):
-            TOKENS.labels(mode, path)
+            for wire in wires:
+                TOKENS.labels(mode, path, wire)
         for kind in ("request", "correct", "lockstep"):
             BLOCKING.labels(mode, kind)
         for outcome in ("eos", "length", "cancelled", "error"):

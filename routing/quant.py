@@ -72,6 +72,20 @@ class WireDtype(StrEnum):
 
 
 WIRE_DTYPES = tuple(w.value for w in WireDtype)
+
+
+def parse_wire_dtypes(text: str) -> list[WireDtype]:
+    """'fp16,int8' → [FP16, INT8] (a load test's devices take them in turn); '' is an error."""
+    wires = [WireDtype.parse(part.strip()) for part in text.split(",") if part.strip()]
+    if not wires:
+        from routing.errors import InputError
+
+        raise InputError(f"no wire dtypes given in {text!r}: expected e.g. fp16 or fp16,int8")
+    if len(set(wires)) != len(wires):
+        from routing.errors import InputError
+
+        raise InputError(f"--wire-dtype {text!r}: a dtype given twice")
+    return wires
 _BY_CODE = {"int8": WireDtype.INT8, "uint8": WireDtype.INT4}
 
 

@@ -62,6 +62,25 @@ def test_closed_and_open_loops(stack, edge, prompts):
     assert starts[-1] > 0.05  # 40/s spreads six arrivals over ~0.15 s; inf sends them at once
 
 
+def test_wire_dtypes_and_an_m_budget_reach_the_sessions(stack, edge, prompts):
+    """--wire-dtype fp16,int8 and --m-budget over the stack: each request's session runs with its
+    dtype and its budget; int8 sessions bring fewer bytes per token of a lockstep mode."""
+    from edge_agent.budget import BudgetConfig
+
+    cfg = LoadConfig(broker=stack.agents_addr, modes="full,spa", wire_dtype="fp16,int8",
+                     concurrency=2, num_prompts=8, max_new_tokens=6)
+    test = LoadTest([(edge, prompts[:1])], cfg, stack.agent_keys, BudgetConfig(m_budget=0.5))
+    (phase,) = aio.run(test.run())
+    check_requests(phase, 8, 6)
+    got = sorted((r.mode, r.wire) for r in phase.records)
+    assert got == sorted([(m, w) for m in ("full", "spa") for w in ("fp16", "int8")] * 2)
+    assert all(r.m_budget == 0.5 for r in phase.records if r.mode == "spa")
+    full = {w: sum(r.bytes_down for r in phase.records if (r.mode, r.wire) == ("full", w)) /
+            sum(r.sent.tokens for r in phase.records if (r.mode, r.wire) == ("full", w))
+            for w in ("fp16", "int8")}
+    assert full["int8"] < full["fp16"], full
+
+
 def test_cli_sweep_writes_json_and_plots(stack, bundle_dir, tmp_path):
     out, plots = tmp_path / "lt.json", tmp_path / "plots"
     res = subprocess.run(

@@ -19,6 +19,7 @@ from loadgen.arrivals import gaps, schedule
 from loadgen.config import LoadConfig, parse_goodput, parse_rates
 from loadgen.figures import RequestRecord, Timeline, report, summarize
 from routing.errors import InputError
+from routing.quant import parse_wire_dtypes
 from routing.transmissions import Transmissions
 
 
@@ -65,7 +66,7 @@ def test_rates_and_goodput_parse():
 @given(st.text(max_size=30))
 def test_flag_parsers_refuse_cleanly(text):
     """Whatever a user types: a value or an InputError, never another exception."""
-    for fn in (parse_rates, parse_goodput):
+    for fn in (parse_rates, parse_goodput, parse_wire_dtypes):
         try:
             fn(text)
         except InputError:
@@ -88,6 +89,9 @@ def test_config_flags_are_generated_and_checked():
                          (["--max-concurrency", "2"], "give --request-rate"),
                          (["--request-rate", "inf"], "give --num-prompts"),
                          (["--modes", "spa,nope"], "nope"),
+                         (["--wire-dtype", "fp16,int3"], "int3"),
+                         (["--wire-dtype", "int8,int8"], "twice"),
+                         (["--wire-dtype", ","], "no wire dtypes"),
                          (["--goodput", "ttft"], "--goodput")):
         with pytest.raises(InputError, match=needle):
             config(p.parse_args(argv))
@@ -125,6 +129,38 @@ def test_counts_add_up_per_mode_and_overall():
     assert d["output_throughput"] == pytest.approx(d["total_output_tokens"] / 10.0)
     assert d["m"] == pytest.approx(d["blocking"] / d["tokens"])
     assert d["bytes_down_per_token"] == pytest.approx(300.0)
+
+
+def test_wire_dtypes_taken_in_turn_and_counted_apart():
+    """--wire-dtype fp16,int8,int4: every mode runs with each dtype in turn; modes without a side
+    network stay fp16; bytes per token are figured per dtype and add up to the totals."""
+    from loadgen.runner import LoadTest
+
+    class Bundle:  # what LoadTest asks of an edge model before the run
+        def supports(self, mode):
+            return True
+
+        def check_grid(self, wire):
+            pass
+
+    cfg = LoadConfig(modes="spa,base", wire_dtype="fp16,int8,int4").validate()
+    test = LoadTest([(Bundle(), [[1, 2]])], cfg)
+    jobs = [(m.value, w.value) for _, _, m, w, _ in (test._job() for _ in range(12))]
+    assert jobs[:6] == [("spa", "fp16"), ("base", "fp16"), ("spa", "int8"), ("base", "fp16"),
+                        ("spa", "int4"), ("base", "fp16")]
+    assert jobs[6:] == jobs[:6]
+    recs = random_records(2)
+    for i, r in enumerate(recs):
+        r.wire = ("fp16", "int8", "int4")[i % 3]
+    d = report(recs, 10.0, {})
+    per = d["wire_dtypes"]
+    assert set(per) == {"fp16", "int8", "int4"}
+    assert sum(w["tokens"] for w in per.values()) == d["tokens"]
+    assert sum(w["sessions"] for w in per.values()) == len(recs)
+    assert sum(w["bytes_down_per_token"] * w["tokens"] for w in per.values()) == pytest.approx(
+        d["bytes_down_per_token"] * d["tokens"])
+    for mode, m in d["modes"].items():
+        assert sum(w["tokens"] for w in m["wire_dtypes"].values()) == m["tokens"], mode
 
 
 def test_budget_figures_per_session():

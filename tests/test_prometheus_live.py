@@ -1,5 +1,5 @@
 """A real Prometheus server scrapes a live localhost stack (broker, worker, a load-test process
-generating in every mode); every expression of the recording rules and of the Grafana dashboard
+generating in every mode, its devices on fp16 and int8 frames); every expression of the recording rules and of the Grafana dashboard
 runs through Prometheus' HTTP API and returns data; the M that Prometheus computes equals the
 load test's own count for the run, overall and by mode."""
 
@@ -24,6 +24,7 @@ from spa.stack import LocalStack, free_port
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "monitoring" / "prometheus" / "rules.yml"
 MODES = ["spa", "choice", "full", "lst", "base"]
+WIRES = ["fp16", "int8"]  # the load test's devices take them in turn (issue 22)
 SESSIONS = 30
 
 
@@ -86,6 +87,7 @@ def live(backbone_dir, bundle_dir, tasks_file, prometheus_bin, tmp_path_factory)
             lt = subprocess.Popen(
                 [sys.executable, "-m", "spa", "loadtest", "--broker", stack.agents_addr,
                  "--bundle", str(bundle_dir), "--prompts", str(tasks_file), "--modes", ",".join(MODES),
+                 "--wire-dtype", ",".join(WIRES),
                  "--concurrency", "6", "--sessions", str(SESSIONS), "--max-new-tokens", "16",
                  "--delay", "3", "--linger", "60", "--report", "0", "--json", str(summary),
                  "--metrics-port", str(lt_port), *stack.client_args],
@@ -159,6 +161,25 @@ def test_prometheus_m_equals_agents_count(live):
         assert by_mode[mode] == pytest.approx(s["m"], rel=1e-9, abs=1e-12), mode
     assert by_mode["full"] == by_mode["lst"] == 1.0 and by_mode["base"] == 0.0
     assert 0 < by_mode["spa"] < 1
+
+
+def test_bytes_per_token_by_wire_dtype(live):
+    """The dashboard's per-dtype line (the recording rule) has fp16 and int8, int8 lower edge←cloud;
+    the counters' ratio equals the load test's own bytes per token of each dtype."""
+    prom, summary, at, *_ = live
+    rule = "direction_wire_dtype:spa_message_bytes_per_token:ratio_rate1m"
+    per = {(r["metric"]["wire_dtype"], r["metric"]["direction"]): float(r["value"][1])
+           for r in prom.query(rule, at)}
+    assert {w for w, _ in per} == set(WIRES), per
+    assert 0 < per[("int8", "in")] < per[("fp16", "in")], per
+    assert all(math.isfinite(v) and v > 0 for v in per.values()), per
+    own = summary["wire_dtypes"]
+    assert set(own) == set(WIRES) and own["int8"]["sessions"] > 0, own
+    exact = {r["metric"]["wire_dtype"]: float(r["value"][1]) for r in prom.query(
+        'sum by (wire_dtype) (spa_message_bytes_total{component="agent", direction="in", '
+        'wire_dtype!=""}) / on (wire_dtype) sum by (wire_dtype) (spa_tokens_generated_total)', at)}
+    for wire in WIRES:  # every message of a live session is both counted and in its stream's bytes
+        assert exact[wire] == pytest.approx(own[wire]["bytes_down_per_token"], rel=1e-9), wire
 
 
 def test_promtool_check_metrics_on_every_process(live, promtool):

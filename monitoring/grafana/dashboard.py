@@ -66,9 +66,13 @@ LAYOUT: list = [
         "{{direction}}")], 6),
     ("Edge bytes per generated token, each way", "decbytes",
      "Protocol bytes the agents sent (out) and received (in) per token they generated: the cost "
-     "of the hidden states that REQUEST brings back, and of every frame.",
+     "of the hidden states that REQUEST brings back, and of every frame. By wire dtype (the "
+     "recording rule, 1 m rate; issue 22): fp16 frames, or int8/int4 codes on the edge kit's "
+     "grid (~2× / ~3.9× fewer bytes edge←cloud for SmolLM2); all: every agent message.",
      [q(f'sum by (direction) (rate(spa_message_bytes_total{{component="agent"}}{RI})) / '
-        f"scalar(sum(rate(spa_tokens_generated_total{RI})))", "{{direction}}")], 12),
+        f"scalar(sum(rate(spa_tokens_generated_total{RI})))", "all {{direction}}"),
+      q("direction_wire_dtype:spa_message_bytes_per_token:ratio_rate1m",
+        "{{wire_dtype}} {{direction}}")], 12),
     ("Corrections per token, by mode", "percentunit",
      "CORRECTs (the side token differed from the backbone's, the worker rolled back) over tokens.",
      [q(f'sum by (mode) (rate(spa_blocking_transmissions_total{{kind="correct",mode=~"$mode"}}{RI})) '
