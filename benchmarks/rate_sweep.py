@@ -41,7 +41,7 @@ def run_sweep(stack: LocalStack, bundle: Path, a, tmp: Path) -> list[list[dict]]
                "--warmup", str(a.warmup), "--max-new-tokens", str(a.tokens), "--report", "0",
                "--seed", str(1000 * k), "--json", str(tmp / f"sweep{k}.json"),
                "--broker-metrics", f"http://127.0.0.1:{stack.metrics_ports['broker']}/metrics",
-               "--goodput", *a.goodput.split(), *stack.client_args]
+               "--goodput", *a.goodput.split(), "--compute-device", a.compute_device, *stack.client_args]
         if a.prompts:
             cmd += ["--prompts", a.prompts, "--max-prompt-tokens", str(a.prompt_tokens)]
         if a.plot and k == 0:
@@ -88,6 +88,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--goodput", default="ttft:1000 tpot:200 e2e:8000", help="SLOs, as loadtest's --goodput")
     ap.add_argument("--procs", type=int, default=1, help="load-test processes")
+    ap.add_argument("--compute-device", default="cpu", choices=("cpu", "cuda"),
+                    help="where the simulated devices compute (loadtest's flag)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per load-test process")
     ap.add_argument("--max-sessions", type=int, default=64, help="the worker's session capacity")
     ap.add_argument("--prompts")

@@ -51,7 +51,6 @@ from stage_probes import (
 from routing.protocol import MsgType, msg
 
 STAGES = ("engine", "worker", "broker", "agents")
-START_S = 3.0  # load-test processes wait this long after loading, so that they start together
 
 
 def opens(fingerprint: str, prompts: list[list[int]], n: int, tokens: int, mode: str,
@@ -125,8 +124,10 @@ def stage_broker(stack, fp: str, prompts, n, tokens, mode, wire) -> dict:
 
 
 def stage_agents(stack, bundle: Path, n, tokens, mode, procs: int, tmp: Path, prompts_file: str | None,
-                 profile_s: float = 0.0, prompt_tokens: int = 128) -> dict:
+                 profile_s: float = 0.0, prompt_tokens: int = 128, compute_device: str = "cpu") -> dict:
     procs = max(1, min(procs, n))
+    go = tmp / f"go-{mode}-{n}"  # every process waits for it after loading: one common start
+    go.unlink(missing_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     runs = []
     for k in range(procs):
@@ -134,12 +135,13 @@ def stage_agents(stack, bundle: Path, n, tokens, mode, procs: int, tmp: Path, pr
         cmd = [sys.executable, "-m", "spa", "loadtest", "--broker", stack.agents_addr, "--bundle",
                str(bundle), "--modes", mode, "--concurrency", str(users), "--num-prompts", str(users),
                "--max-new-tokens", str(tokens), "--report", "0", "--seed", str(1000 * k),
-               "--json", str(tmp / f"lt{k}.json"), "--delay", str(START_S), *stack.client_args]
+               "--json", str(tmp / f"lt{k}.json"), "--start-file", str(go),
+               "--compute-device", compute_device, *stack.client_args]
         if prompts_file:
             cmd += ["--prompts", prompts_file, "--max-prompt-tokens", str(prompt_tokens)]
         runs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True, cwd=ROOT, env=env))
-    for p in runs:  # every process loaded (torch, bundle, prompts): they start START_S after that
+    for p in runs:  # every process loaded (torch, bundle, prompts), then waiting for `go`
         while not (line := p.stderr.readline()).startswith("loadtest:"):
             if not line and p.poll() is not None:
                 raise SystemExit(f"loadtest exited {p.returncode} before starting")
@@ -148,6 +150,7 @@ def stage_agents(stack, bundle: Path, n, tokens, mode, procs: int, tmp: Path, pr
     meter.start()
     spies = (start_profiles(meter.pids | {f"loadtest{k}": p.pid for k, p in enumerate(runs)}, profile_s, tmp)
              if profile_s else {})
+    go.touch()
     parts = []
     for k, p in enumerate(runs):
         err = p.communicate(timeout=900)[1]
@@ -186,6 +189,8 @@ def main() -> None:
     ap.add_argument("--modes", default="base,spa")
     ap.add_argument("--stages", default=",".join(STAGES))
     ap.add_argument("--agent-procs", type=int, default=1, help="loadtest processes in the agents stage")
+    ap.add_argument("--compute-device", default="cpu", choices=("cpu", "cuda"),
+                    help="where the agents stage's simulated devices compute (loadtest's flag)")
     ap.add_argument("--backbone")
     ap.add_argument("--bundle")
     ap.add_argument("--prompts", help="prompts file for the agents stage (default: built-in tasks)")
@@ -279,7 +284,7 @@ def main() -> None:
                 if "agents" in stages:
                     for n in levels:
                         r = stage_agents(stack, bundle, n, a.tokens, mode, a.agent_procs, tmp, a.prompts,
-                                         a.profile if n == cap else 0.0, a.prompt_tokens)
+                                         a.profile if n == cap else 0.0, a.prompt_tokens, a.compute_device)
                         if "profile" in r:
                             for proc, top in r.pop("profile").items():
                                 profiles[f"agents {mode} {n}: {proc}"] = top

@@ -45,7 +45,8 @@ def weight_variants(backbone, edge: EdgeModel, out: Path) -> dict[str, EdgeModel
 def wire_rows(weights: list[str], modes: list[Mode], wires: str, run: Scorer,
               label: str = "", what: str = "Rouge-L") -> list[dict]:
     """A row per (weights, mode, wire): the scorer's figures, `score` (the mean), and
-    `vs_fp16_fp32` (paired bootstrap against the same mode's fp16/fp32 row; None for that row)."""
+    `vs_fp16_fp32` (paired bootstrap against the same mode's fp16/fp32 row; None for that row), and
+    the per-record `scores` (so several training seeds can be pooled over their records)."""
     order = [w.value for w in parse_wire_dtypes(wires)]
     order = ["fp16"] + [w for w in order if w != WireDtype.FP16.value]  # the baseline first
     weights = ["fp32"] + [w for w in weights if w != "fp32"]
@@ -62,7 +63,7 @@ def wire_rows(weights: list[str], modes: list[Mode], wires: str, run: Scorer,
                     pair = paired_bootstrap(scores, base[mode.value])
                 mean = sum(scores) / len(scores) if scores else 0.0
                 rows.append({**fig, "mode": mode.value, "wire": wire, "weights": wt, "score": mean,
-                             "vs_fp16_fp32": pair})
+                             "vs_fp16_fp32": pair, "scores": [round(x, 4) for x in scores]})
                 d = f" Δ {pair['diff']:+.2f} [{pair['lo']:+.2f}, {pair['hi']:+.2f}]" if pair else ""
                 print(f"{label}{mode.value:6} wire {wire:5} weights {wt}: {what} {mean:.2f} "
                       f"M {fig.get('m', float('nan')):.3f}{d}", flush=True)

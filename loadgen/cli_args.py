@@ -1,5 +1,5 @@
 """`spa loadtest`'s flags: LoadConfig's, generated from its fields, plus what is not a tunable
-(where bundles, prompts and outputs are). spa/cli.py adds the security flags (--keys/--plaintext)."""
+(where bundles, prompts and outputs are). spa/serve_commands.py adds the security flags (--keys/--plaintext)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,9 @@ def add_arguments(q: argparse.ArgumentParser) -> None:
     q.add_argument("--delay", type=float, default=0.0,
                    help="seconds between serving /metrics and the first session (a first scrape "
                    "at zero makes Prometheus' rates exact)")
+    q.add_argument("--start-file", default="",
+                   help="after loading, wait until this file exists before the first session (one "
+                   "common start for several load-test processes)")
     q.add_argument("--linger", type=float, default=0.0,
                    help="keep serving /metrics this long after the run (a last scrape)")
     q.add_argument("--json", help="write the figures here as JSON ('-' = stdout): vLLM's "

@@ -67,6 +67,10 @@ class LoadConfig(Tunables):
                               "int4 (the edge kit's grid); a comma list such as fp16,int8 gives "
                               "the simulated devices these in turn (request i: the "
                               "(i // number of modes)-th, so every mode runs with each)")
+    compute_device: str = tunable("cpu", help="where the simulated devices' gate, side network and "
+                                  "lm_head run, batched across this process's sessions: cpu, or cuda "
+                                  "beside a GPU stack (enough simulated devices to load it)",
+                                  choices=("cpu", "cuda"))
     concurrency: int = tunable(8, 1, 4096, "closed loop: simulated users, each one session at a time")
     request_rate: str = tunable("", help="open loop: requests per second arriving (Poisson unless "
                                 "--burstiness; 'inf' = all at once); a comma list such as "

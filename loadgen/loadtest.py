@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -153,6 +154,8 @@ def main(args) -> None:
           file=sys.stderr, flush=True)
     if args.delay:
         time.sleep(args.delay)
+    while args.start_file and not os.path.exists(args.start_file):  # a common start (stack_efficiency)
+        time.sleep(0.005)
     failure = None
     try:
         phases = aio.run(test.run())

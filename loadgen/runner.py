@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from edge_agent.agent import EdgeAgent, SessionError
 from edge_agent.budget import BudgetConfig
+from edge_agent.config import AgentConfig
 from edge_agent.edge_model import EdgeModel
 from loadgen import queue_wait
 from loadgen.arrivals import gaps
@@ -274,7 +275,8 @@ class LoadTest:
         cut short and counted, later ones skipped) or an error no retry can fix (raised after
         the agents are closed, with the phases so far in `self.phases`)."""
         cfg, loop = self.cfg, asyncio.get_running_loop()
-        agents = [EdgeAgent(edge, cfg.broker, cfg.window, self.keys) for edge, _ in self.users]
+        agent_cfg = AgentConfig(window=cfg.window, compute_device=cfg.compute_device)
+        agents = [EdgeAgent(edge, cfg.broker, keys=self.keys, cfg=agent_cfg) for edge, _ in self.users]
         main = asyncio.current_task()
 
         def halt() -> None:
