@@ -79,17 +79,47 @@ def table(runs: list[dict], title: str) -> None:
                   f"{max(x['max_dev_long'] or 0 for x in rows):.3f} |")
 
 
+def wire_table(runs: list[Path]) -> None:
+    """Issue 22: each run's wire.json rows pooled over the runs (training seeds) — per (mode, wire,
+    weights) the mean per seed and the paired bootstrap of every record of every seed against the
+    same seed's fp16 frames + fp32 weights row."""
+    from lab.evaluate import paired_bootstrap
+
+    per: dict[tuple, list[dict]] = {}
+    for r in runs:
+        rows = json.loads((r / "wire.json").read_text())["rows"]
+        base = {x["mode"]: x["scores"] for x in rows if (x["wire"], x["weights"]) == ("fp16", "fp32")}
+        for x in rows:
+            per.setdefault((x["mode"], x["wire"], x["weights"]), []).append({**x, "base": base[x["mode"]]})
+    print(f"\nwire dtypes, pooled over {len(runs)} runs (records × seeds, paired against fp16/fp32)\n")
+    print("| mode | wire | weights | Rouge-L per seed | M | Δ pooled [95% paired] |")
+    print("|---|---|---|---|---:|---|")
+    for (mode, wire, wt), xs in per.items():
+        a = [v for x in xs for v in x["scores"]]
+        b = [v for x in xs for v in x["base"]]
+        pair = "—" if (wire, wt) == ("fp16", "fp32") else (
+            lambda d: f"{d['diff']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]")(paired_bootstrap(a, b))
+        m = sum(x["m"] for x in xs) / len(xs)
+        seeds = ", ".join(f"{x['score']:.2f}" for x in xs)
+        print(f"| {mode} | {wire} | {wt} | {seeds} "
+              f"| {m:.3f} | {pair} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="*", type=Path)
     p.add_argument("--label", action="append", default=[], help="NAME=DIR: a variant shown apart")
     p.add_argument("--title", default="XSum, SmolLM2-135M-Instruct", help="the table's task")
     p.add_argument("--smoke", action="store_true", help="the table of the committed H200 runs (results/issue17)")
+    p.add_argument("--wire", action="store_true", help="issue 22: the runs' wire.json pooled over seeds")
     args = p.parse_args()
     if args.smoke:
         args.runs = sorted((Path(__file__).resolve().parent.parent / "results" / "issue17").glob("run_s*"))
     if not args.runs:
         p.error("give the run directories (each with eval.json and bundle_record.json)")
+    if args.wire:
+        wire_table(args.runs)
+        return
     table([load(r) for r in args.runs], args.title)
     for lab in args.label:
         name, _, d = lab.partition("=")
