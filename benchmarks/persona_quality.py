@@ -75,13 +75,16 @@ def main(argv: list[str] | None = None) -> dict:
                    "seed's bundle with frames on each grid and weights fp32/int8, paired against "
                    "fp16/fp32")
     p.add_argument("--wire-modes", default="spa,full", help="modes of the --wire-dtypes table")
+    p.add_argument("--wire-all-seeds", action="store_true", help="the wire table for every training "
+                   "seed, then pooled over seeds (default: the first seed's)")
     p.add_argument("--json", default="")
     p.add_argument("--smoke", action="store_true", help="seconds, on the tests' tiny backbone")
     args = p.parse_args(argv)
     tiny: dict = {}
     if args.smoke:
         args.backbone = os.environ.get("SPA_BENCH_BACKBONE") or args.backbone
-        args.users, args.seeds, args.prompts, args.train_records = "ada", "0", 4, 12
+        args.users, args.prompts, args.train_records = "ada", 4, 12
+        args.seeds = "0,1" if args.wire_all_seeds else "0"
         args.wire_dtypes = args.wire_dtypes or "fp16,int8"
         tiny = {"epochs": 1, "clf_epochs": 1, "calib_steps": 2, "rollout_tokens": 8}
 
@@ -166,8 +169,15 @@ def main(argv: list[str] | None = None) -> dict:
                     {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row[mode].items()}),
                     flush=True)
             u_rep["seeds"].append(row)
-            if args.wire_dtypes and seed == seeds[0]:
-                u_rep["wire"] = _wire_table(bb, edge, bcfg, figures, args, name)
+            if args.wire_dtypes and (seed == seeds[0] or args.wire_all_seeds):
+                u_rep.setdefault("wire_seeds", []).append(_wire_table(bb, edge, bcfg, figures, args, name))
+                u_rep["wire"] = u_rep["wire_seeds"][0]
+        if len(u_rep.get("wire_seeds", [])) > 1:  # every seed's records, paired within each seed
+            from lab.wire_quality import pooled_rows, print_pooled
+
+            u_rep["wire_pooled"] = pooled_rows(u_rep["wire_seeds"])
+            print(f"\n{name}: body Rouge-L per wire dtype, pooled over {len(u_rep['wire_seeds'])} seeds")
+            print_pooled(u_rep["wire_pooled"])
         report["users"][name] = u_rep
         _summary(name, u_rep)
     if args.json:

@@ -80,29 +80,12 @@ def table(runs: list[dict], title: str) -> None:
 
 
 def wire_table(runs: list[Path]) -> None:
-    """Issue 22: each run's wire.json rows pooled over the runs (training seeds) — per (mode, wire,
-    weights) the mean per seed and the paired bootstrap of every record of every seed against the
-    same seed's fp16 frames + fp32 weights row."""
-    from lab.evaluate import paired_bootstrap
+    """Issue 22: the runs' (training seeds') wire.json rows pooled (lab.wire_quality.pooled_rows)."""
+    from lab.wire_quality import pooled_rows, print_pooled
 
-    per: dict[tuple, list[dict]] = {}
-    for r in runs:
-        rows = json.loads((r / "wire.json").read_text())["rows"]
-        base = {x["mode"]: x["scores"] for x in rows if (x["wire"], x["weights"]) == ("fp16", "fp32")}
-        for x in rows:
-            per.setdefault((x["mode"], x["wire"], x["weights"]), []).append({**x, "base": base[x["mode"]]})
+    rows = pooled_rows([json.loads((r / "wire.json").read_text())["rows"] for r in runs])
     print(f"\nwire dtypes, pooled over {len(runs)} runs (records × seeds, paired against fp16/fp32)\n")
-    print("| mode | wire | weights | Rouge-L per seed | M | Δ pooled [95% paired] |")
-    print("|---|---|---|---|---:|---|")
-    for (mode, wire, wt), xs in per.items():
-        a = [v for x in xs for v in x["scores"]]
-        b = [v for x in xs for v in x["base"]]
-        pair = "—" if (wire, wt) == ("fp16", "fp32") else (
-            lambda d: f"{d['diff']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]")(paired_bootstrap(a, b))
-        m = sum(x["m"] for x in xs) / len(xs)
-        seeds = ", ".join(f"{x['score']:.2f}" for x in xs)
-        print(f"| {mode} | {wire} | {wt} | {seeds} "
-              f"| {m:.3f} | {pair} |")
+    print_pooled(rows)
 
 
 def main() -> None:

@@ -68,3 +68,33 @@ def wire_rows(weights: list[str], modes: list[Mode], wires: str, run: Scorer,
                 print(f"{label}{mode.value:6} wire {wire:5} weights {wt}: {what} {mean:.2f} "
                       f"M {fig.get('m', float('nan')):.3f}{d}", flush=True)
     return rows
+
+
+def pooled_rows(tables: list[list[dict]]) -> list[dict]:
+    """`wire_rows` tables of several training seeds (same rows, same records) pooled: per (mode,
+    wire, weights) the seeds' means and the paired bootstrap of every record of every seed against
+    the same seed's fp16/fp32 row of that mode."""
+    per: dict[tuple, list[tuple[dict, list[float]]]] = {}
+    for rows in tables:
+        base = {r["mode"]: r["scores"] for r in rows if (r["wire"], r["weights"]) == BASELINE}
+        for r in rows:
+            per.setdefault((r["mode"], r["wire"], r["weights"]), []).append((r, base[r["mode"]]))
+    out = []
+    for (mode, wire, wt), xs in per.items():
+        a = [v for r, _ in xs for v in r["scores"]]
+        b = [v for _, base in xs for v in base]
+        out.append({"mode": mode, "wire": wire, "weights": wt, "seeds": [r["score"] for r, _ in xs],
+                    "m": sum(r["m"] for r, _ in xs) / len(xs),
+                    "vs_fp16_fp32": None if (wire, wt) == BASELINE else paired_bootstrap(a, b)})
+    return out
+
+
+def print_pooled(rows: list[dict]) -> None:
+    """`pooled_rows` as a markdown table."""
+    print("| mode | wire | weights | per seed | M | Δ pooled [95% paired] |")
+    print("|---|---|---|---|---:|---|")
+    for r in rows:
+        d = r["vs_fp16_fp32"]
+        pair = "—" if d is None else f"{d['diff']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]"
+        seeds = ", ".join(f"{x:.2f}" for x in r["seeds"])
+        print(f"| {r['mode']} | {r['wire']} | {r['weights']} | {seeds} | {r['m']:.3f} | {pair} |")
