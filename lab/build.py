@@ -116,6 +116,8 @@ def build_models(out: str | Path, backbone: str | None = None, xsum: str | None 
     if not models.users:
         models.users = [{"name": u.name, "about": u.about} for u in users]
     if models.ready():
+        if _kits_without_grid(models):  # a set built before quantised frames (issue 22)
+            _add_grids(models, corpus, pretrain_steps, progress)
         return models
     out.mkdir(parents=True, exist_ok=True)
     models.save()  # first: an interrupted build is recognised and resumed
@@ -192,6 +194,25 @@ def _backbone(models: ModelSet, corpus: str | None, steps: int, progress: bool):
         models.save()
     print(f"loading the backbone {models.backbone_source} from {target}", flush=True)
     return Backbone.load(target)
+
+
+def _kits_without_grid(models: ModelSet) -> list[Path]:
+    from edge_agent.kit import GRID_FILE
+
+    kits = models.root / "kits"
+    return [k for k in sorted(kits.iterdir()) if (k / "kit.json").is_file() and not (k / GRID_FILE).is_file()
+            ] if kits.is_dir() else []
+
+
+def _add_grids(models: ModelSet, corpus, pretrain_steps, progress: bool) -> None:
+    """Give the backbone's kit its wire grid (calibrated here, as `spa train` does), so that the
+    set's users can take int8/int4 frames; the bundles themselves are unchanged."""
+    from edge_agent.edge_model import EdgeModel
+    from edge_agent.kit import save_kit
+
+    print(f"edge kit without a wire grid (built before int8/int4 frames): calibrating it in {models.root}",
+          flush=True)
+    save_kit(EdgeModel.for_backbone(_backbone(models, corpus, pretrain_steps, progress)), models.root / "kits")
 
 
 def _build_user(models: ModelSet, bb, user: U.User, entry: dict, xsum: Path | None,

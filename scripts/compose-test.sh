@@ -74,6 +74,8 @@ fi
 # a 4th replica could not raise tokens/s; with one device each the worker has headroom and the
 # scale-out check measures scaling, not the host's load.
 export SPA_AGENT_DEVICES=${SPA_AGENT_DEVICES:-1}
+# The agents alternate fp16 and int8 frames, so the bytes-per-token panel shows both (issue 22).
+export SPA_AGENT_WIRE=${SPA_AGENT_WIRE:-fp16,int8}
 export SPA_MODELS=${SPA_MODELS:-${SPA_CACHE:-$HOME/.cache/spa}/compose-models}
 mkdir -p "$SPA_MODELS"
 chown 1000:1000 "$SPA_MODELS" 2>/dev/null || true  # the image's user `spa` writes the models

@@ -117,6 +117,17 @@ def test_build_models_makes_two_users_for_smollm2(smol_models):
         assert size < 20e6  # private parts only: the 113 MB lm_head is in the kit
     again = build_models(m.root, progress=False)  # everything there: nothing rebuilt
     assert again.users == m.users
+    # a set built before int8/int4 frames (issue 22): its kit gets the wire grid, nothing else moves
+    from edge_agent.bundle import load_bundle
+    from edge_agent.kit import GRID_FILE
+
+    grid = kits[0] / GRID_FILE
+    want, stamp = grid.read_bytes(), (m.bundle("ada") / "bundle.json").stat().st_mtime_ns
+    grid.unlink()
+    assert load_bundle(m.bundle("ada")).grid is None
+    build_models(m.root, progress=False)
+    assert grid.read_bytes() == want and (m.bundle("ada") / "bundle.json").stat().st_mtime_ns == stamp
+    assert load_bundle(m.bundle("ada")).grid is not None
     with pytest.raises(InputError, match="built for backbone 'smollm2-135m'"):
         build_models(m.root, "tiny")
 

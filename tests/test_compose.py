@@ -482,6 +482,22 @@ def test_compose_up_for_real(tmp_path):
         stack.say(f"Prometheus scrapes {prom.jobs_up()} by DNS; M by mode "
                   + ", ".join(f"{m} {v:.3f}" for m, v in sorted(by_mode.items())))
 
+        # issue 22: the dashboard's "edge bytes per generated token" by wire dtype, when the agents
+        # alternate fp16 and int8 frames (compose-test.sh's SPA_AGENT_WIRE=fp16,int8)
+        wires = set(os.environ.get("SPA_AGENT_WIRE", "fp16").split(","))
+        if {"fp16", "int8"} <= wires:
+            rule = "direction_wire_dtype:spa_message_bytes_per_token:ratio_rate1m"
+            deadline, per = time.monotonic() + 120, {}
+            while time.monotonic() < deadline and not {"fp16", "int8"} <= per.keys():
+                time.sleep(2)
+                per = {r["metric"]["wire_dtype"]: float(r["value"][1]) for r in prom.query(rule)
+                       if r["metric"].get("direction") == "in"}
+            assert per.get("int8", float("inf")) < per.get("fp16", 0.0), per
+            stack.say("edge←cloud bytes per token by wire dtype (the dashboard's panel): "
+                      + ", ".join(f"{w} {v:.0f}" for w, v in sorted(per.items())))
+            stack.record(f"curl -s localhost:9090/api/v1/query --data-urlencode 'query={rule}'",
+                         "\n".join(f"{r['metric']} {float(r['value'][1]):.1f}" for r in prom.query(rule)))
+
         # a minute of generation with 0 errors (the agents' NO_WORKER refusals while the worker
         # was still loading, retried, came before it); its tokens/s is the 3-replica rate
         finished = 'sum(spa_sessions_finished_total{job="edge-agent",outcome=~"eos|length"})'

@@ -35,7 +35,7 @@ async def _run_all(stack, edge, jobs, max_new=16, budget=None, sent=None):
     agent = EdgeAgent(edge, stack.agents_addr, keys=stack.agent_keys)
     if sent is not None:  # record what the agent sends
         send = agent.send
-        agent.send = lambda m: (sent.append(m), send(m))[1]
+        agent.send = lambda m, *rest: (sent.append(m), send(m, *rest))[1]
     try:
         return await asyncio.wait_for(
             asyncio.gather(*(_run(agent, p, m, max_new, budget) for p, m in jobs)), 120)
