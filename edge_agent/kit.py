@@ -123,7 +123,7 @@ def load_kit(fingerprint: str, bundle: Path | None = None,
              kits: str | Path | None = None) -> EdgeKit:
     """The kit of `fingerprint` (memoised: bundles of one backbone share one lm_head)."""
     path = find_kit(fingerprint, bundle, kits)
-    key = (str(path.resolve()), fingerprint)
+    key = (str(path.resolve()), fingerprint, (path / GRID_FILE).is_file())  # a grid added later: reloaded
     if key in _LOADED:
         return _LOADED[key]
     meta = _read_meta(path)
