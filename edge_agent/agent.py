@@ -144,12 +144,13 @@ class EdgeAgent:
         self._broadcast(ErrorCode.TIMEOUT, why)
 
     # ---------------------------------------------------------------- sending
-    def send(self, m, wire: WireDtype | None = None) -> int:
+    def send(self, m, wire_label: str = "") -> int:
         """Send without waiting (in order; queued in pyzmq when the socket is full): its bytes,
-        counted under the wire dtype of the session it belongs to (none: connection-wide)."""
+        counted under the wire dtype label of the session it belongs to (Stream.wire_label; ""
+        connection-wide)."""
         frames = encode(m)
         n = sum(len(f) for f in frames)
-        metrics.count_message("agent", m.type, "out", n, wire.value if wire else "")
+        metrics.count_message("agent", m.type, "out", n, wire_label)
         self._push(frames)
         return n
 
@@ -181,11 +182,11 @@ class EdgeAgent:
             metrics.MESSAGES.labels("agent", MsgType.BATCH, "out").inc()
             self._push(frames)
             for s, _ in live:  # its bytes shared out over its sessions (and their wire dtypes)
-                metrics.message_bytes("agent", MsgType.BATCH, "out", s.wire.value).inc(n / len(live))
+                metrics.message_bytes("agent", MsgType.BATCH, "out", s.wire_label).inc(n / len(live))
                 s.acct.up(n // len(live))
             return
         for s, m in live:
-            s.acct.up(self.send(m, s.wire))
+            s.acct.up(self.send(m, s.wire_label))
 
     # ---------------------------------------------------------------- receiving
     async def _read(self, sock: zmq.asyncio.Socket, sync: zmq.Socket) -> None:
@@ -220,7 +221,7 @@ class EdgeAgent:
             raise ProtocolError(ErrorCode.FORBIDDEN, f"an agent does not take {m.type.value}")
         n = sum(len(f.buffer) if hasattr(f, "buffer") else len(f) for f in frames)
         s = self.sessions.get(m.session) if m.session else None
-        metrics.count_message("agent", m.type, "in", n, s.wire.value if s is not None else "")
+        metrics.count_message("agent", m.type, "in", n, s.wire_label if s is not None else "")
         if m.type is MsgType.HEARTBEAT:
             instance = m.get("broker")
             if instance is not None and self.broker_id not in (None, instance):

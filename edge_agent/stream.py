@@ -71,9 +71,11 @@ class Stream:
                  wire: WireDtype = WireDtype.FP16, budget: BudgetConfig | None = None) -> None:
         self.agent, self.prompt_ids, self.max_new = agent, prompt_ids, max_new
         self.wire = wire  # fp16, or int8/int4 frames on the edge kit's grid (routing/quant.py)
+        # its metrics' wire_dtype label: none for a mode without a side network (no frames travel)
+        self.wire_label = wire.value if mode.uses_side else ""
         self.mode, self.sampling, self.window = mode, sampling, window
         self.id = os.urandom(16)
-        self.acct = Accounting(mode.value, wire.value)
+        self.acct = Accounting(mode.value, self.wire_label)
         self.stats: SessionStats = self.acct.stats
         gate = BudgetGate.of(budget, agent.edge, mode)  # None: the bundle's fixed τ decides
         self.decoder = Decoder(mode, max_new, agent.edge.eos_token_id, len(prompt_ids), self.stats,
@@ -122,7 +124,7 @@ class Stream:
                 self.stats.budget_forced = self.decoder.budget.forced
             self.acct.closed(outcome)
             self.agent.forget(self)
-            self.agent.send(msg(MsgType.CLOSE, session=self.id), self.wire)
+            self.agent.send(msg(MsgType.CLOSE, session=self.id), self.wire_label)
 
     async def _handle(self, m) -> Step | None:
         """One message: a token out (its Step), or None (replayed, stale, nothing to do)."""
@@ -216,7 +218,7 @@ class Stream:
         old = self.id
         if close_old:
             agent.forget(self)
-            agent.send(msg(MsgType.CLOSE, session=old), self.wire)
+            agent.send(msg(MsgType.CLOSE, session=old), self.wire_label)
             self.id = os.urandom(16)
         self.heard, self._ack = False, None
         agent.register(self)
@@ -228,7 +230,7 @@ class Stream:
             MsgType.OPEN, grid, **quantised, session=self.id, prompt=self.prompt_ids + self.tokens,
             max_new_tokens=self.max_new - len(self.tokens), mode=self.mode.value,
             window=self.window, sampling=self.sampling.to_dict(), fingerprint=edge.fingerprint,
-            wire_layers=layers, eos=edge.eos_token_id, **budget), self.wire))
+            wire_layers=layers, eos=edge.eos_token_id, **budget), self.wire_label))
 
     # ---------------------------------------------------------------- I/O
     def deliver(self, m: Message, nbytes: int) -> None:
@@ -238,7 +240,7 @@ class Stream:
 
     def _send(self, type_: MsgType, step: Step, **extra) -> None:
         self._account(self.agent.send(msg(type_, session=self.id, pos=step.pos, epoch=step.epoch,
-                                          **extra), self.wire))
+                                          **extra), self.wire_label))
 
     def _account(self, nbytes: int) -> None:
         self.acct.up(nbytes)

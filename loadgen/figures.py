@@ -44,7 +44,7 @@ class RequestRecord:
     errors: list[str] = field(default_factory=list)  # the code of every failed attempt
     error: str | None = None  # what left it unfinished: a code, or 'cancelled' (None = completed)
     m_budget: float | None = None  # the session's M budget b (None: the bundle's fixed τ)
-    wire: str = "fp16"  # how its z and hidden states came (modes without a side: fp16)
+    wire: str = "fp16"  # how its z and hidden states came ("": a mode without a side network)
 
     @property
     def completed(self) -> bool:
@@ -146,7 +146,7 @@ def wire_figures(records: list[RequestRecord]) -> dict[str, dict]:
     """Per wire dtype (issue 22): sessions, tokens, M and bytes per generated token each way
     (every attempt's, as the totals)."""
     out: dict[str, dict] = {}
-    for wire in sorted({r.wire for r in records}):
+    for wire in sorted({r.wire for r in records} - {""}):  # base sessions carry no frames
         rs = [r for r in records if r.wire == wire]
         sent = Transmissions()
         for r in rs:

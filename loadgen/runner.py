@@ -167,7 +167,8 @@ class LoadTest:
     async def _one(self, agents: list[EdgeAgent], phase: Phase, t0: float, u: int | None = None,
                    ) -> None:
         u, prompt, mode, wire, seed = self._job(u)
-        rec = RequestRecord(mode.value, time.perf_counter() - t0, len(prompt), wire=wire.value)
+        rec = RequestRecord(mode.value, time.perf_counter() - t0, len(prompt),
+                            wire=wire.value if mode.uses_side else "")
         phase.records.append(rec)
         try:
             await self._request(agents[u], prompt, mode, seed, rec)

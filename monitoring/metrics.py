@@ -97,10 +97,10 @@ def count_message(component: str, type_: str, direction: str, nbytes: int,
 def init_agent_series(modes: list[str], wire_dtypes: list[str] = ("fp16",)) -> None:
     """Create an agent's per-mode series at 0 before any traffic. Rates over a window that
     starts before the first token are then exact (numerator and denominator of M extrapolated
-    alike), and dashboards show 0 rather than 'no data'. Modes without a side network run fp16
-    whatever the device asks (their sessions carry no hidden states)."""
+    alike), and dashboards show 0 rather than 'no data'. Modes without a side network carry no
+    frames: their series have no wire dtype (label "")."""
     for mode in modes:
-        wires = wire_dtypes if Mode.parse(mode).uses_side else ("fp16",)
+        wires = wire_dtypes if Mode.parse(mode).uses_side else ("",)
         for path in ("base", "side"):
             for wire in wires:
                 TOKENS.labels(mode, path, wire)
