@@ -8,6 +8,8 @@
 #   bash benchmarks/gpu_stack.sh efficiency   # device call 2, carry: runs/spa_gpu/p2 — join, dequantize,
 #                                             #   a quick spa bundle, benchmarks/stack_efficiency.py (~6 min)
 #   bash benchmarks/gpu_stack.sh stage2       # (instead of efficiency) benchmarks/loadtest_scaling.py
+#   bash benchmarks/gpu_stack.sh sweep        # (instead of efficiency) benchmarks/rate_sweep.py: goodput
+#                                             #   against offered rate, RATES, NUM (requests a rate), MODES
 # What comes back: $OUT/gpu_efficiency.log and .json (or $OUT/gpu_stack.log).
 # Settings: SESSIONS (1,64,256,1024), STAGES (engine,worker,broker,agents), EDGE_DEVICE (cpu|cuda:
 #   where the simulated devices compute), TOKENS (32), PROCS (load-test processes, 12), EFF_TIMEOUT (480 s),
@@ -33,14 +35,20 @@ stage1)
   mkdir -p $W && cp runs/spa_gpu/p1/part_aa $W/ && cp -r runs/gpu_stack/whl runs/spa_gpu/tok runs/spa_gpu/data runs/gpu_stack/src $W/
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /root/site $W/whl/*.whl
   PYTHONPATH=/root/site:$W/src python3 -c "import zmq, msgpack, gguf, torch, psutil; print(zmq.zmq_version(), zmq.has('curve'), torch.cuda.get_device_name())" ;;
-stage2|efficiency)
+stage2|efficiency|sweep)
   export PYTHONPATH=/root/site:$W/src HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 PATH=/root/site/bin:$PATH
   cat $W/part_aa runs/spa_gpu/p2/part_ab > $W/model.gguf
   [ -d /root/smollm2 ] || python3 $W/src/benchmarks/spa_gguf_to_hf.py $W/model.gguf /root/smollm2 --tokenizer $W/tok
   cd $W/src
   [ -f $W/bundle/bundle.json ] || python3 -m spa train --backbone /root/smollm2 --data $W/data/xsum_1000.jsonl \
     --split :800 --mode spa --epochs ${EPOCHS:-3} --device cuda --out $W/bundle --quiet --target-m 0.47 --gen-batch 256
-  if [ "$1" = efficiency ]; then
+  if [ "$1" = sweep ]; then
+    timeout ${SWEEP_TIMEOUT:-500} python3 benchmarks/rate_sweep.py --backbone /root/smollm2 --bundle $W/bundle \
+      --device cuda --prompts $W/data/xsum_1000.jsonl --rates ${RATES:-64,128,256,512,1024,inf} \
+      --num-prompts ${NUM:-2048} --modes ${MODES:-base} --tokens ${TOKENS:-32} --procs ${PROCS:-12} \
+      --compute-device ${EDGE_DEVICE:-cpu} --max-sessions ${MAX_SESSIONS:-1024} --plot "${OUT:-/tmp}/sweep" \
+      --json "${OUT:-/tmp}/gpu_sweep.json" 2>&1 | tee "${OUT:-/tmp}/gpu_sweep.log"
+  elif [ "$1" = efficiency ]; then
     timeout ${EFF_TIMEOUT:-480} python3 benchmarks/stack_efficiency.py --backbone /root/smollm2 --bundle $W/bundle \
       --device cuda --secure --prompts $W/data/xsum_1000.jsonl --sessions ${SESSIONS:-1,64,256,1024} --stages ${STAGES:-engine,worker,broker,agents} --prompt-tokens ${PROMPT_TOKENS:-128} --chunk-tokens ${CHUNK:-0} \
       --tokens ${TOKENS:-32} --agent-procs ${PROCS:-12} --compute-device ${EDGE_DEVICE:-cpu} --profile ${PROFILE:-8} \
@@ -50,5 +58,5 @@ stage2|efficiency)
       --device cuda --prompts $W/data/xsum_1000.jsonl --users ${USERS:-1,16,64,256} --processes ${PROCS:-8} \
       --agent-threads 1 --sessions-per-user ${PER_USER:-2} --tokens 32 2>&1 | tee "${OUT:-/tmp}/gpu_stack.log"
   fi ;;
-*) echo "usage: $0 prepare|stage1|efficiency|stage2"; exit 2 ;;
+*) echo "usage: $0 prepare|stage1|efficiency|stage2|sweep"; exit 2 ;;
 esac

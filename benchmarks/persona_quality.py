@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--wire-dtypes", default="", help="issue 22: e.g. fp16,int8,int4 — the first "
                    "seed's bundle with frames on each grid and weights fp32/int8, paired against "
                    "fp16/fp32")
+    p.add_argument("--train-wire", default="fp16", choices=("fp16", "int8", "int4"),
+                   help="the grid the bundles are trained for (spa train --wire-dtype: quantisation-aware)")
     p.add_argument("--wire-modes", default="spa,full", help="modes of the --wire-dtypes table")
     p.add_argument("--wire-all-seeds", action="store_true", help="the wire table for every training "
                    "seed, then pooled over seeds (default: the first seed's)")
@@ -150,6 +152,8 @@ def main(argv: list[str] | None = None) -> dict:
                 extra.update(tiny)
                 if args.target_m > 0:
                     extra["target_m"] = args.target_m
+                if args.train_wire != "fp16":
+                    extra["wire_dtype"] = args.train_wire
                 for key in ("rollout_prompts", "calib_prompts"):
                     if getattr(args, key) >= 0:
                         extra[key] = getattr(args, key)

@@ -119,6 +119,39 @@ def main() -> None:
               f"{r['generator_cpu']:>6.0%}")
     if a.json:
         Path(a.json).write_text(json.dumps({"args": vars(a), "rows": rows}, indent=1))
+    if a.plot and len(rows) > 1:
+        print(f"plot: {plot_merged(rows, a, Path(a.plot))}")
+
+
+def plot_merged(rows: list[dict], a, out: Path) -> Path:
+    """Every process together: throughput and goodput against the offered rate (the knee), and
+    TTFT p99 on a second axis; `inf` drawn at twice the largest finite rate."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    finite = [float(r["offered_rate"]) for r in rows if r["offered_rate"] != "inf"]
+    top = 2 * max(finite) if finite else 1.0
+    x = [top if r["offered_rate"] == "inf" else float(r["offered_rate"]) for r in rows]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    ax.plot(x, [r["request_throughput"] for r in rows], "o-", label="throughput, req/s")
+    ax.plot(x, [r["request_goodput"] for r in rows], "s-", label=f"goodput ({a.goodput}), req/s")
+    ax.plot(x, x, ":", color="grey", label="offered")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("offered rate, req/s (rightmost: unbounded)")
+    ax.set_ylabel("req/s")
+    ax2 = ax.twinx()
+    ax2.plot(x, [r["p99_ttft_ms"] for r in rows], "^--", color="tab:red", label="TTFT p99, ms")
+    ax2.set_ylabel("TTFT p99, ms")
+    ax.legend(loc="upper left", fontsize=8)
+    ax2.legend(loc="lower right", fontsize=8)
+    ax.set_title(f"{a.modes}, {a.procs} load-test processes, worker on {a.device}", fontsize=9)
+    out.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out / "sweep_all.png", dpi=110)
+    plt.close(fig)
+    return out / "sweep_all.png"
 
 
 if __name__ == "__main__":
