@@ -105,8 +105,12 @@ def main() -> None:
         a.rates, a.num_prompts, a.warmup, a.tokens, a.procs = "4,inf", 4, 0, 4, 1
     backbone, bundle = (Path(a.backbone), Path(a.bundle)) if a.backbone else models()
     rates = a.rates.split(",")
-    with tempfile.TemporaryDirectory() as tmp, LocalStack(backbone, workers=1, max_sessions=a.max_sessions,
-                                                          device=a.device, metrics=True) as stack:
+    with tempfile.TemporaryDirectory() as tmp, LocalStack(
+            backbone, workers=1, max_sessions=a.max_sessions, device=a.device, metrics=True,
+            # every simulated device shares the stack's one agent key: the broker's per-key caps
+            # (a real device's fairness limits) would cap the whole load test, so they are lifted
+            broker_args=("--max-agent-sessions", "65536", "--queue-per-key", "65536",
+                         "--queue-max", "65536")) as stack:
         rows = merge(run_sweep(stack, bundle, a, Path(tmp)), rates)
     print(f"modes {a.modes}, {a.tokens} tokens a request, {a.num_prompts} requests a rate over {a.procs} "
           f"load-test process(es), worker on {a.device} (max {a.max_sessions} sessions), SLOs {a.goodput}")

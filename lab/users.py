@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lab.data import Example, load_examples
+from routing.errors import InputError
 
 if TYPE_CHECKING:
     from cloud_worker.backbone import Backbone
@@ -102,14 +103,27 @@ ASKS = [
 ]
 
 
-def questions(n: int, seed: int) -> list[dict]:
-    """`n` distinct instruction records (no output yet)."""
-    r, seen, out = random.Random(seed), set(), []
+MAX_MISSES = 20_000  # draws in a row that give nothing new: the question space is used up
+
+
+def questions(n: int, seed: int, at_most: bool = False) -> list[dict]:
+    """`n` distinct instruction records (no output yet). The templates make a finite number of
+    questions (~700): asking for more raises InputError — or, with `at_most`, returns them all.
+    The draws are the same whatever `n`, so a shorter list is a prefix of a longer one."""
+    r, seen, out, misses = random.Random(seed), set(), [], 0
     while len(out) < n:
         instr, inp = r.choice(ASKS)(r)
-        if (instr, inp) not in seen:
-            seen.add((instr, inp))
-            out.append({"instruction": instr, "input": inp})
+        if (instr, inp) in seen:
+            misses += 1
+            if misses >= MAX_MISSES:
+                if at_most:
+                    break
+                raise InputError(f"the question templates make only {len(out)} distinct questions; "
+                                 f"{n} were asked for")
+            continue
+        misses = 0
+        seen.add((instr, inp))
+        out.append({"instruction": instr, "input": inp})
     return out
 
 
@@ -203,6 +217,9 @@ def held_out(user: User, xsum: Path | None, n: int, tokenizer) -> list[Example]:
     if user.task == "xsum":
         assert xsum is not None
         return load_examples(xsum)[-n:]
-    qs = questions(_pool(user) + 4 * n, user.seed)[_pool(user):]
+    qs = questions(_pool(user) + 4 * n, user.seed, at_most=True)[_pool(user):]
+    if len(qs) < n:
+        raise InputError(f"{user.name}: only {len(qs)} questions are left after the "
+                         f"{_pool(user)} drawn for training; {n} held-out ones were asked for")
     qs.sort(key=lambda q: not q["instruction"].startswith("Describe"))
     return [as_example(q, tokenizer) for q in qs[:n]]

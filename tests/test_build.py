@@ -206,3 +206,17 @@ def test_prompt_records_are_used_whole(tmp_path):
     bad.write_text('{"prompt": "p", "output": "o"}\n{"prompt": "p", "output": ""}\n')
     with pytest.raises(InputError, match="bad.jsonl:2: field 'output' must be a non-empty string"):
         load_examples(bad)
+
+
+def test_the_question_space_is_finite_and_says_so():
+    """Asking for more questions than the templates make fails at once (it once looped forever:
+    `persona_quality.py --prompts 200` hung in `held_out`); a held-out set that fits is served."""
+    every = U.questions(10**6, 0, at_most=True)
+    assert 500 < len(every) < 2000 and len({(q["instruction"], q["input"]) for q in every}) == len(every)
+    assert U.questions(50, 0) == every[:50]  # the same draws whatever n
+    with pytest.raises(InputError, match="distinct questions"):
+        U.questions(len(every) + 1, 0)
+    held = U.held_out(U.ADA, None, 200, None)
+    assert len({ex.prompt for ex in held}) == 200
+    with pytest.raises(InputError, match="held-out"):
+        U.held_out(U.ADA, None, len(every), None)
