@@ -23,11 +23,11 @@ class WorkerConfig(Tunables):
     session_tokens: int = tunable(
         512, 16, 1 << 20, "a typical session's KV need (prompt + new tokens), for the announced "
         "capacity; every OPEN is still admitted by its own need")
-    max_batch: int = tunable(64, 1, 65536, "rows (sessions) in one step; the rest take turns (each "
-                             "decode row also counts against --chunk-tokens: raise both for big batches)")
+    max_batch: int = tunable(0, 0, 65536, "rows (sessions) in one step, the rest take turns; 0 = auto: "
+                             "on cuda the largest captured graph batch (--graph-max-batch), on cpu 64")
     chunk_tokens: int = tunable(
-        512, 16, 65536, "tokens in one step (decodes count 1, prefill chunks fill the rest); "
-        "bounds a step's time so heartbeats keep flowing")
+        0, 0, 65536, "tokens in one step (decodes count 1, prefill chunks fill the rest; at least "
+        "16); bounds a step's time so heartbeats keep flowing; 0 = auto: 8192 on cuda, 512 on cpu")
     block_size: int = tunable(16, 8, 256, "tokens per KV block (page), a power of two")
     kv_memory_fraction: float = tunable(
         0.9, 0.05, 0.95, "cuda: share of free memory (after the model) for the KV cache")
@@ -52,7 +52,18 @@ class WorkerConfig(Tunables):
         super().validate()
         if self.block_size & (self.block_size - 1):
             raise InputError(f"WorkerConfig.block_size={self.block_size} is not a power of two")
+        if 0 < self.chunk_tokens < 16:
+            raise InputError(f"WorkerConfig.chunk_tokens={self.chunk_tokens}: 0 (auto) or at least 16")
         return self
+
+    def for_device(self, cuda: bool) -> WorkerConfig:
+        """The 0 (auto) step limits made concrete. A GPU step costs about the same for 1 row as
+        for hundreds, so on cuda a step takes every session up to the largest decode graph (with
+        --max-batch 64 a 1024-session worker ran each session every 16th step: 330 ms per token
+        on the H200) and a prefill budget that keeps many arrivals in one step."""
+        max_batch = self.max_batch or ((self.graph_max_batch or 256) if cuda else 64)
+        return self.replace(max_batch=max_batch,
+                            chunk_tokens=self.chunk_tokens or max(8192 if cuda else 512, max_batch))
 
     def capacity(self, kv_tokens: int) -> int:
         """Sessions to announce for a KV cache of `kv_tokens`: --max-sessions, or (0) what the

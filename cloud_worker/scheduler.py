@@ -39,7 +39,7 @@ from routing.sampling import Sampling
 
 class Scheduler:
     def __init__(self, backbone: Backbone, config: WorkerConfig | None = None) -> None:
-        cfg = self.config = config or WorkerConfig()
+        cfg = self.config = (config or WorkerConfig()).for_device(backbone.device.type == "cuda")
         self.backbone = backbone
         self.runner = ModelRunner(backbone, cfg)
         self.blocks = BlockManager(self.runner.num_blocks, cfg.block_size)  # admission's budget

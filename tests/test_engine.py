@@ -278,11 +278,19 @@ def test_batched_token_choice_equals_pick_token():
 
 def test_config_ranges():
     with pytest.raises(InputError, match="max_batch"):
-        WorkerConfig(max_batch=0)
+        WorkerConfig(max_batch=-1)
     with pytest.raises(InputError, match="power of two"):
         WorkerConfig(block_size=24)
     with pytest.raises(InputError, match="engine"):
         WorkerConfig(engine="fast")
+    with pytest.raises(InputError, match="chunk_tokens"):
+        WorkerConfig(chunk_tokens=8)
+    # 0 = auto, made concrete per device; what a user sets stays as set
+    assert (WorkerConfig().for_device(cuda=False).max_batch, WorkerConfig().for_device(cuda=False).chunk_tokens) == (64, 512)
+    gpu = WorkerConfig(graph_max_batch=512).for_device(cuda=True)
+    assert (gpu.max_batch, gpu.chunk_tokens) == (512, 8192)
+    assert WorkerConfig(max_batch=8, chunk_tokens=24).for_device(cuda=True).max_batch == 8
+    assert WorkerConfig(max_batch=2000).for_device(cuda=True).chunk_tokens == 8192
 
 
 def test_paged_decode_kernel_matches_reference():
