@@ -3,7 +3,7 @@ run. Per level: tokens/s, TTFT p50, inter-token latency p50/p99, M, errors.
 
     .venv/bin/python benchmarks/loadtest_scaling.py [--users 1,4,16,64] [--sessions-per-user 4]
         [--modes spa] [--tokens 32] [--processes 1] [--backbone DIR --bundle DIR --device cuda]
-    .venv/bin/python benchmarks/loadtest_scaling.py --smoke   # seconds: 1 and 2 users, 4 tokens
+    .venv/bin/python benchmarks/loadtest_scaling.py --smoke   # seconds: 2 users, 4 tokens
 """
 
 from __future__ import annotations
@@ -68,10 +68,10 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--processes", type=int, default=1, help="load-test processes per level")
     ap.add_argument("--agent-threads", type=int, default=1, help="torch threads per load test")
-    ap.add_argument("--smoke", action="store_true", help="seconds: 1 and 2 users, 4 tokens")
+    ap.add_argument("--smoke", action="store_true", help="seconds: 2 users, 4 tokens")
     a = ap.parse_args()
     if a.smoke:
-        a.users, a.sessions_per_user, a.tokens = "1,2", 1, 4
+        a.users, a.sessions_per_user, a.tokens = "2", 1, 4
     backbone, bundle = (Path(a.backbone), Path(a.bundle)) if a.backbone else models()
     rows = []
     with tempfile.TemporaryDirectory() as tmp, LocalStack(backbone, workers=1, max_sessions=256,

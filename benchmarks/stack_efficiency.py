@@ -20,7 +20,7 @@ py-spy, cProfiles the in-process client) and prints each one's top functions by 
     .venv/bin/python benchmarks/stack_efficiency.py [--sessions 1,16,64] [--tokens 32]
         [--modes base,spa] [--stages engine,worker,broker,agents] [--agent-procs 1] [--profile]
         [--backbone DIR --bundle DIR --device cuda] [--secure] [--json OUT]
-    .venv/bin/python benchmarks/stack_efficiency.py --smoke   # seconds: 1 and 4 sessions, 4 tokens
+    .venv/bin/python benchmarks/stack_efficiency.py --smoke   # seconds: 4 sessions, 4 tokens
 
 The instruments (CPU meter, protocol-level client, stand-in broker, profiles): stage_probes.py.
 """
@@ -204,10 +204,10 @@ def main() -> None:
                     help="the worker's tokens per step (0: its default); prefill of many sessions "
                     "takes prompt tokens × sessions / this many steps")
     ap.add_argument("--json")
-    ap.add_argument("--smoke", action="store_true", help="seconds: 1 and 4 sessions, 4 tokens")
+    ap.add_argument("--smoke", action="store_true", help="seconds: 4 sessions, 4 tokens")
     a = ap.parse_args()
     if a.smoke:
-        a.sessions, a.tokens = "1,4", 4
+        a.sessions, a.tokens = "4", 4
     levels = [int(x) for x in a.sessions.split(",")]
     stages = [s for s in a.stages.split(",") if s]
     unknown = set(stages) - set(STAGES)

@@ -16,13 +16,18 @@ from routing.errors import InputError
 
 
 @pytest.fixture(scope="module")
-def smol_cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("spa-cache")
+def smol_cache():
+    """The shared cache every `spa` command uses: one GGUF conversion per machine (40-60 s on two
+    cores), made by whichever test comes first on a fresh one (CI: the benchmark smoke) — a private
+    cache here cost CI a second conversion."""
+    from routing.cache import cache_root
+
+    return cache_root()
 
 
 @pytest.fixture(scope="module")
 def smol(smol_cache):
-    """(Backbone, converted directory): the packaged model, converted within this session."""
+    """(Backbone, converted directory): the packaged model, converted on first use."""
     directory = packaged.resolve("smollm2-135m", smol_cache)
     return Backbone.load(directory), directory
 
