@@ -9,10 +9,11 @@ layers are gathered and encoded, and all of it goes to the host in one non-block
 pinned memory (one sync per step; the encoding and the staging: `step_output.py`). Gated rows'
 encoded wire layers stay on the device in the ring; a REQUEST copies only its position's states.
 
-On cuda, pure-decode steps replay CUDA graphs captured at bucketed batch sizes (nano-vllm's
+On cuda, a step's decode rows replay CUDA graphs captured at bucketed batch sizes (nano-vllm's
 `capture_cudagraph`): static input buffers are filled, the graph replays, padded rows write to
-the scratch slot. Graphs go up to the smallest of --graph-max-batch, --max-batch and the batch
-the KV budget allows; a bigger decode batch runs eagerly (same kernels, no graph).
+the scratch slot; a step that also carries prefill chunks runs those eagerly after the replay.
+Graphs go up to the smallest of --graph-max-batch, --max-batch and the batch the KV budget
+allows; a bigger decode batch runs eagerly (same kernels, no graph).
 """
 
 from __future__ import annotations
@@ -155,21 +156,35 @@ class ModelRunner:
     # ------------------------------------------------------------------ run
     @torch.inference_mode()
     def forward(self, rows: list[Row]) -> tuple[list[Row], Tensor, Tensor, Tensor]:
-        """One forward over the rows -> (rows in run order, logits (B, V), z (B, d),
-        hidden (L+1, B, d)), all at each row's last scheduled token, on the device."""
+        """One forward over the rows (two in a step that mixes graph-served decodes with prefill
+        chunks) -> (rows in run order, logits (B, V), z (B, d), hidden (L+1, B, d)), all at each
+        row's last scheduled token, on the device."""
         self.forwards += 1
         if not self.paged:
             logits, z, hidden = self.model.forward(rows)
             return rows, logits, z, hidden
         rows = self._order(rows)
-        B = len(rows)
-        if self.graphs and all(n == 1 for _, n in rows) and B <= max(self.graphs):
-            return (rows, *self._replay(rows))
+        nd = sum(1 for _, n in rows if n == 1)  # one-token rows, first in run order
+        if self.graphs and nd and nd <= max(self.graphs):
+            if nd == len(rows):
+                return (rows, *self._replay(rows))
+            # Mixed step (a serving worker's usual one: someone is always arriving): the decodes
+            # replay their graph, the prefill chunks run eagerly — in one eager pass the decodes
+            # would pay per-op launch overhead with the whole batch (the H200 profile's top entry).
+            self.forwards += 1
+            g_logits, g_z, g_hidden = self._replay(rows[:nd])
+            logits, z, hidden = self._eager(rows[nd:])
+            return (rows, torch.cat([g_logits, logits]), torch.cat([g_z, z]),
+                    torch.cat([g_hidden, hidden], dim=1))
+        return (rows, *self._eager(rows))
+
+    def _eager(self, rows: list[Row]) -> tuple[Tensor, Tensor, Tensor]:
+        """The rows without a graph: logits (B, V), z (B, d), hidden (L+1, B, d)."""
         ids, pos, a, last = self._prepare(rows)
         m = self.model
-        hidden = torch.empty((m.n_layers + 1, B, m.d), dtype=m.dtype, device=self.device)
+        hidden = torch.empty((m.n_layers + 1, len(rows), m.d), dtype=m.dtype, device=self.device)
         z = m.forward(ids, pos, a, last, hidden)
-        return rows, m.logits(z), z, hidden
+        return m.logits(z), z, hidden
 
     def run(self, rows: list[Row]) -> StepOutput:
         """forward, then tokens chosen on the device and one transfer to the host."""

@@ -346,6 +346,58 @@ def test_decode_graph_buffers_equal_reference(tiny):
         assert (hid.float() - want.float()).abs().max() < 1e-2
 
 
+def test_mixed_steps_replay_the_decode_graph_and_run_prefill_eagerly(tiny, monkeypatch):
+    """A step with decodes and prefill chunks: the decodes through the graph buffers, the chunks
+    eagerly, outputs joined in run order — tokens and ring equal the reference. On the CPU: the
+    graphs are plain calls and the decode kernel is its PyTorch reference."""
+    from cloud_worker import attention
+
+    monkeypatch.setattr(attention, "paged_decode", lambda q, kc, vc, bt, lens, scale, bs:
+                        attention.decode_reference(q, kc, vc, bt, lens, bs, scale))
+    sched = Scheduler(tiny, config=WorkerConfig(chunk_tokens=24, block_size=8, cpu_kv_mb=16, max_batch=8,
+                                                graph_max_batch=6))
+    runner = sched.runner
+    runner.decode_kernel = True
+    runner._capture()
+    replays = {b: 0 for b in runner.graphs}
+    for b, g in runner.graphs.items():
+        run = g.replay
+
+        def counted(b=b, run=run):
+            replays[b] += 1
+            run()
+
+        g.replay = counted
+    mixed = []
+    forward = runner.forward
+
+    def spy(rows):
+        before = runner.forwards
+        out = forward(rows)
+        if any(n == 1 for _, n in rows) and any(n > 1 for _, n in rows):
+            mixed.append(runner.forwards - before)
+        return out
+
+    runner.forward = spy
+    prompts = _prompts(7, lo=20, hi=40)  # chunks of 24 tokens: prompts take several steps
+    opens = [_open(tiny, p, max_new=10, mode="spa", wire_layers=[0, 2]) for p in prompts]
+    sched.handle(opens[0])
+    for m in opens[1:]:  # one arrives per step: most steps mix decodes with a prefill chunk
+        sched.step()
+        sched.handle(m)
+    _drain(sched)
+    assert len(mixed) >= 4 and set(mixed) == {2}, mixed  # graph replay + eager pass
+    assert sum(replays.values()) >= len(mixed)
+    ref = ReferenceGenerator(tiny, None)
+    for m, p in zip(opens, prompts, strict=True):
+        assert _generated(sched, m) == ref.generate(p, 10, "base", stop_at_eos=False).tokens
+    s = sched.sessions[opens[3].session]
+    out = tiny.forward(torch.tensor([s.seq[:-1]]))
+    for pos, (hid,) in s.ring.items():  # hidden states of mixed steps land on the right rows
+        want = torch.stack([out.hidden[i][0, pos - 1] for i in (0, 2)]).half()
+        assert (hid.float() - want.float()).abs().max() < 1e-2
+
+
 def test_worker_sends_a_step_in_one_batch_when_the_broker_takes_them(tiny):
     """The compute thread hands each step's FRAMEs to the link thread at once; when the broker's
     beats say it takes BATCHes, they leave in one send (every part a valid message), otherwise
