@@ -56,7 +56,7 @@ def smoke() -> None:
     from routing.errors import SpaError
 
     try:
-        gguf, sha = packaged_gguf("smollm2-135m", verify=False)
+        gguf, _ = packaged_gguf("smollm2-135m", verify=False)
     except SpaError as e:
         print(f"smoke: no packaged GGUF here ({e}); nothing converted")
         return
