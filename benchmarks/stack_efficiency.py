@@ -246,7 +246,7 @@ def main() -> None:
         from cloud_worker.config import WorkerConfig
         from cloud_worker.scheduler import Scheduler
 
-        wc = WorkerConfig(max_sessions=cap, max_batch=cap)
+        wc = WorkerConfig(max_sessions=cap)  # the step limits auto, as `spa worker` runs
         sched = Scheduler(bb, config=wc.replace(chunk_tokens=a.chunk_tokens) if a.chunk_tokens else wc)
         for mode in wires:
             stage_engine(sched, prompts, 1, 2, mode, wires[mode])  # warm-up
@@ -270,11 +270,14 @@ def main() -> None:
                     record("worker", mode, n, stage_worker(si, fp, prompts, n, a.tokens, mode, wires[mode]))
         finally:
             si.close()
+    # the simulated devices' models share the GPU in the agents stage: the worker leaves them room
+    kv = ("--kv-memory-fraction", "0.5") if a.compute_device == "cuda" else ()
     if "broker" in stages or "agents" in stages:
         with LocalStack(backbone, workers=1, max_sessions=cap, device=a.device, secure=a.secure,
                         metrics=True, log_dir=tmp / "logs",
-                        broker_args=("--max-agent-sessions", str(max(256, 2 * cap))),
-                        worker_args=("--max-batch", str(cap), *chunk)) as stack:
+                        broker_args=("--max-agent-sessions", str(max(256, 2 * cap)),  # one key here
+                                     "--queue-per-key", str(max(256, 2 * cap))),
+                        worker_args=(*chunk, *kv)) as stack:
             for mode in wires:
                 if "broker" in stages:
                     stage_broker(stack, fp, prompts, 1, 2, mode, wires[mode])

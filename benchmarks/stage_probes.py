@@ -146,7 +146,7 @@ class StandIn:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "spa", "worker", "--broker", f"tcp://127.0.0.1:{port}", "--backbone",
              str(backbone), "--device", device, "--plaintext", "--max-sessions", str(capacity),
-             "--max-batch", str(capacity), *extra], stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT)
+             *extra], stdout=open(log, "w"), stderr=subprocess.STDOUT, cwd=ROOT)
         self.broker_id, self.ident, self.last = os.urandom(8), None, 0.0
         deadline = time.monotonic() + 300
         while self.ident is None:

@@ -125,7 +125,7 @@ class AgentSide:
         """Place one OPEN on the fitting worker with the most free slots; False if none has one."""
         fitting = [x for x in self.workers.values()
                    if len(self.outbox.get(x.identity, ())) < self.cfg.outbox_max]
-        worker = pick(fitting, w.fingerprint)
+        worker = pick(fitting, w.fingerprint, self.cfg.worker_unanswered_max)
         if worker is None:
             return False
         now = time.monotonic()

@@ -44,6 +44,9 @@ class BrokerConfig(Tunables):
     # workers
     worker_capacity_max: int = tunable(
         4096, 1, 1 << 16, "the most sessions the broker places on one worker, whatever it announces")
+    worker_unanswered_max: int = tunable(
+        256, 1, 65536, "OPENs placed on one worker it has not answered yet (a worker that claims much "
+        "and serves nothing takes little); a burst of OPENs is placed this many per worker round trip")
     # queues and loop
     outbox_max: int = tunable(20_000, 1, 1_000_000, "messages queued for one worker per tick")
     hwm: int = tunable(10_000, 100, 1_000_000, "ZeroMQ high-water marks (messages per peer)")

@@ -4,15 +4,14 @@ A worker announces a capacity in READY; the broker believes it only up to
 `worker_capacity_max`, counts the sessions it placed itself, lowers its estimate when the worker
 refuses an OPEN (BUSY: its KV budget is smaller than announced) and raises it again by one per
 session the worker finishes. A worker that leaves placed OPENs unanswered gets no more than
-`UNANSWERED_MAX` of them (a worker that claims much and serves nothing takes little). The next
+`BrokerConfig.worker_unanswered_max` of them (a worker that claims much and serves nothing takes
+little). The next
 session goes to the fitting worker with the most free slots (least loaded as a tie-break).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-UNANSWERED_MAX = 32  # OPENs placed on one worker that it has not answered yet
 
 
 @dataclass
@@ -42,11 +41,12 @@ class WorkerInfo:
         self.estimate = min(self.claimed, self.estimate + 1)
 
 
-def pick(workers: list[WorkerInfo], fingerprint: str) -> WorkerInfo | None:
-    """The fitting worker with the most free slots, or None when every fitting one is full."""
+def pick(workers: list[WorkerInfo], fingerprint: str, unanswered_max: int) -> WorkerInfo | None:
+    """The fitting worker with the most free slots, or None when every fitting one is full or
+    holds `unanswered_max` placed OPENs it has not answered yet."""
     best = None
     for w in workers:
-        if w.fingerprint != fingerprint or w.free <= 0 or len(w.unanswered) >= UNANSWERED_MAX:
+        if w.fingerprint != fingerprint or w.free <= 0 or len(w.unanswered) >= unanswered_max:
             continue
         if best is None or (w.free, -len(w.sessions) / w.estimate) > (best.free, -len(best.sessions) / best.estimate):
             best = w

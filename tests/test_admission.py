@@ -19,7 +19,6 @@ import zmq
 
 from broker.broker import Broker
 from broker.config import BrokerConfig
-from broker.placement import UNANSWERED_MAX
 from routing.protocol import MsgType, decode, encode, msg, split_batch
 from spa.stack import free_port
 
@@ -213,10 +212,11 @@ def test_sessions_go_to_the_worker_with_the_most_free_slots(harness):
 
 
 def test_a_worker_that_answers_nothing_gets_few_sessions(harness):
-    h = harness(lease_s=120)
+    unanswered_max = 32
+    h = harness(lease_s=120, worker_unanswered_max=unanswered_max)
     thief, honest = h.worker(4096, b"thief"), h.worker(64, b"honest")
     a = h.agent(b"alice")
-    n = UNANSWERED_MAX + 40
+    n = unanswered_max + 40
     for _ in range(n):
         a.send_multipart(open_msg(os.urandom(16)))
     served = []
@@ -226,7 +226,7 @@ def test_a_worker_that_answers_nothing_gets_few_sessions(harness):
             frame(honest, m.session)
         served += got
     stolen = [m for m in worker_got(thief) if m.type is MsgType.OPEN]
-    assert len(stolen) == UNANSWERED_MAX and len(served) == n - UNANSWERED_MAX
+    assert len(stolen) == unanswered_max and len(served) == n - unanswered_max
 
 
 def test_squatter_loses_slots_while_others_wait_but_not_when_nobody_does(harness):
