@@ -18,7 +18,8 @@ queues). `--profile` samples the processes of the largest level with py-spy (or,
 py-spy, cProfiles the in-process client) and prints each one's top functions by own time.
 
     .venv/bin/python benchmarks/stack_efficiency.py [--sessions 1,16,64] [--tokens 32]
-        [--modes base,spa] [--stages engine,worker,broker,agents] [--agent-procs 1] [--profile]
+        [--modes base,spa] [--stages engine,worker,broker,agents] [--workers 1] [--agent-procs 1]
+        [--profile]
         [--backbone DIR --bundle DIR --device cuda] [--secure] [--json OUT]
     .venv/bin/python benchmarks/stack_efficiency.py --smoke   # seconds: 4 sessions, 4 tokens
 
@@ -92,6 +93,14 @@ def stage_worker(si: StandIn, fp: str, prompts, n, tokens, mode, wire) -> dict:
 
 
 # ---- stages 3 and 4: through the broker ---------------------------------------------------
+def stack_pids(stack) -> dict[str, int]:
+    """The broker's and every worker's pid ("worker" when there is one, else worker0, worker1, …)."""
+    workers = {k: p.pid for k, p in stack.by_name.items() if k.startswith("worker")}
+    if len(workers) == 1:
+        workers = {"worker": next(iter(workers.values()))}
+    return {"broker": stack.by_name["broker"].pid} | workers
+
+
 def stage_broker(stack, fp: str, prompts, n, tokens, mode, wire) -> dict:
     import zmq
 
@@ -109,8 +118,7 @@ def stage_broker(stack, fp: str, prompts, n, tokens, mode, wire) -> dict:
             s.setsockopt(zmq.IDENTITY, os.urandom(16))
         s.connect(stack.agents_addr)
         socks.append(s)
-    meter = CpuMeter({"broker": stack.by_name["broker"].pid, "worker": stack.by_name["worker0"].pid,
-                      "client": os.getpid()})
+    meter = CpuMeter(stack_pids(stack) | {"client": os.getpid()})
     m0 = scrape(stack.metrics_ports["broker"])
     pump = Pump(socks, batch=False, tokens=tokens)
     meter.start()
@@ -145,7 +153,7 @@ def stage_agents(stack, bundle: Path, n, tokens, mode, procs: int, tmp: Path, pr
         while not (line := p.stderr.readline()).startswith("loadtest:"):
             if not line and p.poll() is not None:
                 raise SystemExit(f"loadtest exited {p.returncode} before starting")
-    meter = CpuMeter({"broker": stack.by_name["broker"].pid, "worker": stack.by_name["worker0"].pid})
+    meter = CpuMeter(stack_pids(stack))
     m0 = scrape(stack.metrics_ports["broker"])
     meter.start()
     spies = (start_profiles(meter.pids | {f"loadtest{k}": p.pid for k, p in enumerate(runs)}, profile_s, tmp)
@@ -188,6 +196,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=32, help="tokens per session")
     ap.add_argument("--modes", default="base,spa")
     ap.add_argument("--stages", default=",".join(STAGES))
+    ap.add_argument("--workers", type=int, default=1, help="worker processes in the broker and agents "
+                    "stages (each may hold every session; the broker places by free slots)")
     ap.add_argument("--agent-procs", type=int, default=1, help="loadtest processes in the agents stage")
     ap.add_argument("--compute-device", default="cpu", choices=("cpu", "cuda"),
                     help="where the agents stage's simulated devices compute (loadtest's flag)")
@@ -241,7 +251,7 @@ def main() -> None:
               + " ".join(f"{k}={v:.2f}s" for k, v in r["cpu"].items()), flush=True)
 
     print(f"{bb.source} on {a.device}, {a.tokens} tokens/session, {os.cpu_count()} CPUs, "
-          f"CURVE {'on' if a.secure else 'off'}", flush=True)
+          f"CURVE {'on' if a.secure else 'off'}, {a.workers} worker(s)", flush=True)
     if "engine" in stages:
         from cloud_worker.config import WorkerConfig
         from cloud_worker.scheduler import Scheduler
@@ -273,7 +283,7 @@ def main() -> None:
     # the simulated devices' models share the GPU in the agents stage: the worker leaves them room
     kv = ("--kv-memory-fraction", "0.5") if a.compute_device == "cuda" else ()
     if "broker" in stages or "agents" in stages:
-        with LocalStack(backbone, workers=1, max_sessions=cap, device=a.device, secure=a.secure,
+        with LocalStack(backbone, workers=a.workers, max_sessions=cap, device=a.device, secure=a.secure,
                         metrics=True, log_dir=tmp / "logs",
                         broker_args=("--max-agent-sessions", str(max(256, 2 * cap)),  # one key here
                                      "--queue-per-key", str(max(256, 2 * cap))),
