@@ -229,6 +229,18 @@ def test_a_worker_that_answers_nothing_gets_few_sessions(harness):
     assert len(stolen) == unanswered_max and len(served) == n - unanswered_max
 
 
+def test_a_burst_of_opens_reaches_a_roomy_worker_in_one_round_trip(harness):
+    """By default a worker is given up to 256 unanswered OPENs at once (a GPU step's worth),
+    not 32: a burst of 200 from one key is placed before the worker answers any of them."""
+    h = harness(lease_s=120, queue_per_key=1024, max_agent_sessions=1024)
+    w = h.worker(1024)
+    a = h.agent(b"alice")
+    for _ in range(200):
+        a.send_multipart(open_msg(os.urandom(16)))
+    got = [m for m in worker_got(w) if m.type is MsgType.OPEN]
+    assert len(got) == 200
+
+
 def test_squatter_loses_slots_while_others_wait_but_not_when_nobody_does(harness):
     h = harness(lease_s=0.6)
     w = h.worker(capacity=2)
