@@ -65,6 +65,7 @@ class Broker(AgentSide, WorkerSide, Sending):
         self.queue = AdmissionQueue(cfg.queue_max, cfg.queue_per_key, cfg.queue_bytes_max)
         self.budgets = Budgets(cfg.key_errors_per_s, 4 * cfg.key_errors_per_s)
         self.outbox: dict[bytes, list[list]] = {}
+        self.agent_out: dict[bytes, list[tuple[list, bytes]]] = {}  # FRAMEs/HIDDENs of this tick
         self.errors: dict[str, int] = {}  # ERROR answers and faults by ErrorCode
         self.dropped: dict[str, int] = {}  # messages not delivered, by reason (not errors)
         self._tally: dict[tuple[str, str], list[int]] = {}  # (type, direction) -> [messages, bytes]

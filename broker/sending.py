@@ -1,5 +1,7 @@
 """How the broker sends and counts: per-worker outboxes flushed once per tick (one coalesced BATCH
-per worker), non-blocking sends to agents (a peer that does not read gets SLOW_AGENT and its
+per worker), the FRAMEs and HIDDENs of one tick for one agent connection coalesced the same way
+(one BATCH per connection instead of one send per session; anything else sent to that connection
+first flushes what waits for it, so order is kept), non-blocking sends to agents (a peer that does not read gets SLOW_AGENT and its
 session is freed: memory stays bounded), ERROR answers counted once under their `ErrorCode` and
 sent within the key's answer budget, messages/bytes tallied per tick for Prometheus, and what is
 not delivered counted by reason (`spa_broker_dropped_total`), never as an error. Mixed into
@@ -24,14 +26,29 @@ class Sending:
         box = self.outbox.setdefault(wid, [])
         box.append(frames)
 
+    def to_agent(self, agent: bytes, frames: list, sid: bytes) -> None:
+        """A session's FRAME or HIDDEN for an agent connection, sent with the tick's others."""
+        self.agent_out.setdefault(agent, []).append((frames, sid))
+
     def flush(self) -> None:
-        """One send per worker per tick (coalescing the messages of many sessions)."""
+        """One send per worker and per agent connection per tick (coalescing many sessions)."""
         metrics.QUEUE_DEPTH.set(sum(map(len, self.outbox.values())))
         for wid, msgs in self.outbox.items():
             for i in range(0, len(msgs), MAX_BATCH):
                 chunk = msgs[i : i + MAX_BATCH]
                 self._send_worker(wid, chunk[0] if len(chunk) == 1 else encode_batch(chunk))
         self.outbox.clear()
+        while self.agent_out:
+            self._flush_agent(next(iter(self.agent_out)))
+
+    def _flush_agent(self, agent: bytes) -> None:
+        msgs = self.agent_out.pop(agent, None)
+        for i in range(0, len(msgs or ()), MAX_BATCH):
+            chunk = msgs[i : i + MAX_BATCH]
+            if len(chunk) == 1:
+                self._send_agent_now(agent, *chunk[0])
+            else:
+                self._send_agent_now(agent, encode_batch([f for f, _ in chunk]), [sid for _, sid in chunk])
 
     def _send_worker(self, wid: bytes, frames: list) -> None:
         try:
@@ -41,19 +58,31 @@ class Sending:
             log.debug("cannot reach worker %s: %s", wid.hex(), exc)
 
     def _send_agent(self, agent: bytes, frames: list, sid: bytes | None = None) -> bool:
+        """Send now, after what this tick already holds for that connection (order kept)."""
+        if agent in self.agent_out:
+            self._flush_agent(agent)
+        return self._send_agent_now(agent, frames, sid)
+
+    def _send_agent_now(self, agent: bytes, frames: list, sids: bytes | list[bytes] | None = None) -> bool:
         """False when the agent cannot take it: it is gone (its sessions wait for a reconnect or
-        their lease) or it does not read (SLOW_AGENT: the session is freed, memory stays bounded)."""
+        their lease) or it does not read (SLOW_AGENT: the sessions are freed, memory stays
+        bounded). `sids`: the session of the message, or every session of a BATCH."""
         try:
             self.front.send_multipart([agent, *frames], zmq.NOBLOCK)
             return True
         except zmq.Again:
-            self._count(ErrorCode.SLOW_AGENT)
-        except zmq.ZMQError:  # frames were lost: free it; the agent's heartbeat learns so
-            self._drop("agent_unreachable")
-        route = self.routes.get(sid) if sid else None
-        if route is not None:
-            self.to_worker(route.worker, encode(msg(MsgType.CLOSE, session=sid)))
-            self.drop_route(sid)
+            reason = None
+        except zmq.ZMQError:  # frames were lost: free them; the agent's heartbeat learns so
+            reason = "agent_unreachable"
+        for sid in ([sids] if isinstance(sids, bytes) else sids or [None]):
+            if reason is None:
+                self._count(ErrorCode.SLOW_AGENT)
+            else:
+                self._drop(reason)
+            route = self.routes.get(sid) if sid else None
+            if route is not None:
+                self.to_worker(route.worker, encode(msg(MsgType.CLOSE, session=sid)))
+                self.drop_route(sid)
         return False
 
     def error_to_agent(self, agent: bytes, owner: bytes, code: ErrorCode, detail: str, sid: bytes | None,

@@ -61,7 +61,7 @@ class WorkerSide:
                         route.requests = max(0, route.requests - 1)
                     else:
                         route.frames += 1
-                    self._send_agent(route.agent, frames, sid)
+                    self.to_agent(route.agent, frames, sid)
                 else:  # the agent closed the session while the worker decoded ahead
                     self._drop("late_frame")
                 return

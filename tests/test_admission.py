@@ -99,11 +99,15 @@ def worker_got(w: zmq.Socket, timeout_ms: int = 2000) -> list:
 
 
 def agent_got(a: zmq.Socket, timeout_ms: int = 300) -> list:
+    """The session messages a fake agent received (the broker's BATCHes split, beats skipped)."""
     out = []
     while a.poll(timeout_ms):
-        m = decode(a.recv_multipart(), tensors=False)
-        if m.type is not MsgType.HEARTBEAT:
-            out.append(m)
+        frames = a.recv_multipart()
+        m = decode(frames, tensors=False)
+        for p in split_batch(m, frames) if m.type is MsgType.BATCH else [frames]:
+            m = decode(p, tensors=False)
+            if m.type is not MsgType.HEARTBEAT:
+                out.append(m)
     return out
 
 

@@ -21,6 +21,7 @@ import zmq
 import zmq.auth
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from inbox import next_message
 from prometheus_client.parser import text_string_to_metric_families
 
 from edge_agent.agent import EdgeAgent
@@ -78,8 +79,7 @@ def raw(stack, key: str | None = "agent", identity: bytes | None = None, addr: s
 
 
 def answer(sock, timeout_ms: int = 5000):
-    assert sock.poll(timeout_ms), "no answer"
-    return decode(sock.recv_multipart())
+    return next_message(sock, timeout_ms)
 
 
 def open_msg(prompt, fingerprint, sid=None, **over):

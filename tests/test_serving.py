@@ -8,13 +8,14 @@ import os
 
 import pytest
 import zmq
+from inbox import next_message
 
 from edge_agent.agent import EdgeAgent, SessionError
 from edge_agent.budget import BudgetConfig
 from edge_agent.bundle import load_bundle
 from lab.reference import ReferenceGenerator
 from routing.modes import Mode
-from routing.protocol import MsgType, decode, encode, msg
+from routing.protocol import MsgType, encode, msg
 from spa.stack import LocalStack
 
 
@@ -116,8 +117,7 @@ def _raw(stack, key: str = "agent") -> zmq.Socket:
 
 
 def _answer(sock) -> object:
-    assert sock.poll(5000), "no answer from the broker"
-    return decode(sock.recv_multipart())
+    return next_message(sock)
 
 
 def test_bad_messages_get_errors_and_service_goes_on(stack, backbone, edge, prompts):

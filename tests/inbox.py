@@ -1,0 +1,25 @@
+"""What a raw agent socket receives, one message at a time: the broker coalesces a tick's FRAMEs
+and HIDDENs for one connection into a BATCH, which a protocol-level test client splits as
+`EdgeAgent` does."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import zmq
+
+from routing.protocol import Message, MsgType, decode, split_batch
+
+_waiting: dict[zmq.Socket, deque[Message]] = {}
+
+
+def next_message(sock: zmq.Socket, timeout_ms: int = 5000, tensors: bool = True) -> Message:
+    """The next message for this socket (a BATCH's parts in order); AssertionError if none comes."""
+    q = _waiting.setdefault(sock, deque())
+    if not q:
+        assert sock.poll(timeout_ms), "no answer from the broker"
+        frames = sock.recv_multipart()
+        m = decode(frames, tensors=tensors)
+        q.extend(decode(p, tensors=tensors) for p in split_batch(m, frames)) if m.type is MsgType.BATCH \
+            else q.append(m)
+    return q.popleft()
