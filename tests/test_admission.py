@@ -313,3 +313,31 @@ def test_a_workers_batch_is_taken_message_by_message(harness):
     w.send_multipart(encode_batch(frames))
     assert [(m.type, m.session) for m in agent_got(a)] == [(MsgType.FRAME, sa)]
     assert [(m.type, m.session) for m in agent_got(b)] == [(MsgType.FRAME, sb)]
+
+
+def test_one_ticks_frames_reach_their_agent_in_one_batch_in_order(harness):
+    """Issue 15 part 2, broker → agent: the FRAMEs of one worker step for sessions of one agent
+    connection go out as one BATCH; a DONE after them (not coalesced) still arrives after them."""
+    import numpy as np
+
+    from routing.protocol import encode_batch
+
+    h = harness()
+    w = h.worker(8)
+    a = h.agent(b"alice")
+    sids = [os.urandom(16) for _ in range(3)]
+    for sid in sids:
+        a.send_multipart(open_msg(sid))
+    assert {m.session for m in worker_got(w)} == set(sids)
+    step = [encode(msg(MsgType.FRAME, [np.zeros(4, np.float16)], session=sid, pos=3, epoch=0, token=1))
+            for sid in sids]
+    w.send_multipart(encode_batch([*step, encode(msg(MsgType.DONE, session=sids[0], wasted=0))]))
+    sends = []
+    while a.poll(1000):
+        frames = a.recv_multipart()
+        m = decode(frames, tensors=False)
+        if m.type is not MsgType.HEARTBEAT:
+            sends.append([decode(p, tensors=False) for p in split_batch(m, frames)] if m.type is MsgType.BATCH
+                         else [m])
+    assert [[(m.type, m.session) for m in send] for send in sends] == [
+        [(MsgType.FRAME, sid) for sid in sids], [(MsgType.DONE, sids[0])]]
