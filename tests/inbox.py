@@ -23,3 +23,17 @@ def next_message(sock: zmq.Socket, timeout_ms: int = 5000, tensors: bool = True)
         q.extend(decode(p, tensors=tensors) for p in split_batch(m, frames)) if m.type is MsgType.BATCH \
             else q.append(m)
     return q.popleft()
+
+
+def received(sock: zmq.Socket, timeout_ms: int = 2000, quiet_ms: int = 300) -> list[Message]:
+    """Every session message a raw socket gets (BATCHes split, beats skipped): waits up to
+    `timeout_ms` for the first, then until `quiet_ms` pass with nothing."""
+    out: list[Message] = []
+    while sock.poll(timeout_ms if not out else quiet_ms):
+        frames = sock.recv_multipart()
+        m = decode(frames, tensors=False)
+        for part in split_batch(m, frames) if m.type is MsgType.BATCH else [frames]:
+            m = decode(part, tensors=False)
+            if m.type is not MsgType.HEARTBEAT:
+                out.append(m)
+    return out

@@ -16,6 +16,7 @@ import time
 
 import pytest
 import zmq
+from inbox import received
 
 from broker.broker import Broker
 from broker.config import BrokerConfig
@@ -86,29 +87,12 @@ def open_msg(sid: bytes) -> list:
 
 def worker_got(w: zmq.Socket, timeout_ms: int = 2000) -> list:
     """The session messages a fake worker received (BATCHes split, beats skipped) until quiet."""
-    out = []
-    while w.poll(timeout_ms if not out else 200):
-        frames = w.recv_multipart()
-        m = decode(frames, tensors=False)
-        parts = split_batch(m, frames) if m.type is MsgType.BATCH else [frames]
-        for p in parts:
-            m = decode(p, tensors=False)
-            if m.type is not MsgType.HEARTBEAT:
-                out.append(m)
-    return out
+    return received(w, timeout_ms, 200)
 
 
 def agent_got(a: zmq.Socket, timeout_ms: int = 300) -> list:
     """The session messages a fake agent received (the broker's BATCHes split, beats skipped)."""
-    out = []
-    while a.poll(timeout_ms):
-        frames = a.recv_multipart()
-        m = decode(frames, tensors=False)
-        for p in split_batch(m, frames) if m.type is MsgType.BATCH else [frames]:
-            m = decode(p, tensors=False)
-            if m.type is not MsgType.HEARTBEAT:
-                out.append(m)
-    return out
+    return received(a, timeout_ms, timeout_ms)
 
 
 def done(w: zmq.Socket, sid: bytes) -> None:

@@ -11,11 +11,12 @@ import time
 
 import pytest
 import zmq
+from inbox import received
 
 from broker.broker import Broker
 from broker.config import BrokerConfig
 from routing import security
-from routing.protocol import MsgType, decode, encode, msg, split_batch
+from routing.protocol import MsgType, decode, encode, msg
 from spa.stack import free_port
 
 FP = "fp-test"
@@ -48,15 +49,7 @@ def live(tmp_path):
 
 
 def messages(sock: zmq.Socket, timeout_ms: int = 1500) -> list:
-    out = []
-    while sock.poll(timeout_ms if not out else 300):
-        frames = sock.recv_multipart()
-        m = decode(frames, tensors=False)
-        for part in split_batch(m, frames) if m.type is MsgType.BATCH else [frames]:
-            m = decode(part, tensors=False)
-            if m.type is not MsgType.HEARTBEAT:
-                out.append(m)
-    return out
+    return received(sock, timeout_ms, 300)
 
 
 def open_session(agent: zmq.Socket) -> bytes:
