@@ -13,7 +13,8 @@
 # What comes back: $OUT/gpu_efficiency.log and .json (or $OUT/gpu_stack.log).
 # Settings: SESSIONS (1,64,256,1024), STAGES (engine,worker,broker,agents), EDGE_DEVICE (cpu|cuda:
 #   where the simulated devices compute), TOKENS (32), PROCS (load-test processes, 12), EFF_TIMEOUT (480 s),
-#   PROFILE (py-spy seconds at the largest level, 8), EPOCHS (3).
+#   PROFILE (py-spy seconds at the largest level, 8), EPOCHS (3), WORKERS (worker processes
+#   sharing the GPU in the broker and agents stages, 1).
 # runs/spa_gpu (p1, p2, tok, data) as in RESULTS.md §1.
 set -uo pipefail
 W=/root/gs
@@ -51,7 +52,7 @@ stage2|efficiency|sweep)
   elif [ "$1" = efficiency ]; then
     timeout ${EFF_TIMEOUT:-480} python3 benchmarks/stack_efficiency.py --backbone /root/smollm2 --bundle $W/bundle \
       --device cuda --secure --prompts $W/data/xsum_1000.jsonl --sessions ${SESSIONS:-1,64,256,1024} --stages ${STAGES:-engine,worker,broker,agents} --prompt-tokens ${PROMPT_TOKENS:-128} --chunk-tokens ${CHUNK:-0} \
-      --tokens ${TOKENS:-32} --agent-procs ${PROCS:-12} --compute-device ${EDGE_DEVICE:-cpu} --profile ${PROFILE:-8} \
+      --tokens ${TOKENS:-32} --workers ${WORKERS:-1} --agent-procs ${PROCS:-12} --compute-device ${EDGE_DEVICE:-cpu} --profile ${PROFILE:-8} \
       --json "${OUT:-/tmp}/gpu_efficiency.json" 2>&1 | tee "${OUT:-/tmp}/gpu_efficiency.log"
   else
     timeout ${LT_TIMEOUT:-420} python3 benchmarks/loadtest_scaling.py --backbone /root/smollm2 --bundle $W/bundle \
