@@ -194,3 +194,30 @@ def test_worker_lost_replays_on_another_worker(backbone_dir, backbone, edge, pro
     assert sum(s.stats.replays for s in streams) > 0
     for p, s in zip(prompts, streams, strict=False):
         assert s.tokens == ref.generate(p, 40, "spa").tokens
+
+
+def test_queued_sessions_on_several_workers_equal_the_reference(backbone_dir, backbone, edge, prompts, tmp_path):
+    """Issue 15: twelve sessions of one agent at once against two workers of two slots each —
+    eight wait in the broker's queue, none is bounced, every one equals the reference token for
+    token, and both workers serve (the broker places by free slots)."""
+    jobs = [(prompts[i % len(prompts)], ("spa", "base", "full")[i % 3]) for i in range(12)]
+    with LocalStack(backbone_dir, workers=2, log_dir=tmp_path, metrics=True,
+                    worker_args=("--max-sessions", "2")) as stack:
+        streams = asyncio.run(_run_all(stack, edge, jobs, max_new=12))
+        placed = {w: _opens_taken(stack.metrics_ports[w]) for w in ("worker0", "worker1")}
+    ref = ReferenceGenerator(backbone, edge)
+    for (p, mode), s in zip(jobs, streams, strict=True):
+        assert s.stats.replays == 0 and s.tokens == ref.generate(p, 12, mode).tokens, mode
+    assert all(n > 0 for n in placed.values()) and sum(placed.values()) == 12, placed
+
+
+def _opens_taken(port: int) -> float:
+    """OPENs a worker process received, from its /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
+               if s.name == "spa_messages_total" and s.labels.get("type") == "OPEN"
+               and s.labels.get("direction") == "in")
