@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 from common import ROOT
 
-from routing.protocol import MAX_BATCH, MsgType, decode, encode, encode_batch, msg, split_batch
+from routing.protocol import MsgType, coalesce, decode, encode, msg, split_batch
 
 PER_SOCKET = 256  # sessions per client connection in the protocol-level client
 
@@ -62,8 +62,7 @@ class Pump:
         if not ms:
             return
         enc = [encode(m) for m in ms]
-        groups = ([encode_batch(enc[i:i + MAX_BATCH]) for i in range(0, len(enc), MAX_BATCH)]
-                  if self.batch else enc)
+        groups = [frames for frames, _, _ in coalesce(enc)] if self.batch else enc
         for frames in groups:
             self.count["out"] += 1
             self.count["bytes"] += sum(len(f) for f in frames)

@@ -16,7 +16,7 @@ import zmq
 
 from monitoring import metrics
 from routing.errors import ErrorCode
-from routing.protocol import MAX_BATCH, MsgType, encode, encode_batch, error, msg
+from routing.protocol import MsgType, coalesce, encode, error, msg
 
 log = logging.getLogger("spa.broker")
 
@@ -34,21 +34,16 @@ class Sending:
         """One send per worker and per agent connection per tick (coalescing many sessions)."""
         metrics.QUEUE_DEPTH.set(sum(map(len, self.outbox.values())))
         for wid, msgs in self.outbox.items():
-            for i in range(0, len(msgs), MAX_BATCH):
-                chunk = msgs[i : i + MAX_BATCH]
-                self._send_worker(wid, chunk[0] if len(chunk) == 1 else encode_batch(chunk))
+            for frames, _, _ in coalesce(msgs):
+                self._send_worker(wid, frames)
         self.outbox.clear()
         while self.agent_out:
             self._flush_agent(next(iter(self.agent_out)))
 
     def _flush_agent(self, agent: bytes) -> None:
-        msgs = self.agent_out.pop(agent, None)
-        for i in range(0, len(msgs or ()), MAX_BATCH):
-            chunk = msgs[i : i + MAX_BATCH]
-            if len(chunk) == 1:
-                self._send_agent_now(agent, *chunk[0])
-            else:
-                self._send_agent_now(agent, encode_batch([f for f, _ in chunk]), [sid for _, sid in chunk])
+        msgs = self.agent_out.pop(agent, None) or []
+        for frames, i, j in coalesce([f for f, _ in msgs]):
+            self._send_agent_now(agent, frames, [sid for _, sid in msgs[i:j]])
 
     def _send_worker(self, wid: bytes, frames: list) -> None:
         try:

@@ -35,9 +35,9 @@ from routing.protocol import (
     Message,
     MsgType,
     ProtocolError,
+    coalesce,
     decode,
     encode,
-    encode_batch,
     error,
     msg,
     split_batch,
@@ -152,9 +152,9 @@ class Link(threading.Thread):
                 if m.type is MsgType.ERROR:
                     metrics.ERRORS.labels("worker", m["code"]).inc()
                 encoded.append(frames)
-            if self.batches > 1 and len(encoded) > 1:
-                for i in range(0, len(encoded), self.batches):
-                    self.sock.send_multipart(encode_batch(encoded[i : i + self.batches]), copy=False)
+            if self.batches > 1:
+                for frames, _, _ in coalesce(encoded, self.batches):
+                    self.sock.send_multipart(frames, copy=False)
             else:
                 for frames in encoded:
                     self.sock.send_multipart(frames, copy=False)

@@ -14,6 +14,7 @@ everyone imports the contract from here.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -35,6 +36,7 @@ MAX_NEW = 1 << 20  # max_new_tokens before the context check
 MAX_WINDOW = 256  # tokens decoded past the last ACK; bounds the worker's ring; sane range 1–256
 MAX_WIRE_LAYERS = 256  # hidden states per position; the backbone's depth is the real bound
 MAX_BATCH = 4096  # messages in one BATCH
+MAX_BATCH_BYTES = 32 << 20  # one BATCH's packed frames; below the sockets' MAXMSGSIZE (80 MiB)
 MAX_AGENT_SESSIONS = 1024  # sessions one agent heartbeat may list
 SESSION_BYTES = 16
 DTYPES = {"float16": np.float16, "float32": np.float32, "int32": np.int32, "int64": np.int64,
@@ -124,7 +126,12 @@ SPECS: dict[MsgType, Spec] = {
                             optional={"load": Int(0, 1 << 20), "broker": Bytes(8), "batches": Int(0, MAX_BATCH),
                                       "sessions": ListOf(SESSION, 0, MAX_AGENT_SESSIONS)}),
     MsgType.RECONNECT: Spec({}, frozenset({B}), optional={"broker": Bytes(8)}),
-    MsgType.BATCH: Spec({"counts": ListOf(Int(1, MAX_TENSORS + 1), 1, MAX_BATCH)}, frozenset({B, W})),
+    # BATCH: several messages in one send and two frames: this header and every message's frames
+    # packed end to end; `counts` frames per message, `sizes` bytes per frame (ZeroMQ and CURVE
+    # cost per frame, so one frame for a step's hundreds of FRAMEs, not hundreds)
+    MsgType.BATCH: Spec({"counts": ListOf(Int(1, MAX_TENSORS + 1), 1, MAX_BATCH),
+                         "sizes": ListOf(Int(0, MAX_BATCH_BYTES), 1, MAX_BATCH * (MAX_TENSORS + 1))},
+                        frozenset({B, W})),
 }
 _TYPES = {t.value: t for t in MsgType}
 
@@ -317,19 +324,44 @@ class Limits:
 
 # ----------------------------------------------------------------------------- coalescing
 def encode_batch(messages: list[list]) -> list:
-    """Coalesce already-encoded messages (lists of frames) into one BATCH send."""
-    head = msgpack.packb({"v": VERSION, "type": MsgType.BATCH.value,
-                          "counts": [len(m) for m in messages], "tensors": []}, use_bin_type=True)
-    return [head] + [f for m in messages for f in m]
+    """Coalesce already-encoded messages (lists of frames) into one BATCH send of two frames."""
+    flat = [_buffer(f) for m in messages for f in m]
+    head = msgpack.packb({"v": VERSION, "type": MsgType.BATCH.value, "counts": [len(m) for m in messages],
+                          "sizes": [memoryview(f).nbytes for f in flat], "tensors": []}, use_bin_type=True)
+    return [head, b"".join(flat)]
+
+
+def coalesce(messages: list[list], most: int = MAX_BATCH) -> Iterator[tuple[list, int, int]]:
+    """(frames to send, first, end) for `messages[first:end]`: a lone message as it is, runs of
+    several as BATCHes of at most `most` messages and MAX_BATCH_BYTES packed bytes."""
+    i, n = 0, len(messages)
+    while i < n:
+        j, size = i, 0
+        while j < n and j - i < most:
+            b = sum(memoryview(_buffer(f)).nbytes for f in messages[j])
+            if j > i and size + b > MAX_BATCH_BYTES:
+                break
+            size, j = size + b, j + 1
+        yield (messages[i] if j - i == 1 else encode_batch(messages[i:j])), i, j
+        i = j
 
 
 def split_batch(m: Message, frames: list) -> list[list]:
-    counts = m["counts"]
-    if sum(counts) != len(frames) - 1:
-        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"BATCH counts sum to {sum(counts)}, "
-                            f"{len(frames) - 1} frames follow")
-    out, i = [], 1
+    """A BATCH's messages, each a list of frames (memoryviews into the packed frame: no copy)."""
+    counts, sizes = m["counts"], m["sizes"]
+    if len(frames) != 2:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"BATCH has {len(frames)} frames, expected 2")
+    if sum(counts) != len(sizes):
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"BATCH counts sum to {sum(counts)}, {len(sizes)} sizes")
+    blob = memoryview(_buffer(frames[1])).cast("B")
+    if sum(sizes) != blob.nbytes:
+        raise ProtocolError(ErrorCode.BAD_MESSAGE, f"BATCH sizes sum to {sum(sizes)}, {blob.nbytes} bytes follow")
+    out, at, k = [], 0, 0
     for c in counts:
-        out.append(frames[i : i + c])
-        i += c
+        part = []
+        for size in sizes[k : k + c]:
+            part.append(blob[at : at + size])
+            at += size
+        out.append(part)
+        k += c
     return out

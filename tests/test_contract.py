@@ -79,7 +79,7 @@ def _check(frames) -> None:
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(header=st.dictionaries(st.sampled_from(["v", "type", "session", "pos", "epoch", "token",
-                                               "prompt", "tensors", "sampling", "code", "counts",
+                                               "prompt", "tensors", "sampling", "code", "counts", "sizes",
                                                "wire_layers", "sessions"]) | st.text(max_size=6),
                               values, max_size=8),
        v=st.sampled_from([1, None]), t=type_names, extra=st.lists(st.binary(max_size=64), max_size=3))
