@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from routing.protocol import ProtocolError, decode, encode, encode_batch, msg, split_batch
+from routing.protocol import ProtocolError, coalesce, decode, encode, encode_batch, msg, split_batch
 
 SID = os.urandom(16)
 
@@ -32,6 +32,35 @@ def test_batch_round_trip():
     frames = encode_batch(parts)
     m = decode(frames)
     assert [decode(p)["pos"] for p in split_batch(m, frames)] == [0, 1, 2]
+
+
+@given(pos=st.lists(st.integers(0, 1000), min_size=1, max_size=40), widths=st.lists(st.integers(0, 64), max_size=40),
+       most=st.integers(1, 8))
+def test_coalesce_then_split_gives_back_every_message_in_order(pos, widths, most):
+    """Runs of at most `most` messages, each run one BATCH of two frames (a lone message as it is),
+    split back into the same messages, tensors included."""
+    msgs = [msg("FRAME", [np.full(widths[i % len(widths)] if widths else 4, i, np.float16)], session=SID, pos=p,
+                epoch=0, token=1) for i, p in enumerate(pos)]
+    encoded = [frames_of(m) for m in msgs]
+    back, covered = [], 0
+    for frames, i, j in coalesce(encoded, most):
+        assert i == covered and 0 < j - i <= most
+        covered = j
+        m = decode(frames)
+        parts = split_batch(m, frames) if m.type == "BATCH" else [frames]
+        assert len(frames) == 2 or j - i == 1
+        back += [decode(p) for p in parts]
+    assert covered == len(msgs)
+    assert [m["pos"] for m in back] == pos
+    assert all(np.array_equal(a.tensors[0], b.tensors[0]) for a, b in zip(back, msgs, strict=True))
+
+
+def test_a_batch_whose_sizes_lie_is_refused():
+    parts = [frames_of(msg("ACK", session=SID, pos=i)) for i in range(3)]
+    head, blob = encode_batch(parts)
+    for bad in ([head, blob[:-1]], [head, blob + b"x"], [head, blob, b""], [head]):
+        with pytest.raises(ProtocolError):
+            split_batch(decode(bad), bad)
 
 
 @pytest.mark.parametrize("frames,code", [
@@ -72,3 +101,16 @@ def test_garbage_never_crashes(frames):
         decode(frames)
     except ProtocolError:
         pass
+
+
+def test_coalesce_cuts_a_run_at_the_byte_cap(monkeypatch):
+    import routing.protocol as protocol
+
+    monkeypatch.setattr(protocol, "MAX_BATCH_BYTES", 300)
+    encoded = [frames_of(msg("FRAME", [np.zeros(64, np.float16)], session=SID, pos=i, epoch=0, token=1))
+               for i in range(6)]  # ~250 bytes each: one fits 300 bytes
+    runs = [(i, j) for _, i, j in coalesce(encoded)]
+    assert runs[0][0] == 0 and runs[-1][1] == 6 and all(j - i == 1 for i, j in runs)
+    monkeypatch.setattr(protocol, "MAX_BATCH_BYTES", 1200)
+    runs = [(i, j) for _, i, j in coalesce(encoded)]
+    assert all(1 < j - i < 6 for i, j in runs[:-1]) and runs[-1][1] == 6
