@@ -17,7 +17,8 @@ from pathlib import Path
 import psutil
 from common import ROOT
 
-from routing.protocol import MsgType, coalesce, decode, encode, msg, split_batch
+from routing.batch import coalesce, split_batch
+from routing.protocol import MsgType, decode, encode, msg
 
 PER_SOCKET = 256  # sessions per client connection in the protocol-level client
 

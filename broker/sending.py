@@ -15,8 +15,9 @@ import time
 import zmq
 
 from monitoring import metrics
+from routing.batch import coalesce
 from routing.errors import ErrorCode
-from routing.protocol import MsgType, coalesce, encode, error, msg
+from routing.protocol import MsgType, encode, error, msg
 
 log = logging.getLogger("spa.broker")
 

@@ -12,6 +12,7 @@ import time
 from broker.placement import WorkerInfo
 from broker.route import Route
 from routing import security
+from routing.batch import split_batch
 from routing.errors import ErrorCode
 from routing.protocol import (
     MAX_BATCH,
@@ -23,7 +24,6 @@ from routing.protocol import (
     encode,
     msg,
     peek,
-    split_batch,
 )
 
 log = logging.getLogger("spa.broker")

@@ -30,18 +30,9 @@ from cloud_worker.config import WorkerConfig
 from cloud_worker.scheduler import Scheduler
 from monitoring import metrics
 from routing import security
+from routing.batch import coalesce, split_batch
 from routing.errors import ErrorCode
-from routing.protocol import (
-    Message,
-    MsgType,
-    ProtocolError,
-    coalesce,
-    decode,
-    encode,
-    error,
-    msg,
-    split_batch,
-)
+from routing.protocol import Message, MsgType, ProtocolError, decode, encode, error, msg
 
 log = logging.getLogger("spa.worker")
 FROM_BROKER = frozenset({MsgType.OPEN, MsgType.REQUEST, MsgType.CORRECT, MsgType.ACK, MsgType.TOKEN,

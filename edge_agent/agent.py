@@ -36,6 +36,7 @@ from edge_agent.replay import RETRY, RetryPolicy, retryable  # noqa: F401 - re-e
 from edge_agent.stream import Piece, SessionError, SessionStats, Stream  # noqa: F401 - re-exported
 from monitoring import metrics
 from routing import security
+from routing.batch import encode_batch, split_batch
 from routing.errors import ErrorCode, SpaError
 from routing.modes import Mode
 from routing.protocol import (
@@ -46,10 +47,8 @@ from routing.protocol import (
     Role,
     decode,
     encode,
-    encode_batch,
     error,
     msg,
-    split_batch,
 )
 from routing.quant import WireDtype
 from routing.sampling import Sampling

@@ -8,7 +8,8 @@ from collections import deque
 
 import zmq
 
-from routing.protocol import Message, MsgType, decode, split_batch
+from routing.batch import split_batch
+from routing.protocol import Message, MsgType, decode
 
 _waiting: dict[zmq.Socket, deque[Message]] = {}
 

@@ -20,7 +20,8 @@ from inbox import received
 
 from broker.broker import Broker
 from broker.config import BrokerConfig
-from routing.protocol import MsgType, decode, encode, msg, split_batch
+from routing.batch import split_batch
+from routing.protocol import MsgType, decode, encode, msg
 from spa.stack import free_port
 
 FP = "fp-test"
@@ -277,7 +278,8 @@ def test_answer_budget_per_key():
 def test_a_workers_batch_is_taken_message_by_message(harness):
     """Issue 15 part 2, broker side: the broker offers `batches` in its beats and a worker's BATCH
     (a step's FRAMEs for several sessions in one send) reaches each session's agent."""
-    from routing.protocol import MAX_BATCH, encode_batch
+    from routing.batch import encode_batch
+    from routing.protocol import MAX_BATCH
 
     h = harness()
     w = h.socket(h.workers, b"W1")
@@ -304,7 +306,7 @@ def test_one_ticks_frames_reach_their_agent_in_one_batch_in_order(harness):
     connection go out as one BATCH; a DONE after them (not coalesced) still arrives after them."""
     import numpy as np
 
-    from routing.protocol import encode_batch
+    from routing.batch import encode_batch
 
     h = harness()
     w = h.worker(8)

@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_agent.agent import EdgeAgent
-from routing.protocol import MsgType, encode, encode_batch, msg
+from routing.batch import encode_batch
+from routing.protocol import MsgType, encode, msg
 
 
 class Inbox:

@@ -408,7 +408,8 @@ def test_worker_sends_a_step_in_one_batch_when_the_broker_takes_them(tiny):
     import zmq
 
     from cloud_worker.worker import Worker
-    from routing.protocol import MsgType, decode, encode, split_batch
+    from routing.batch import split_batch
+    from routing.protocol import MsgType, decode, encode
 
     ctx = zmq.Context.instance()
     broker = ctx.socket(zmq.ROUTER)

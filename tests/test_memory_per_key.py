@@ -21,7 +21,8 @@ import pytest
 import zmq
 
 from routing import security
-from routing.protocol import MsgType, decode, encode, msg, split_batch
+from routing.batch import split_batch
+from routing.protocol import MsgType, decode, encode, msg
 from spa.stack import free_port
 
 FP = "fp-mem"

@@ -10,7 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from routing.protocol import ProtocolError, coalesce, decode, encode, encode_batch, msg, split_batch
+from routing.batch import coalesce, encode_batch, split_batch
+from routing.protocol import ProtocolError, decode, encode, msg
 
 SID = os.urandom(16)
 
@@ -104,13 +105,13 @@ def test_garbage_never_crashes(frames):
 
 
 def test_coalesce_cuts_a_run_at_the_byte_cap(monkeypatch):
-    import routing.protocol as protocol
+    import routing.batch as batch
 
-    monkeypatch.setattr(protocol, "MAX_BATCH_BYTES", 300)
+    monkeypatch.setattr(batch, "MAX_BATCH_BYTES", 300)
     encoded = [frames_of(msg("FRAME", [np.zeros(64, np.float16)], session=SID, pos=i, epoch=0, token=1))
                for i in range(6)]  # ~250 bytes each: one fits 300 bytes
     runs = [(i, j) for _, i, j in coalesce(encoded)]
     assert runs[0][0] == 0 and runs[-1][1] == 6 and all(j - i == 1 for i, j in runs)
-    monkeypatch.setattr(protocol, "MAX_BATCH_BYTES", 1200)
+    monkeypatch.setattr(batch, "MAX_BATCH_BYTES", 1200)
     runs = [(i, j) for _, i, j in coalesce(encoded)]
     assert all(1 < j - i < 6 for i, j in runs[:-1]) and runs[-1][1] == 6
