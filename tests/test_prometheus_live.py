@@ -105,8 +105,9 @@ def live(backbone_dir, bundle_dir, tasks_file, prometheus_bin, tmp_path_factory)
                 time.sleep(0.2)
             scraped = float(prom.query('max(timestamp(spa_tokens_generated_total{job="edge-agent"}))')
                             [0]["value"][1])
-            at = prom.wait_evaluated(":spa_blocking_transmissions_per_token:ratio_rate1m",
-                                     scraped + 0.5)  # ingested by then
+            at = max(prom.wait_evaluated(rule, scraped + 0.5)  # ingested by then; every rule the
+                     for rule in (":spa_blocking_transmissions_per_token:ratio_rate1m",  # tests read
+                                  "direction_wire_dtype:spa_message_bytes_per_token:ratio_rate1m"))
             prom.wait_scraped(after=at)  # every target, for the dashboard's queries
             pages = {job: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
                      for job, port in [("broker", mp["broker"]), ("cloud-worker", mp["worker0"]),
