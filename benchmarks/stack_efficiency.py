@@ -45,6 +45,7 @@ from stage_probes import (
     StandIn,
     cprofile_top,
     finish_profiles,
+    latencies,
     scrape,
     start_profiles,
 )
@@ -172,7 +173,8 @@ def stage_agents(stack, bundle: Path, n, tokens, mode, procs: int, tmp: Path, pr
     cpu["loadtests"] = sum(d["cpu_seconds"] for d in parts)  # each one's own, over its phase
     out = {"tokens": tokens_all, "seconds": secs, "cpu": cpu, "procs": procs, "messages": m1[0] - m0[0],
            "bytes": m1[1] - m0[1], "m": sum(d["blocking"] for d in parts) / max(1, tokens_all),
-           "errors": dict(sum((Counter(d["errors"]) for d in parts), Counter()))}
+           "errors": dict(sum((Counter(d["errors"]) for d in parts), Counter())),
+           **latencies(parts)}
     if spies:
         out["profile"] = finish_profiles(spies)
     return out
@@ -322,6 +324,18 @@ def report(rows: list[dict], profiles: dict, a) -> None:
         print(f"\nprofile, {where}: top functions by own time")
         for fn, share in top:
             print(f"  {share:>6.1%}  {fn}" if isinstance(share, float) else f"  {fn}: {share}")
+    lat = [r for r in rows if "itl_p50_ms" in r]
+    if lat:
+        print("\n| mode | sessions | ITL p50 ms (processes' range) | ITL p99 | engine step ms | ITL p50 ÷ step "
+              "| TTFT p50 ms | TTFT p99 |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in lat:  # the engine's step at that batch: sessions / its tokens per second
+        eng = engine.get((r["mode"], r["sessions"]))
+        step = r["sessions"] / eng * 1000 if eng else None
+        r["engine_step_ms"] = step
+        lo, hi = r["itl_p50_range_ms"]
+        print(f"| {r['mode']} | {r['sessions']} | {r['itl_p50_ms']:.1f} ({lo:.1f}–{hi:.1f}) | "
+              f"{r['itl_p99_ms']:.1f} | " + (f"{step:.2f} | {r['itl_p50_ms'] / step:.2f}×" if step else "- | -")
+              + f" | {r.get('ttft_p50_ms', 0):.0f} | {r.get('ttft_p99_ms', 0):.0f} |")
     if a.json:
         Path(a.json).write_text(json.dumps({"rows": rows, "profiles": profiles}, indent=1))
 

@@ -247,3 +247,24 @@ def cprofile_top(fn, top: int = 8) -> tuple[object, list]:
     total = sum(v[2] for v in st.stats.values()) or 1
     return result, [(f"{func} ({Path(file).name}:{line})", round(v[2] / total, 3))
                     for (file, line, func), v in rows]
+
+
+def latencies(parts: list[dict]) -> dict:
+    """ITL and TTFT over the load-test processes: each figure's median over the processes'
+    medians weighted by their output tokens (the processes run the same load, so their
+    distributions are alike), with the processes' range beside it; p99 is the worst process's."""
+    out: dict = {}
+    for name in ("itl", "ttft"):
+        pts = sorted((d[f"median_{name}_ms"], d["total_output_tokens"]) for d in parts
+                     if d.get(f"median_{name}_ms") is not None)
+        if not pts:
+            continue
+        half, acc = sum(w for _, w in pts) / 2, 0
+        for v, w in pts:
+            acc += w
+            if acc >= half:
+                out[f"{name}_p50_ms"] = v
+                break
+        out[f"{name}_p50_range_ms"] = [pts[0][0], pts[-1][0]]
+        out[f"{name}_p99_ms"] = max(d.get(f"p99_{name}_ms") or 0.0 for d in parts)
+    return out
