@@ -124,44 +124,84 @@ def rollouts(backbone: Backbone, edge: EdgeModel, head: Head, examples: list[Exa
 def measured_m(backbone: Backbone, edge: EdgeModel, head: Head, prompts: list[list[int]],
                threshold: float, cfg: TrainConfig) -> Transmissions:
     """Transmission counts of real gated generations (batched) on `prompts` at `threshold`."""
+    return gated_run(backbone, edge, head, prompts, threshold, cfg)[0]
+
+
+def gated_run(backbone: Backbone, edge: EdgeModel, head: Head, prompts: list[list[int]],
+              threshold: float, cfg: TrainConfig) -> tuple[Transmissions, list[list[int]]]:
+    """Real gated generations (batched) on `prompts` at `threshold`: their transmission counts
+    and tokens."""
     mode = _mode(head.combine, Gate.CLASSIFIER)
     saved, head.threshold = head.threshold, threshold
     try:
         gen = BatchedGenerator(backbone, edge, BatchConfig(cfg.gen_batch, progress=False))
-        total = Transmissions()
+        total, tokens = Transmissions(), []
         for g in gen.generate(prompts, cfg.rollout_tokens, mode, wire_dtype=cfg.wire_dtype):
             total += g.stats
-        return total
+            tokens.append(g.tokens)
+        return total, tokens
     finally:
         head.threshold = saved
 
 
+class DevQuality:
+    """Rouge-L (× 100, mean over the dev records) of generated tokens against the references."""
+
+    def __init__(self, tokenizer, examples: list[Example]) -> None:
+        from rouge_score import rouge_scorer
+
+        self.tok, self.refs = tokenizer, [ex.answer.strip() for ex in examples]
+        self.scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+    def __call__(self, tokens: list[list[int]]) -> float:
+        texts = [self.tok.decode(t, skip_special_tokens=True).strip() for t in tokens]
+        return 100 * sum(self.scorer.score(r, t)["rougeL"].fmeasure
+                         for r, t in zip(self.refs, texts, strict=True)) / max(1, len(texts))
+
+
 def calibrate(backbone: Backbone, edge: EdgeModel, head: Head, dev_ex: list[Example],
               dev: Features, dev_z: Tensor, cfg: TrainConfig) -> dict:
-    """τ for a target M on held-out prompts: thresholds are quantiles of the classifier logit
-    on on-policy dev states at firing rate q; a bisection on q measures M with real gated
-    generations on the dev prompts and keeps the highest q whose M is within the target."""
+    """τ on held-out prompts: thresholds are quantiles of the classifier logit on on-policy dev
+    states at firing rate q; a bisection on q runs real gated generations on the dev prompts and
+    keeps, by `cfg.tau_by`, the highest q whose M is within the target ("m") or the lowest q
+    whose dev Rouge-L reaches `tau_quality` × the side-always run's ("quality")."""
     logit = head.classifier.logit(dev_z.to(dev.y.device), edge.lm_head).detach().double().cpu()
-    prompts = _prompts(backbone, dev_ex[: cfg.calib_prompts or None], cfg)
+    dev_ex = dev_ex[: cfg.calib_prompts or None]
+    prompts = _prompts(backbone, dev_ex, cfg)
+    by_quality = cfg.tau_by == "quality"
+    quality = DevQuality(backbone.tokenizer, dev_ex) if by_quality else None
 
     def thr(q: float) -> float:
         return NEVER if q <= 0 else -NEVER if q >= 1 else float(torch.quantile(logit, 1 - q))
 
+    def run(q: float) -> dict:
+        t, tokens = gated_run(backbone, edge, head, prompts, thr(q), cfg)
+        row = {"q": q, "threshold": thr(q), "m": t.m, "side_rate": t.side_rate,
+               "correction_rate": t.correction_rate}
+        return row | ({"rouge_l": quality(tokens)} if quality else {})
+
     measured: dict[float, dict] = {0.0: {"q": 0.0, "threshold": NEVER, "m": 0.0, "side_rate": 0.0}}
+    goal = None
+    if by_quality:
+        measured[1.0] = run(1.0)
+        goal = cfg.tau_quality * measured[1.0]["rouge_l"]
     lo, hi = 0.0, 1.0
     for _ in range(cfg.calib_steps):
         q = (lo + hi) / 2
-        t = measured_m(backbone, edge, head, prompts, thr(q), cfg)
-        measured[q] = {"q": q, "threshold": thr(q), "m": t.m, "side_rate": t.side_rate,
-                       "correction_rate": t.correction_rate}
-        lo, hi = (q, hi) if t.m <= cfg.target_m else (lo, q)
-    best = measured[lo]
+        measured[q] = r = run(q)
+        ok = r["rouge_l"] < goal if by_quality else r["m"] <= cfg.target_m
+        lo, hi = (q, hi) if ok else (lo, q)
+    best = measured[hi if by_quality else lo]
     lpb, lpi, tb, ts = _log_probs(edge, head, dev)
     fire = head.classifier.logit(dev.z.float(), edge.lm_head) > best["threshold"]
     rates = [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.65, 0.8]
     return {
         "threshold": best["threshold"], "m_dev": best["m"], "side_rate_dev": best["side_rate"],
-        "target_m": cfg.target_m, "fire_quantile": lo, "dev_prompts": len(prompts),
+        "target_m": cfg.target_m, "tau_by": cfg.tau_by, "fire_quantile": best["q"],
+        "dev_prompts": len(prompts),
+        **({"tau_quality": cfg.tau_quality, "rouge_dev_goal": goal,
+            "rouge_dev": best.get("rouge_l"), "rouge_dev_always": measured[1.0]["rouge_l"]}
+           if by_quality else {}),
         "tau": float(torch.sigmoid(torch.tensor(best["threshold"], dtype=torch.float64))),
         "fire_rate_teacher_forced": fire.float().mean().item(),
         "dev_nll_gated": -torch.where(fire, lpi, lpb).mean().item(),

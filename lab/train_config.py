@@ -53,6 +53,11 @@ class TrainConfig:
     rollout_tokens: int = 48  # tokens per rollout and per calibration generation
     calib_prompts: int = 0  # dev prompts for τ; 0 = all dev records
     calib_steps: int = 8  # bisection steps on the firing rate; sane range 4–12
+    # How τ is chosen on the dev prompts (issue 17 item 2): "m" — the highest firing rate whose
+    # measured M stays within target_m; "quality" — the lowest whose dev Rouge-L (greedy, against
+    # the dev references) reaches tau_quality × the side-always run's (target_m is then unused)
+    tau_by: str = "m"
+    tau_quality: float = 0.97  # sane range 0.8–1.0
     gen_batch: int = 64  # sequences per backbone forward in rollouts; 8–1024
     feature_tokens: int = 16384  # padded tokens per feature-extraction forward; 2k–256k
     seed: int = 0
@@ -83,6 +88,10 @@ class TrainConfig:
             raise InputError(f"unknown schedule {self.schedule!r}: onecycle, cosine or constant")
         if self.clf_objective not in CLF_OBJECTIVES:
             raise InputError(f"unknown classifier objective {self.clf_objective!r}: {CLF_OBJECTIVES}")
+        if self.tau_by not in ("m", "quality"):
+            raise InputError(f"unknown tau_by {self.tau_by!r}: expected m or quality")
+        if not 0.5 <= self.tau_quality <= 1.0:
+            raise InputError(f"tau_quality must be in [0.5, 1], got {self.tau_quality}")
         if not 0.0 <= self.dropout < 1.0 or self.weight_decay < 0:
             raise InputError("dropout must be in [0, 1) and weight decay >= 0")
 

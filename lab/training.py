@@ -70,7 +70,9 @@ def train_head(backbone: Backbone, edge: EdgeModel, combine: str, train_ex: list
     head.info = {"side_history": side_hist, "classifier_history": clf_hist, "calibration": cal,
                  "target_m": cfg.target_m, "lambda": cfg.lam}
     print(f"[{combine}] τ={cal['tau']:.4f} (logit {cal['threshold']:.3g}) dev: M {cal['m_dev']:.3f}"
-          f" (target {cfg.target_m}), side {cal['side_rate_dev']:.3f}, on-policy side≠base "
+          + (f" (target {cfg.target_m})" if cfg.tau_by == "m" else
+             f" (τ by dev Rouge-L {cal['rouge_dev']:.2f} ≥ {cfg.tau_quality} × {cal['rouge_dev_always']:.2f})")
+          + f", side {cal['side_rate_dev']:.3f}, on-policy side≠base "
           f"{cal['on_policy_differs_dev']:.3f}, gate AUC {cal['clf_auc_dev']:.3f}; NLL base "
           f"{cal['dev_nll_base']:.3f} side {cal['dev_nll_side']:.3f} gated {cal['dev_nll_gated']:.3f}",
           flush=True)

@@ -29,7 +29,7 @@ _TRAIN = {f.name: f.default for f in fields(TrainConfig)}
 # TrainConfig fields whose flags default to None (= TrainConfig's own default, one place)
 _TRAIN_TUNABLES = ("dropout", "weight_decay", "patience", "schedule", "clf_features", "clf_hidden",
                    "clf_objective", "rollout_prompts", "gen_batch", "dev_fraction", "rollout_tokens",
-                   "calib_steps", "calib_prompts", "batch", "wire_dtype")
+                   "calib_steps", "calib_prompts", "batch", "wire_dtype", "tau_by", "tau_quality")
 
 
 def cmd_train(args) -> None:
@@ -187,6 +187,11 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="tokens per rollout and per calibration generation")
     q.add_argument("--calib-steps", type=int, default=None, help="bisection steps for τ")
     q.add_argument("--calib-prompts", type=int, default=None, help="dev prompts for τ (0 = all)")
+    q.add_argument("--tau-by", default=None, choices=["m", "quality"],
+                   help="τ for the target M (m), or the lowest firing rate whose dev Rouge-L reaches "
+                   "--tau-quality × the side-always run's (quality)")
+    q.add_argument("--tau-quality", type=float, default=None,
+                   help="with --tau-by quality: the share of the side-always dev Rouge-L (0.5–1)")
     q.add_argument("--batch", type=int, default=None, help="positions per side-training step")
     q.add_argument("--side-overrides", default="",
                    help="per combine, e.g. 'replace:width=144,dropout=0.1;add:every=2'")
