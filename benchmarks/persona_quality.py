@@ -79,6 +79,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--wire-modes", default="spa,full", help="modes of the --wire-dtypes table")
     p.add_argument("--wire-all-seeds", action="store_true", help="the wire table for every training "
                    "seed, then pooled over seeds (default: the first seed's)")
+    p.add_argument("--tau-by", default="", choices=("", "m", "quality"),
+                   help="τ by the target M or by dev Rouge-L (spa train --tau-by; '' = the user's)")
+    p.add_argument("--tau-quality", type=float, default=0.97, help="with --tau-by quality")
     p.add_argument("--json", default="")
     p.add_argument("--smoke", action="store_true", help="seconds, on the tests' tiny backbone")
     args = p.parse_args(argv)
@@ -154,6 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
                     extra["target_m"] = args.target_m
                 if args.train_wire != "fp16":
                     extra["wire_dtype"] = args.train_wire
+                if args.tau_by:
+                    extra.update(tau_by=args.tau_by, tau_quality=args.tau_quality)
                 for key in ("rollout_prompts", "calib_prompts"):
                     if getattr(args, key) >= 0:
                         extra[key] = getattr(args, key)
