@@ -82,9 +82,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tau-by", default="", choices=("", "m", "quality"),
                    help="τ by the target M or by dev Rouge-L (spa train --tau-by; '' = the user's)")
     p.add_argument("--tau-quality", type=float, default=0.97, help="with --tau-by quality")
+    p.add_argument("--leads", default="", help="also spa with the bundle's first N tokens always on "
+                   "the side network, e.g. 1,2 (no retraining; rows spa_leadN)")
     p.add_argument("--json", default="")
     p.add_argument("--smoke", action="store_true", help="seconds, on the tests' tiny backbone")
     args = p.parse_args(argv)
+    args.leads = [int(x) for x in args.leads.split(",") if x.strip()]
     tiny: dict = {}
     if args.smoke:
         args.backbone = os.environ.get("SPA_BENCH_BACKBONE") or args.backbone
@@ -177,6 +180,12 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{name} seed {seed} {mode}: " + json.dumps(
                     {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row[mode].items()}),
                     flush=True)
+            for lead in args.leads:  # the same bundle, its first `lead` tokens always side-network
+                saved, edge.heads["add"].lead = edge.heads["add"].lead, lead
+                row[f"spa_lead{lead}"], _, _ = figures(gen, "spa")
+                edge.heads["add"].lead = saved
+                print(f"{name} seed {seed} spa, lead {lead}: frame {row[f'spa_lead{lead}']['frame']:.1f} "
+                      f"M {row[f'spa_lead{lead}']['m']:.3f}", flush=True)
             u_rep["seeds"].append(row)
             if args.wire_dtypes and (seed == seeds[0] or args.wire_all_seeds):
                 u_rep.setdefault("wire_seeds", []).append(_wire_table(bb, edge, bcfg, figures, args, name))
@@ -254,7 +263,7 @@ def _summary(name: str, rep: dict) -> None:
     print(f"\n{name}: mean over {len(rep['seeds'])} seeds [min, max]")
     print("| mode | frame % | opening % | closing % | body vs base 1st sentence | ÷ ceiling | M | side |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for mode in ("spa", "full"):
+    for mode in [m for m in rep["seeds"][0] if m == "full" or m.startswith("spa")]:
         cells = []
         for key in ("frame", "opening", "closing", "body_vs_base_first", "body_vs_base_ratio", "m",
                     "side_usage"):

@@ -20,12 +20,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from edge_agent.budget import BudgetGate
+from edge_agent.budget import BudgetConfig, BudgetGate
 from routing.errors import InputError
 from routing.modes import Mode
 from routing.protocol import MsgType
 from routing.transmissions import Transmissions
+
+if TYPE_CHECKING:
+    from edge_agent.edge_model import EdgeModel
 
 
 class Act(StrEnum):
@@ -69,11 +73,21 @@ class Decoder:
     gates: list[float] = field(default_factory=list)  # classifier probability g_t per token
     differs: list[bool] = field(default_factory=list)  # side consulted and disagreed (any mode)
     finished_by: str = ""  # '' while running, then 'eos' or 'length'
-    budget: BudgetGate | None = None  # a per-session M budget: it decides instead of τ
+    budget: BudgetGate | None = None  # a per-session M budget: it decides instead of τ and lead
+    lead: int = 0  # the first `lead` tokens consult the side network whatever the gate says
     _base: int = -1  # the backbone token of the frame in hand
     _gate: float = 0.0
     _pending: Act | None = None  # REQUEST or SIDE awaiting side()
     _requested: set[int] = field(default_factory=set)  # positions whose REQUEST was counted
+
+    @classmethod
+    def start(cls, mode: Mode, max_new: int, eos: int | None, pos: int, edge: EdgeModel | None = None,
+              budget: BudgetConfig | None = None, stats: Transmissions | None = None) -> Decoder:
+        """A sequence's decoder as the agent, the reference and the batched generator all make
+        it: the bundle's lead tokens and the session's budget gate (None: the fixed τ)."""
+        lead = edge.head_for(mode).lead if edge is not None and mode.gated else 0
+        return cls(mode, max_new, eos, pos, stats if stats is not None else Transmissions(),
+                   budget=BudgetGate.of(budget, edge, mode), lead=lead)
 
     @property
     def done(self) -> bool:
@@ -89,6 +103,8 @@ class Decoder:
             raise RuntimeError(f"decoder not ready for a frame: pos={self.pos} done={self.done} "
                                f"pending={self._pending}")
         self._base, self._gate = base_token, g
+        if len(self.tokens) < self.lead:  # the answer's opening is the side network's
+            fire = True
         if self.budget is not None:  # the budget's own τ, adapted to the running M
             fire = self.budget.decide(self.pos, g, self.stats)
         if not fire or not self.mode.uses_side:

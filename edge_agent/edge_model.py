@@ -36,6 +36,7 @@ class Head:
     # confident classifier saturates g at 1.0 in fp32, and a logit keeps the ranking.
     threshold: float = 0.0
     info: dict = field(default_factory=dict)  # how it was trained and calibrated
+    lead: int = 0  # the answer's first `lead` tokens always consult the side network (0–16)
 
     @property
     def tau(self) -> float:

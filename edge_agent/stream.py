@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from edge_agent.accounting import Accounting, SessionStats
-from edge_agent.budget import BudgetConfig, BudgetGate
+from edge_agent.budget import BudgetConfig
 from edge_agent.decoding import Act, Decoder, Step
 from edge_agent.detok import Detokenizer
 from edge_agent.replay import GiveUp, RetryPolicy, Streak, retryable
@@ -77,9 +77,9 @@ class Stream:
         self.id = os.urandom(16)
         self.acct = Accounting(mode.value, self.wire_label)
         self.stats: SessionStats = self.acct.stats
-        gate = BudgetGate.of(budget, agent.edge, mode)  # None: the bundle's fixed τ decides
-        self.decoder = Decoder(mode, max_new, agent.edge.eos_token_id, len(prompt_ids), self.stats,
-                               budget=gate)
+        self.decoder = Decoder.start(mode, max_new, agent.edge.eos_token_id, len(prompt_ids),
+                                     agent.edge, budget, self.stats)
+        gate = self.decoder.budget  # None: the bundle's fixed τ decides
         self.stats.m_budget = gate.budget if gate is not None else None
         self.tokens: list[int] = self.decoder.tokens
         self.paths: list[str] = self.decoder.paths

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from edge_agent.budget import BudgetConfig, BudgetGate
+from edge_agent.budget import BudgetConfig
 from edge_agent.decoding import Act, Decoder, check_request
 from edge_agent.edge_model import EdgeModel
 from lab.reference import Generation, check_modes
@@ -94,8 +94,7 @@ class BatchedGenerator:
         pad = bb.eos_token_id if bb.eos_token_id is not None else 0
         wire_layers = edge.wire_layers(mode) if mode.uses_side else []
         edge_dev = edge.lm_head.weight.device if edge is not None else None
-        decs = [Decoder(mode, max_new, eos, len(p), budget=BudgetGate.of(budget, edge, mode))
-                for p in prompts]
+        decs = [Decoder.start(mode, max_new, eos, len(p), edge, budget) for p in prompts]
         zs: list[list[torch.Tensor]] = [[] for _ in prompts]
         B, T = len(prompts), max(len(p) for p in prompts)
         ids = torch.full((B, T), pad, dtype=torch.long)

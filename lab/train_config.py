@@ -58,6 +58,9 @@ class TrainConfig:
     # the dev references) reaches tau_quality × the side-always run's (target_m is then unused)
     tau_by: str = "m"
     tau_quality: float = 0.97  # sane range 0.8–1.0
+    # the answer's first lead_tokens always consult the side network (a persona's opening);
+    # calibration measures M with them; sane range 0–16
+    lead_tokens: int = 0
     gen_batch: int = 64  # sequences per backbone forward in rollouts; 8–1024
     feature_tokens: int = 16384  # padded tokens per feature-extraction forward; 2k–256k
     seed: int = 0
@@ -88,6 +91,8 @@ class TrainConfig:
             raise InputError(f"unknown schedule {self.schedule!r}: onecycle, cosine or constant")
         if self.clf_objective not in CLF_OBJECTIVES:
             raise InputError(f"unknown classifier objective {self.clf_objective!r}: {CLF_OBJECTIVES}")
+        if not 0 <= self.lead_tokens <= 16:
+            raise InputError(f"lead_tokens must be in [0, 16], got {self.lead_tokens}")
         if self.tau_by not in ("m", "quality"):
             raise InputError(f"unknown tau_by {self.tau_by!r}: expected m or quality")
         if not 0.5 <= self.tau_quality <= 1.0:

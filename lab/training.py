@@ -62,6 +62,7 @@ def train_head(backbone: Backbone, edge: EdgeModel, combine: str, train_ex: list
     pz, py = rollouts(backbone, edge, head, train_ex[: cfg.rollout_prompts or None], cfg, progress)
     dz, dy = rollouts(backbone, edge, head, dev_ex[: cfg.calib_prompts or None], cfg, progress)
     clf_hist = train_classifier(edge, head, feats_train, cfg, pz, py)
+    head.lead = cfg.lead_tokens  # gated modes only (Decoder.start): spa, choice
     cal = calibrate(backbone, edge, head, dev_ex, feats_dev, dz, cfg)
     cal["on_policy_differs_train"] = py.mean().item()
     cal["on_policy_differs_dev"] = dy.mean().item()

@@ -29,7 +29,8 @@ _TRAIN = {f.name: f.default for f in fields(TrainConfig)}
 # TrainConfig fields whose flags default to None (= TrainConfig's own default, one place)
 _TRAIN_TUNABLES = ("dropout", "weight_decay", "patience", "schedule", "clf_features", "clf_hidden",
                    "clf_objective", "rollout_prompts", "gen_batch", "dev_fraction", "rollout_tokens",
-                   "calib_steps", "calib_prompts", "batch", "wire_dtype", "tau_by", "tau_quality")
+                   "calib_steps", "calib_prompts", "batch", "wire_dtype", "tau_by", "tau_quality",
+                   "lead_tokens")
 
 
 def cmd_train(args) -> None:
@@ -190,6 +191,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--tau-by", default=None, choices=["m", "quality"],
                    help="τ for the target M (m), or the lowest firing rate whose dev Rouge-L reaches "
                    "--tau-quality × the side-always run's (quality)")
+    q.add_argument("--lead-tokens", type=int, default=None,
+                   help="the answer's first N tokens always consult the side network (0–16)")
     q.add_argument("--tau-quality", type=float, default=None,
                    help="with --tau-by quality: the share of the side-always dev Rouge-L (0.5–1)")
     q.add_argument("--batch", type=int, default=None, help="positions per side-training step")

@@ -93,3 +93,39 @@ def test_batched_forced_gate_and_sampling(backbone, trained, prompts):
         assert b.tokens == r.tokens and b.stats == r.stats
         assert len(b.z) == len(r.z) == 12  # padding moves the last bits, not the tokens
         assert all(torch.allclose(x.float(), y.float(), atol=2e-2) for x, y in zip(b.z, r.z, strict=True))
+
+
+def test_decoder_lead_sends_the_opening_to_the_side_network():
+    d = Decoder(Mode.SPA, max_new=5, eos=None, pos=0, lead=2)
+    for pos in (0, 1):  # the gate says no, the lead says yes
+        s = d.frame(7, fire=False)
+        assert s.act is Act.REQUEST and s.counted and s.pos == pos
+        d.side(7)
+    assert d.frame(7, fire=False).act is Act.EMIT  # then the gate decides again
+    assert d.paths == ["side", "side", "base"] and d.stats.requests == 2
+    d.reopen()  # a replayed session keeps its tokens: the lead is not spent again
+    assert d.frame(7, fire=False).act is Act.EMIT
+
+
+def test_lead_tokens_batched_equal_reference_and_survive_the_bundle(backbone, trained, prompts, tmp_path):
+    from edge_agent.bundle import load_bundle, save_bundle
+    from routing.errors import InputError
+
+    edge = copy.deepcopy(trained[0])
+    for head in edge.heads.values():
+        head.lead = 3
+    ref = ReferenceGenerator(backbone, edge)
+    for mode in ("spa", "choice", "full"):
+        gens = BatchedGenerator(backbone, edge, BatchConfig(batch_size=5, progress=False)).generate(
+            prompts, 10, mode)
+        for p, b in zip(prompts, gens, strict=True):
+            r = ref.generate(p, 10, mode)
+            assert b.tokens == r.tokens and b.paths == r.paths and b.stats == r.stats, mode
+            if mode != "full":  # a gated mode: the first three tokens are the side network's
+                assert b.paths[:3] == ["side"] * min(3, len(b.paths)), mode
+    out = save_bundle(edge, tmp_path / "lead", {})
+    assert load_bundle(out).heads["add"].lead == 3
+    meta = out / "bundle.json"
+    meta.write_text(meta.read_text().replace('"lead": 3', '"lead": 99', 1))
+    with pytest.raises(InputError, match="lead"):
+        load_bundle(out)

@@ -57,6 +57,23 @@ def test_equivalence_with_reference(stack, backbone, edge, prompts, mode):
         assert s.stats.m == r.stats.m
 
 
+def test_served_sessions_with_a_lead_equal_the_reference(stack, backbone, edge, prompts):
+    """A bundle whose heads send the answer's first tokens to the side network (`lead`): the
+    agent's sessions equal the reference's, paths and counts included."""
+    import copy
+
+    edge = copy.deepcopy(edge)
+    for head in edge.heads.values():
+        head.lead = 2
+    jobs = [(p, m) for p in prompts[:4] for m in ("spa", "choice")]
+    streams = asyncio.run(_run_all(stack, edge, jobs))
+    ref = ReferenceGenerator(backbone, edge)
+    for (p, m), s in zip(jobs, streams, strict=True):
+        r = ref.generate(p, 16, m)
+        assert s.tokens == r.tokens and s.paths == r.paths and s.paths[:2] == ["side", "side"]
+        assert (s.stats.requests, s.stats.corrections) == (r.stats.requests, r.stats.corrections)
+
+
 @pytest.mark.parametrize("b", [0.2, 0.5])
 def test_served_sessions_keep_their_m_budget(stack, backbone, edge, prompts, b):
     """Issue 17 item 3 end to end: OPEN carries b, every served session equals the reference
