@@ -72,7 +72,7 @@ def trained_bundle(backbone, records, cfg_blend, epochs: int):
     edge = EdgeModel.for_backbone(backbone).to(backbone.device)
     head = Head("add", SideNetwork(side_cfg), Classifier(backbone.d_model))
     hist = train_side(edge, head, ft, fd, tcfg, progress=False)
-    finish_head(edge, head, ft, tcfg, cfg_blend.fire_rate)
+    finish_head(edge, head, ft, tcfg, cfg_blend)
     return edge.eval(), {"seconds": round(time.perf_counter() - started, 1),
                          "cpu_seconds": round(time.process_time() - cpu, 1), "records": len(records),
                          "positions": len(ft), "dev_nll": min(h["dev_loss"] for h in hist),
