@@ -254,3 +254,22 @@ def test_blend_report_routing_and_gap():
             "routing": {**r, "decision_ms": 1.0}}
     table = markdown({"u1": user, "u2": user}, pooled=True)
     assert "| all | 4 |" in table and "+66.7%" in table and "| u2 | 2 | 9 | 1.00 | 2.00 |" in table
+
+
+def test_blend_report_variants_rows():
+    """--variant rows: their own gap closed, against the trained spa row with their gate."""
+    from lab.blend_report import variants_table
+
+    rows = {k: {"scores": s, "m": 0.5} for k, s in (
+        ("base", [0.0, 0.0]), ("blended full", [8.0, 8.0]), ("blended spa", [4.0, 4.0]),
+        ("trained full", [10.0, 10.0]), ("trained spa", [8.0, 8.0]), ("old full", [5.0, 5.0]),
+        ("old spa", [1.0, 1.0]), ("trained spa (old)", [2.0, 2.0]))}
+    blend_rec = {"seconds": {"total": 1.0}, "cpu_seconds": {"total": 2.0}}
+    user = {"rows": rows, "blend": blend_rec,
+            "variants": {"old": {"blend": blend_rec, "trained_spa_row": "trained spa (old)"}}}
+    lines = variants_table({"u1": user, "u2": user}, pooled=True)
+    got = [ln for ln in lines if ln.startswith("| u1 |") or ln.startswith("| all |")]
+    assert got[0].startswith("| u1 | blended | 8.0 | 4.0 | 0.500 | 0.80 [0.80, 0.80] | 0.50 [0.50, 0.50]")
+    assert got[1].startswith("| u1 | old | 5.0 | 1.0 | 0.500 | 0.50 [0.50, 0.50] | 0.50 [0.50, 0.50]")
+    assert got[-1].startswith("| all | old | 5.0 | 1.0 |  | 0.50")
+    assert variants_table({"u1": {**user, "variants": {}}}) == []
