@@ -27,7 +27,7 @@ class BlendConfig(Tunables):
     candidates: int = tunable(32, 2, 4096, "top tokens per position and network in the softmax")
     max_positions: int = tunable(1024, 16, 65536, "answer positions the coefficients see")
     max_prompt_tokens: int = tunable(128, 16, 1024, "prompt tokens kept, as in the pool")
-    tune_steps: int = tunable(20, 0, 200, "Adam steps on all side-network weights after the blend (0: none)")
+    tune_steps: int = tunable(10, 0, 200, "Adam steps on all side-network weights after the blend (0: none)")
     tune_lr: float = tunable(1e-3, 1e-5, 1e-1, "their step size")
     tune_anchor: float = tunable(0.0, 0.0, 10.0, "L2 pull of the tuned weights towards the blend's")
     tune_holdout: float = tunable(0.0, 0.0, 0.5, "share of the examples held back to pick the step (0: last)")
