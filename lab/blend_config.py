@@ -21,7 +21,7 @@ class PoolConfig(Tunables):
 @dataclass
 class BlendConfig(Tunables):
     max_examples: int = tunable(16, 2, 64, "the user's examples used (the first ones)")
-    steps: int = tunable(30, 0, 1000, "Adam steps on the K coefficients")
+    steps: int = tunable(15, 0, 1000, "Adam steps on the K coefficients")
     lr: float = tunable(0.15, 1e-4, 2.0, "Adam's step size on the coefficients")
     l2: float = tunable(1e-3, 0.0, 10.0, "pull of the coefficients towards θ0 (w = 0)")
     candidates: int = tunable(32, 2, 4096, "top tokens per position and network in the softmax")
