@@ -4,17 +4,20 @@ Crayon's instant blending, on SPA's side networks: the user's network is
 
     θ(w) = θ0 + Σ_k w_k (θ_k − θ0)          (lab/pool.py: members fine-tuned from one start θ0)
 
-with the K coefficients w — nothing else — chosen from ≤ 16 of the user's examples:
+with the K coefficients w chosen from ≤ 16 of the user's examples, then a few fine-tuning steps:
 
 1. one frozen backbone pass over the examples gives the states the side network reads at every
    answer position (as in training; on a device these are the cloud's HIDDEN frames);
 2. a few Adam steps on w minimise the examples' cross-entropy under lm_head(z + Δ_θ(w)), the
    softmax restricted to a candidate vocabulary — each position's target and the top tokens of
    the backbone and of every member there — so a step costs the side network, not the
-   49k-row lm_head;
-3. the classifier is trained on the examples' positions (the mixture objective of
-   lab/training.py, no rollouts) and τ set at a firing rate on them; the need router
-   (edge_agent/need.py) learns the user's prompts against the pool's generic ones.
+   49k-row lm_head (pool blending, Crayon's);
+3. a few Adam steps on ALL of the network's weights from θ(w), on the same features and
+   candidate softmax (lab/blend_tune.py: few-step fine-tuning, not blending; `tune_steps=0`
+   leaves the pure blend);
+4. the classifier and τ from the examples' teacher-forced positions (lab/blend_gate.py, no
+   rollouts); the need router (edge_agent/need.py) learns the user's prompts against the
+   pool's generic ones.
 
 Blending runs on the CPU whatever device the backbone is on (the features come to the CPU, as
 HIDDEN frames come to a device) with `cfg.threads` torch threads, and times itself in wall and
