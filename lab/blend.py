@@ -131,7 +131,7 @@ def candidate_vocab(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConfi
     net = pool.network("base")
     with torch.no_grad():
         backbone_logits = lm_head(z)
-        cand = [y, backbone_logits.topk(cfg.candidates, -1).indices.flatten()]
+        cand = [feats.y, backbone_logits.topk(cfg.candidates, -1).indices.flatten()]  # every target
         member_nll = {}
         for m in pool.names:  # one module, each member's weights (building 6 modules costs ~1 CPU s)
             member = {k: v.float() for k, v in pool.members[m].items()}

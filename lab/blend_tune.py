@@ -5,9 +5,9 @@ style no member has (a new signature, another closing) is out of that span. This
 from the blend and takes `cfg.tune_steps` Adam steps on ALL of the side network's parameters, on
 the same frozen features of the same ≤ 16 examples, with
 
-  * the softmax over the candidate vocabulary of the coefficient fit (targets and the top tokens
-    of the backbone, of every member and of the blend), so a step costs the side network and a
-    few thousand lm_head rows, not 49k: logits = (z W_cᵀ + b_c) + Δ W_cᵀ, the first term once;
+  * the softmax over the candidate vocabulary of the coefficient fit (every target and the top
+    tokens of the backbone and of every member), so a step costs the side network and a few
+    thousand lm_head rows, not 49k: logits = (z W_cᵀ + b_c) + Δ W_cᵀ, the first term once;
   * an L2 pull towards the blend (`tune_anchor`), not towards zero: the pool's prior stays;
   * the side network's own dropout on (as in training), the kept weights those of the step
     with the lowest loss on a held-back slice of the examples' records (`tune_holdout`), or the
@@ -55,6 +55,8 @@ def tune_network(net: SideNetwork, lm_head: torch.nn.Linear, feats, vocab: torch
         return {"steps": 0}
     states, z, y = feats.states.float(), feats.z.float(), feats.y
     target = torch.searchsorted(vocab, y)
+    if not bool((vocab[target.clamp(max=len(vocab) - 1)] == y).all()):
+        raise ValueError("tune_network: the candidate vocabulary must hold every target")
     weight = lm_head.weight[vocab].detach()
     with torch.no_grad():
         base = F.linear(z, weight, lm_head.bias[vocab] if lm_head.bias is not None else None)
