@@ -25,16 +25,21 @@ the tables to the .md beside it at the end; `--deadline` starts no user that wou
     HF_HUB_OFFLINE=1 nice -n 10 python benchmarks/blend_quality.py --pool runs/pool-smollm2
 
 The H200 call (one call, ≤ 8 min; repo at /root/repo, SmolLM2 at /root/smollm2, XSum and the
-English corpus at /root/spa/data — copy /work/shared/data/corpus_en.txt into runs/spa_gpu/data
-before stage 1; without it the personas' sentences are generated ones, and the record says so):
+English corpus at /root/spa/data; results under $RES). The default recipe (coefficients, then
+tuning steps on all weights, gain-calibrated gate) beside the A/B variants: `old` (issue 19's
+first blend: 30 coefficient steps, no tuning, mixture gate at a 0.4 fire rate), `tuned-oldgate`
+and `pool-only` (no tuning, the new gate):
 
     cd /root/repo && export PYTHONPATH=/root/repo:/root/site HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
-      && O=${OUT:-/tmp/out} && mkdir -p $O && T=$(taskset -c 0,1 true 2>/dev/null && echo taskset -c 0,1); \
-      timeout 460 $T python3 benchmarks/blend_quality.py --device cuda --backbone /root/smollm2 \
+      && RES=${RES:-/root/res} && mkdir -p $RES && T=$(taskset -c 0,1 true 2>/dev/null && echo taskset -c 0,1); \
+      timeout 470 $T python3 benchmarks/blend_quality.py --device cuda --backbone /root/smollm2 \
       --xsum /root/spa/data/xsum_1000.jsonl --corpus /root/spa/data/corpus_en.txt --cores 2 \
       --pool /root/spa/pool-smollm2 --pool-records 400 --train-records 300 --eval 128 \
-      --max-new 48 --epochs 8 --deadline 400 --json $O/blend_quality.json 2>&1 | grep -v Warn \
-      | tee $O/blend_quality.log; cp /root/spa/pool-smollm2/pool.json $O/ 2>/dev/null; true
+      --max-new 48 --epochs 8 --deadline 400 \
+      --variant old:steps=30,tune_steps=0,gate_labels=mixture,tau_rule=rate \
+      --variant tuned-oldgate:gate_labels=mixture,tau_rule=rate --variant pool-only:tune_steps=0 \
+      --json $RES/blend_quality.json 2>&1 | grep -v Warn | tee $RES/blend_quality.log; \
+      cp /root/spa/pool-smollm2/pool.json $RES/ 2>/dev/null; true
 """
 
 from __future__ import annotations
@@ -57,7 +62,8 @@ from lab.blend_report import gap_interval, markdown, routing_row  # noqa: E402
 
 def trained_bundle(backbone, records, cfg_blend, epochs: int):
     """The comparator: a side network trained from scratch on all of the user's records (as
-    `spa train` trains one) on the backbone's device, classifier and τ as the blended one's."""
+    `spa train` trains one) on the backbone's device, classifier and τ as the blended one's;
+    (edge, its training features, record)."""
     from edge_agent.edge_model import EdgeModel, Head
     from edge_agent.side_network import Classifier, SideNetwork
     from lab.blend import finish_head, train_config
@@ -72,8 +78,8 @@ def trained_bundle(backbone, records, cfg_blend, epochs: int):
     edge = EdgeModel.for_backbone(backbone).to(backbone.device)
     head = Head("add", SideNetwork(side_cfg), Classifier(backbone.d_model))
     hist = train_side(edge, head, ft, fd, tcfg, progress=False)
-    finish_head(edge, head, ft, tcfg, cfg_blend.fire_rate)
-    return edge.eval(), {"seconds": round(time.perf_counter() - started, 1),
+    finish_head(edge, head, ft, tcfg, cfg_blend)
+    return edge.eval(), ft, {"seconds": round(time.perf_counter() - started, 1),
                          "cpu_seconds": round(time.process_time() - cpu, 1), "records": len(records),
                          "positions": len(ft), "dev_nll": min(h["dev_loss"] for h in hist),
                          "epochs_run": len(hist)}
@@ -101,9 +107,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the blend")
     ap.add_argument("--cores", type=int, default=0,
                     help="pin the process to this many of its CPU cores first (0: no pinning)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,…",
+                    help="also blend with these BlendConfig changes (A/B rows beside the default "
+                    "recipe), e.g. old:tune_steps=0,gate_labels=mixture,tau_rule=rate")
     ap.add_argument("--deadline", type=float, default=0, help="s: start no user that would end later")
     ap.add_argument("--json", default=str(ROOT / "results" / "blend_quality.json"))
     return ap.parse_args(argv)
+
+
+def parse_variants(specs: list[str], cfg) -> dict:
+    """'NAME:k=v,k=v' -> {NAME: cfg with those changes (validated)}."""
+    from routing.errors import InputError
+
+    out = {}
+    for spec in specs:
+        name, _, kvs = spec.partition(":")
+        changes = {}
+        for kv in filter(None, kvs.split(",")):
+            k, _, v = kv.partition("=")
+            if k not in cfg.__dataclass_fields__ or not v:
+                raise InputError(f"bad --variant {spec!r}: {kv!r} is no BlendConfig KEY=VALUE")
+            try:
+                changes[k] = json.loads(v)
+            except json.JSONDecodeError:
+                changes[k] = v
+        if not name or name in out or name in ("blended", "trained", "base"):
+            raise InputError(f"bad --variant {spec!r}: give it a new NAME")
+        out[name] = cfg.replace(**changes)
+    return out
+
+
+GATE_KEYS = ("gate_labels", "tau_rule", "fire_rate", "gain_recall", "clf_epochs")
 
 
 def pin(cores: int) -> None:
@@ -140,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     from cloud_worker.backbone import Backbone
-    from lab.blend import BlendConfig, blend
+    from lab.blend import BlendConfig, blend, finish_head, train_config
     from lab.blend_config import PoolConfig
     from lab.data import Example
     from lab.evaluate import Evaluator
@@ -181,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     tok = bb.tokenizer
     cfg = BlendConfig(max_examples=args.examples, threads=args.threads,
                       **({"steps": 12, "clf_epochs": 1} if args.smoke else {}))
+    variants = parse_variants(args.variant, cfg)
     generic = [Example("", p, " ", i) for i, p in enumerate(generic_prompts(args.eval, tok, seed=4242))]
     base_ev = Evaluator(bb, None, cfg.max_prompt_tokens, args.max_new, batch, progress=False)
     base_generic = base_ev.run_mode(Mode.BASE, generic, ci=False)
@@ -190,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                     "pool_info": {k: pool.info.get(k) for k in ("seconds", "cpu_seconds", "config",
                                                                 "device", "styles")},
                     "blend_config": dataclasses.asdict(cfg),
+                    "variants": {k: dataclasses.asdict(v) for k, v in variants.items()},
                     "args": vars(args), "users": {}, "skipped": []}
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -221,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         cust = [need.customised(ex.prompt_ids(tok, cfg.max_prompt_tokens), lm) for ex in test]
         gen_c = [need.customised(ex.prompt_ids(tok, cfg.max_prompt_tokens), lm) for ex in generic]
         need_ms = 1000 * (time.perf_counter() - t_need) / (len(test) + len(generic))
-        edge_t, rec_t = trained_bundle(bb, train, cfg, args.epochs)
+        edge_t, ft, rec_t = trained_bundle(bb, train, cfg, args.epochs)
         print(f"{name}: trained on {len(train)} records in {rec_t['seconds']:.1f} s on {bb.device}",
               flush=True)
         rows = {"base": base_ev.run_mode(Mode.BASE, test)}
@@ -231,7 +267,26 @@ def main(argv: list[str] | None = None) -> int:
                 rows[f"{label} {mode.value}"] = ev.run_mode(mode, test)
             if label == "blended":
                 spa_generic = ev.run_mode(Mode.SPA, generic, ci=False)
-        u = {"style": style.about, "blend": b, "trained": rec_t,
+        u_var = {}
+        for vname, vcfg in variants.items():  # A/B: the same records, comparator and prompts
+            edge_v, rec_v = blend(bb_cpu, pool, train, vcfg)
+            ev = Evaluator(bb, edge_v, cfg.max_prompt_tokens, args.max_new, batch, progress=False)
+            for mode in (Mode.FULL, Mode.SPA):
+                rows[f"{vname} {mode.value}"] = ev.run_mode(mode, test)
+            trained_spa = "trained spa"
+            if any(getattr(vcfg, k) != getattr(cfg, k) for k in GATE_KEYS):  # the comparator's
+                finish_head(edge_t, edge_t.heads["add"], ft, train_config(vcfg), vcfg)  # gate too
+                ev = Evaluator(bb, edge_t, cfg.max_prompt_tokens, args.max_new, batch, progress=False)
+                trained_spa = f"trained spa ({vname})"
+                rows[trained_spa] = ev.run_mode(Mode.SPA, test)
+            u_var[vname] = {"blend": rec_v["blend"], "trained_spa_row": trained_spa}
+            for mode, t_row in (("full", "trained full"), ("spa", trained_spa)):
+                p, lo, hi = gap_interval(rows["base"].scores, rows[f"{vname} {mode}"].scores,
+                                         rows[t_row].scores)
+                u_var[vname][f"gap_closed_{mode}"] = {"point": p, "lo": lo, "hi": hi}
+            print(f"{name}: variant {vname}: blended in {rec_v['blend']['seconds']['total']:.2f} s",
+                  flush=True)
+        u = {"style": style.about, "blend": b, "trained": rec_t, "variants": u_var,
              "rows": {k: {**r.row(), "scores": [round(s, 3) for s in r.scores]} for k, r in rows.items()}}
         for mode in ("full", "spa"):
             p, lo, hi = gap_interval(rows["base"].scores, rows[f"blended {mode}"].scores,

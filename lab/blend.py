@@ -4,17 +4,20 @@ Crayon's instant blending, on SPA's side networks: the user's network is
 
     θ(w) = θ0 + Σ_k w_k (θ_k − θ0)          (lab/pool.py: members fine-tuned from one start θ0)
 
-with the K coefficients w — nothing else — chosen from ≤ 16 of the user's examples:
+with the K coefficients w chosen from ≤ 16 of the user's examples, then a few fine-tuning steps:
 
 1. one frozen backbone pass over the examples gives the states the side network reads at every
    answer position (as in training; on a device these are the cloud's HIDDEN frames);
 2. a few Adam steps on w minimise the examples' cross-entropy under lm_head(z + Δ_θ(w)), the
    softmax restricted to a candidate vocabulary — each position's target and the top tokens of
    the backbone and of every member there — so a step costs the side network, not the
-   49k-row lm_head;
-3. the classifier is trained on the examples' positions (the mixture objective of
-   lab/training.py, no rollouts) and τ set at a firing rate on them; the need router
-   (edge_agent/need.py) learns the user's prompts against the pool's generic ones.
+   49k-row lm_head (pool blending, Crayon's);
+3. a few Adam steps on ALL of the network's weights from θ(w), on the same features and
+   candidate softmax (lab/blend_tune.py: few-step fine-tuning, not blending; `tune_steps=0`
+   leaves the pure blend);
+4. the classifier and τ from the examples' teacher-forced positions (lab/blend_gate.py, no
+   rollouts); the need router (edge_agent/need.py) learns the user's prompts against the
+   pool's generic ones.
 
 Blending runs on the CPU whatever device the backbone is on (the features come to the CPU, as
 HIDDEN frames come to a device) with `cfg.threads` torch threads, and times itself in wall and
@@ -36,6 +39,8 @@ from edge_agent.edge_model import EdgeModel, Head
 from edge_agent.need import NeedConfig, NeedRouter
 from edge_agent.side_network import Classifier, SideNetwork
 from lab.blend_config import BlendConfig
+from lab.blend_gate import finish_head
+from lab.blend_tune import answer_lengths, tune_network
 from lab.data import Example
 from lab.pool import Pool
 from routing.errors import InputError
@@ -70,10 +75,15 @@ def blend(backbone, pool: Pool, examples: list[Example], cfg: BlendConfig,
         tcfg = train_config(cfg)
         feats = _on_cpu(extract_features(backbone, examples, pool.side_cfg, tcfg, progress=False))
         t1, c1 = time.perf_counter(), time.process_time()
-        w, fit = fit_coefficients(edge.lm_head, pool, feats, cfg)
-        head = Head("add", blended_network(pool, w), Classifier(backbone.d_model))
-        finish_head(edge, head, feats, tcfg, cfg.fire_rate)
         tok = backbone.tokenizer
+        vocab, info = candidate_vocab(edge.lm_head, pool, feats, cfg)
+        w, fit = fit_coefficients(edge.lm_head, pool, feats, cfg, vocab)
+        net = blended_network(pool, w)
+        t_tune = time.perf_counter()
+        tuned = tune_network(net, edge.lm_head, feats, vocab, cfg, answer_lengths(examples, tok, tcfg))
+        fit = {**info, **fit, "tune": {**tuned, "seconds": round(time.perf_counter() - t_tune, 3)}}
+        head = Head("add", net, Classifier(backbone.d_model))
+        finish_head(edge, head, feats, tcfg, cfg)
         need = NeedRouter.fit([ex.prompt_ids(tok, cfg.max_prompt_tokens) for ex in examples],
                               [tok(p, add_special_tokens=False)["input_ids"] for p in pool.generic()],
                               edge.lm_head, NeedConfig())
@@ -112,26 +122,40 @@ def _cores() -> int:
         return os.cpu_count() or 0
 
 
-def fit_coefficients(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConfig
-                     ) -> tuple[torch.Tensor, dict]:
-    """w (K,) minimising the examples' cross-entropy under the blended network, from w = 0."""
+def candidate_vocab(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConfig
+                    ) -> tuple[torch.Tensor, dict]:
+    """The sorted candidate vocabulary — the targets and the top `cfg.candidates` tokens of the
+    backbone and of every member at each position — and the examples' NLL under each."""
     n = min(len(feats), cfg.max_positions)
     states, z, y = feats.states[:n].float(), feats.z[:n].float(), feats.y[:n]
-    names = pool.names
-    base = {k: v.float() for k, v in pool.base.items()}
-    deltas = {k: torch.stack([pool.members[m][k].float() - base[k] for m in names]) for k in base}
     net = pool.network("base")
-    with torch.no_grad():  # the candidate vocabulary: targets, top tokens of backbone and members
+    with torch.no_grad():
         backbone_logits = lm_head(z)
-        cand = [y, backbone_logits.topk(cfg.candidates, -1).indices.flatten()]
+        cand = [feats.y, backbone_logits.topk(cfg.candidates, -1).indices.flatten()]  # every target
         member_nll = {}
-        for m in names:  # one module, each member's weights (building 6 modules costs ~1 CPU s)
+        for m in pool.names:  # one module, each member's weights (building 6 modules costs ~1 CPU s)
             member = {k: v.float() for k, v in pool.members[m].items()}
             logits = lm_head(z + functional_call(net, member, (states,)))
             cand.append(logits.topk(cfg.candidates, -1).indices.flatten())
             member_nll[m] = round(F.cross_entropy(logits, y).item(), 4)
         base_nll = F.cross_entropy(backbone_logits, y).item()
     vocab = torch.unique(torch.cat(cand))
+    return vocab, {"vocab": len(vocab), "nll_backbone": round(base_nll, 4), "nll_members": member_nll}
+
+
+def fit_coefficients(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConfig,
+                     vocab: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """w (K,) minimising the examples' cross-entropy under the blended network, from w = 0,
+    the softmax over `vocab` (candidate_vocab's when None)."""
+    info: dict = {}
+    if vocab is None:
+        vocab, info = candidate_vocab(lm_head, pool, feats, cfg)
+    n = min(len(feats), cfg.max_positions)
+    states, z, y = feats.states[:n].float(), feats.z[:n].float(), feats.y[:n]
+    names = pool.names
+    base = {k: v.float() for k, v in pool.base.items()}
+    deltas = {k: torch.stack([pool.members[m][k].float() - base[k] for m in names]) for k in base}
+    net = pool.network("base")
     target = torch.searchsorted(vocab, y)
     weight = lm_head.weight[vocab].detach()
     bias = lm_head.bias[vocab].detach() if lm_head.bias is not None else None
@@ -153,8 +177,7 @@ def fit_coefficients(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConf
     w = w.detach()
     with torch.no_grad():
         final = loss_at(w).item()
-    return w, {"vocab": len(vocab), "nll_backbone": round(base_nll, 4), "nll_members": member_nll,
-               "nll_candidates_start": history[0] if history else round(final, 4),
+    return w, {**info, "nll_candidates_start": history[0] if history else round(final, 4),
                "nll_candidates_end": round(final, 4), "steps": cfg.steps}
 
 
@@ -165,24 +188,6 @@ def blended_network(pool: Pool, w: torch.Tensor) -> SideNetwork:
           for k, v in pool.base.items()}
     net.load_state_dict(sd)
     return net.eval()
-
-
-def finish_head(edge: EdgeModel, head: Head, feats, tcfg, fire_rate: float) -> None:
-    """The classifier on `feats`' positions (mixture objective) and τ at `fire_rate` of them:
-    the same for a blended head and a trained one, so a comparison isolates the side network."""
-    from lab.training import NEVER, train_classifier
-
-    edge.set_head(head)
-    empty = torch.zeros(0, edge.d_model), torch.zeros(0)
-    hist = train_classifier(edge, head, feats, tcfg, *empty)
-    with torch.no_grad():
-        logit = head.classifier.logit(feats.z.float(), edge.lm_head).double()
-    head.threshold = (NEVER if fire_rate <= 0 else -NEVER if fire_rate >= 1
-                      else float(torch.quantile(logit, 1 - fire_rate)))
-    head.info = {**head.info, "classifier_history": hist,
-                 "calibration": {"method": "fire rate on the examples' teacher-forced positions",
-                                 "fire_rate": fire_rate, "threshold": head.threshold,
-                                 "positions": len(feats)}}
 
 
 def save_blended(edge: EdgeModel, record: dict, out: str | Path, kits: str | Path | None = None) -> Path:

@@ -21,15 +21,24 @@ class PoolConfig(Tunables):
 @dataclass
 class BlendConfig(Tunables):
     max_examples: int = tunable(16, 2, 64, "the user's examples used (the first ones)")
-    steps: int = tunable(30, 0, 1000, "Adam steps on the K coefficients")
+    steps: int = tunable(15, 0, 1000, "Adam steps on the K coefficients")
     lr: float = tunable(0.15, 1e-4, 2.0, "Adam's step size on the coefficients")
     l2: float = tunable(1e-3, 0.0, 10.0, "pull of the coefficients towards θ0 (w = 0)")
     candidates: int = tunable(32, 2, 4096, "top tokens per position and network in the softmax")
     max_positions: int = tunable(1024, 16, 65536, "answer positions the coefficients see")
     max_prompt_tokens: int = tunable(128, 16, 1024, "prompt tokens kept, as in the pool")
+    tune_steps: int = tunable(10, 0, 200, "Adam steps on all side-network weights after the blend (0: none)")
+    tune_lr: float = tunable(1e-3, 1e-5, 1e-1, "their step size")
+    tune_anchor: float = tunable(0.0, 0.0, 10.0, "L2 pull of the tuned weights towards the blend's")
+    tune_holdout: float = tunable(0.0, 0.0, 0.5, "share of the examples held back to pick the step (0: last)")
     clf_epochs: int = tunable(6, 0, 40, "epochs of the classifier on the examples' positions")
     clf_features: str = tunable("z+stats", help="the gate's input", choices=("z", "z+stats"))
     clf_hidden: int = tunable(64, 0, 256, "the gate's hidden width (0 = linear)")
-    fire_rate: float = tunable(0.4, 0.0, 1.0, "τ: the gate fires on this share of the examples' positions")
+    gate_labels: str = tunable("both", help="the gate's training labels (lab/blend_gate.py)",
+                               choices=("mixture", "gain", "both"))
+    tau_rule: str = tunable("gain", help="τ: at a fire rate, or at a recall of the side's gain",
+                            choices=("rate", "gain"))
+    fire_rate: float = tunable(0.4, 0.0, 1.0, "τ 'rate': the gate fires on this share of the examples' positions")
+    gain_recall: float = tunable(0.9, 0.5, 1.0, "τ 'gain': it fires on this share of the positions the side helps")
     threads: int = tunable(2, 1, 64, "torch threads (the device's cores)")
     seed: int = tunable(0, 0, 2**31 - 1, "of the classifier's batches")

@@ -70,6 +70,39 @@ def _gap(g: dict) -> str:
     return f"{g['point']:.2f} [{g['lo']:.2f}, {g['hi']:.2f}]"
 
 
+def variants_table(users: dict[str, dict], pooled: bool = False) -> list[str]:
+    """The A/B rows (benchmarks/blend_quality.py --variant) beside the default recipe's."""
+    names = [n for n in users if users[n].get("variants")]
+    if not names:
+        return []
+    lines = ["", "Variants (--variant: the same records, comparator and prompts; 'blended' is the "
+             "default recipe); gap closed against trained full / the trained spa with the variant's "
+             "gate", "", "| user | variant | full | spa | M spa | gap closed full | gap closed spa | "
+             "blend wall s | CPU s |", "|---" * 9 + "|"]
+    groups = {n: users[n]["variants"] for n in names}
+    for n in names:
+        groups[n] = {"blended": {"trained_spa_row": "trained spa", "blend": users[n]["blend"]},
+                     **groups[n]}
+    vnames = list(groups[names[0]])
+    keys = list(groups) + (["all"] if pooled and len(names) > 1 else [])
+    for n in keys:
+        for v in vnames:
+            us = names if n == "all" else [n]
+            if any(v not in groups[x] for x in us):
+                continue
+            sc = {k: [s for x in us for s in users[x]["rows"][r]["scores"]] for k, r in
+                  (("base", "base"), ("full", f"{v} full"), ("spa", f"{v} spa"),
+                   ("tf", "trained full"), ("ts", groups[us[0]][v]["trained_spa_row"]))}
+            gaps = [_gap(dict(zip(("point", "lo", "hi"), gap_interval(sc["base"], sc[m], sc[t]),
+                                  strict=True))) for m, t in (("full", "tf"), ("spa", "ts"))]
+            m = (f"{users[n]['rows'][f'{v} spa']['m']:.3f}" if n != "all" else "")
+            b = groups[n][v]["blend"] if n != "all" else None
+            secs = (f"{b['seconds']['total']:.2f} | {b['cpu_seconds']['total']:.2f}" if b else " | ")
+            lines.append(f"| {n} | {v} | {statistics.fmean(sc['full']):.1f} | "
+                         f"{statistics.fmean(sc['spa']):.1f} | {m} | {gaps[0]} | {gaps[1]} | {secs} |")
+    return lines
+
+
 def markdown(users: dict[str, dict], pooled: bool = False) -> str:
     """The three tables (with an 'all' row pooling the users' records when `pooled`)."""
     names = list(users)
@@ -98,6 +131,7 @@ def markdown(users: dict[str, dict], pooled: bool = False) -> str:
         lines.append(f"| {n} | {b['examples']} | {b['positions']} | {b['seconds']['total']:.2f} | "
                      f"{b['cpu_seconds']['total']:.2f} | {b['seconds']['features']:.2f} | "
                      f"{b.get('cores', '?')} / {b['threads']} | {w} | {t['records']}, {t['seconds']:.1f} |")
+    lines += variants_table(users, pooled)
     lines += ["", "Routing by need on a mixed stream (held-out + as many generic prompts): spa for all "
               "vs routed; Rouge-L of the customised half, paired", "",
               "| user | customised kept | generic as spa | M spa-for-all | M routed | M fall | "

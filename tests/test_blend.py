@@ -31,7 +31,7 @@ def blended(backbone, pool):
     from lab.pool import STYLES, style_records
 
     ex = style_records(STYLES["ada"], 8, backbone.tokenizer)
-    return blend(backbone, pool, ex, BlendConfig(max_examples=8, steps=12, clf_epochs=1))
+    return blend(backbone, pool, ex, BlendConfig(max_examples=8, steps=12, clf_epochs=1, tune_steps=0))
 
 
 def test_pool_members_share_one_shape(pool, backbone):
@@ -68,6 +68,53 @@ def test_blend_is_a_weighted_combination_of_the_pool(blended, pool):
     cal = edge.heads["add"].info["calibration"]
     fire = (edge.heads["add"].classifier.logit(torch.zeros(1, edge.d_model), edge.lm_head))
     assert cal["fire_rate"] == 0.4 and fire.shape == (1,)
+
+
+def test_tuning_starts_from_the_blend_and_fits_the_examples(backbone, pool):
+    """A few steps on all weights lower the examples' loss from the blend's; with a held-back
+    slice the kept weights are those of its best step (the blend's own when no step helps)."""
+    import dataclasses
+
+    from edge_agent.edge_model import EdgeModel
+    from lab.blend import (
+        BlendConfig,
+        blended_network,
+        candidate_vocab,
+        fit_coefficients,
+        train_config,
+    )
+    from lab.blend_tune import answer_lengths, record_slices, tune_network
+    from lab.pool import STYLES, style_records
+    from lab.training import extract_features
+
+    cfg = BlendConfig(max_examples=8, steps=6, tune_steps=6, tune_lr=3e-3)
+    ex = style_records(STYLES["ada"], 8, backbone.tokenizer)
+    feats = extract_features(backbone, ex, pool.side_cfg, train_config(cfg), progress=False)
+    lengths = answer_lengths(ex, backbone.tokenizer, train_config(cfg))
+    eos = backbone.eos_token_id
+    assert sum(lengths) == len(feats) and all(  # each record's slice ends with its eos
+        int(feats.y[e - 1]) == eos for e in torch.tensor(lengths).cumsum(0).tolist())
+    fit, held = record_slices(lengths, 0.25)
+    assert len(held) == sum(lengths[-2:]) and len(fit) + len(held) == len(feats)
+    assert len(record_slices(lengths, 0.0)[1]) == 0 and len(record_slices([5, 5, 5], 0.5)[1]) == 0
+    lm = EdgeModel.for_backbone(backbone).cpu().lm_head
+    vocab, _ = candidate_vocab(lm, pool, feats, cfg)
+    w, _ = fit_coefficients(lm, pool, feats, cfg, vocab)
+    net = blended_network(pool, w)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    rec = tune_network(net, lm, feats, vocab, cfg, lengths)
+    assert rec["kept_step"] == 6 and len(rec["history"]) == 6
+    assert rec["history"][-1][0] < rec["history"][0][0]  # the examples' loss fell
+    assert any(not torch.equal(v, start[k]) for k, v in net.state_dict().items())
+    held_cfg = dataclasses.replace(cfg, tune_holdout=0.25, tune_lr=0.1)  # a large step size
+    net = blended_network(pool, w)
+    rec = tune_network(net, lm, feats, vocab, held_cfg, lengths)
+    best = min([h for _, h in rec["history"]])
+    if rec["kept_step"] == 0:  # no step beat the blend on the held-back slice: the blend is kept
+        assert all(torch.equal(v, start[k]) for k, v in net.state_dict().items())
+    else:
+        assert rec["history"][rec["kept_step"] - 1][1] == best
+    assert tune_network(net, lm, feats, vocab, BlendConfig(tune_steps=0)) == {"steps": 0}
 
 
 def test_blended_bundle_loads_and_generates(blended, backbone, tmp_path):
@@ -207,3 +254,22 @@ def test_blend_report_routing_and_gap():
             "routing": {**r, "decision_ms": 1.0}}
     table = markdown({"u1": user, "u2": user}, pooled=True)
     assert "| all | 4 |" in table and "+66.7%" in table and "| u2 | 2 | 9 | 1.00 | 2.00 |" in table
+
+
+def test_blend_report_variants_rows():
+    """--variant rows: their own gap closed, against the trained spa row with their gate."""
+    from lab.blend_report import variants_table
+
+    rows = {k: {"scores": s, "m": 0.5} for k, s in (
+        ("base", [0.0, 0.0]), ("blended full", [8.0, 8.0]), ("blended spa", [4.0, 4.0]),
+        ("trained full", [10.0, 10.0]), ("trained spa", [8.0, 8.0]), ("old full", [5.0, 5.0]),
+        ("old spa", [1.0, 1.0]), ("trained spa (old)", [2.0, 2.0]))}
+    blend_rec = {"seconds": {"total": 1.0}, "cpu_seconds": {"total": 2.0}}
+    user = {"rows": rows, "blend": blend_rec,
+            "variants": {"old": {"blend": blend_rec, "trained_spa_row": "trained spa (old)"}}}
+    lines = variants_table({"u1": user, "u2": user}, pooled=True)
+    got = [ln for ln in lines if ln.startswith("| u1 |") or ln.startswith("| all |")]
+    assert got[0].startswith("| u1 | blended | 8.0 | 4.0 | 0.500 | 0.80 [0.80, 0.80] | 0.50 [0.50, 0.50]")
+    assert got[1].startswith("| u1 | old | 5.0 | 1.0 | 0.500 | 0.50 [0.50, 0.50] | 0.50 [0.50, 0.50]")
+    assert got[-1].startswith("| all | old | 5.0 | 1.0 |  | 0.50")
+    assert variants_table({"u1": {**user, "variants": {}}}) == []

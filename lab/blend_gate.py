@@ -1,0 +1,79 @@
+"""The gate of a blended (or benchmark-trained) head: classifier and τ from the examples alone,
+no rollouts and no measured-M bisection (both cost more than the blend's 10 s).
+
+The side network's measured gain on the examples, teacher-forced: at each answer position the
+side-combined argmax token and the backbone's, against the target —
+
+    helps  = side's token is the target, the backbone's is not   (a REQUEST worth its M)
+    harms  = the backbone's token is the target, the side's is not
+
+Classifier (cfg.gate_labels): 'mixture' — lab/gate_training.py's mixture likelihood
+−log((1−g)·P_base(y) + g·P_int(y)) + λ·g; 'gain' — BCE on `helps`; 'both' — their sum.
+τ (cfg.tau_rule): 'rate' — the gate fires on cfg.fire_rate of the examples' positions (issue 19's
+first blend); 'gain' — the highest τ at which it fires on cfg.gain_recall of the `helps`
+positions (never, when the side network helps nowhere on the examples).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from edge_agent.edge_model import EdgeModel, Head
+from lab.blend_config import BlendConfig
+
+
+@torch.no_grad()
+def side_gain(edge: EdgeModel, head: Head, feats) -> tuple[torch.Tensor, torch.Tensor]:
+    """(helps, harms) per position of `feats` (bool), teacher-forced, full vocabulary."""
+    helps, harms = [], []
+    head.side.eval()
+    for states, z, y in feats.batches(1024):
+        tb = edge.lm_head(z).argmax(-1)
+        ts = edge.lm_head(z + head.side(states)).argmax(-1)
+        helps.append((ts == y) & (tb != y))
+        harms.append((tb == y) & (ts != y))
+    return torch.cat(helps), torch.cat(harms)
+
+
+def threshold(logit: torch.Tensor, helps: torch.Tensor, cfg: BlendConfig) -> float:
+    """τ as a logit threshold (the gate fires when logit > τ) by cfg.tau_rule."""
+    from lab.training import NEVER
+
+    if cfg.tau_rule == "rate":
+        rate = cfg.fire_rate
+        return NEVER if rate <= 0 else -NEVER if rate >= 1 else float(torch.quantile(logit, 1 - rate))
+    if not bool(helps.any()):
+        return NEVER
+    return float(torch.quantile(logit[helps], 1 - cfg.gain_recall)) - 1e-6
+
+
+def finish_head(edge: EdgeModel, head: Head, feats, tcfg, cfg: BlendConfig) -> None:
+    """The classifier on `feats`' positions and τ on them (see the module's doc): the same for
+    a blended head and a trained one, so a comparison isolates the side network."""
+    from lab.training import train_classifier
+
+    edge.set_head(head)
+    helps, harms = side_gain(edge, head, feats)
+    objective = {"mixture": "mixture", "gain": "onpolicy", "both": "both"}[cfg.gate_labels]
+    tcfg = dataclasses.replace(tcfg, clf_objective=objective)
+    if objective == "mixture":
+        pz, py = torch.zeros(0, edge.d_model), torch.zeros(0)
+    else:  # the teacher-forced gain labels stand in for lab/gate_training.py's on-policy ones
+        pz, py = feats.z.float(), helps.float()
+    hist = train_classifier(edge, head, feats, tcfg, pz, py)
+    with torch.no_grad():
+        logit = head.classifier.logit(feats.z.float(), edge.lm_head).double()
+    head.threshold = threshold(logit, helps, cfg)
+    fire = logit > head.threshold
+    head.info = {**head.info, "classifier_history": hist,
+                 "calibration": {"method": f"τ by {cfg.tau_rule} on the examples' teacher-forced "
+                                 f"positions, classifier on {cfg.gate_labels} labels",
+                                 "tau_rule": cfg.tau_rule, "fire_rate": cfg.fire_rate,
+                                 "gain_recall": cfg.gain_recall, "threshold": head.threshold,
+                                 "positions": len(feats), "helps": int(helps.sum()),
+                                 "harms": int(harms.sum()),
+                                 "fires": round(float(fire.float().mean()), 4),
+                                 "recall_helps": round(float(fire[helps].float().mean()), 4)
+                                 if bool(helps.any()) else None}}

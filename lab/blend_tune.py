@@ -1,0 +1,100 @@
+"""A few fine-tuning steps on the blended side network (issue 19, after lab/blend.py's coefficients).
+
+The coefficient fit can only move inside the span of the pool: θ0 + Σ w_k (θ_k − θ0). A user whose
+style no member has (a new signature, another closing) is out of that span. This step starts
+from the blend and takes `cfg.tune_steps` Adam steps on ALL of the side network's parameters, on
+the same frozen features of the same ≤ 16 examples, with
+
+  * the softmax over the candidate vocabulary of the coefficient fit (every target and the top
+    tokens of the backbone and of every member), so a step costs the side network and a few
+    thousand lm_head rows, not 49k: logits = (z W_cᵀ + b_c) + Δ W_cᵀ, the first term once;
+  * an L2 pull towards the blend (`tune_anchor`), not towards zero: the pool's prior stays;
+  * the side network's own dropout on (as in training), the kept weights those of the step
+    with the lowest loss on a held-back slice of the examples' records (`tune_holdout`), or the
+    last step when there is no slice.
+
+This is few-step fine-tuning, not pool blending: the pool gives the start, the examples the
+steps. It runs on the device's CPU inside the blend's 10 s.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from edge_agent.side_network import SideNetwork
+from lab.blend_config import BlendConfig
+
+
+def answer_lengths(examples: list, tokenizer, tcfg) -> list[int]:
+    """Answer positions per record in the order lab/features.py's extract_features lays them
+    out (sorted by prompt + answer length, stable)."""
+    eos = tokenizer.eos_token_id
+    seqs = [(len(ex.prompt_ids(tokenizer, tcfg.max_prompt_tokens)),
+             len(ex.answer_ids(tokenizer, tcfg.max_answer_tokens) + [eos])) for ex in examples]
+    return [a for _, a in sorted(seqs, key=lambda s: s[0] + s[1])]
+
+
+def record_slices(lengths: list[int], holdout: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Position indices (train, held back) when the features hold records of `lengths` answer
+    positions end to end: the last ⌈holdout · records⌉ records are held back (none when
+    `holdout` is 0 or fewer than 4 records)."""
+    n = len(lengths)
+    k = 0 if holdout <= 0 or n < 4 else max(1, min(n - 2, round(holdout * n)))
+    cut = sum(lengths[: n - k])
+    total = sum(lengths)
+    return torch.arange(cut), torch.arange(cut, total)
+
+
+def tune_network(net: SideNetwork, lm_head: torch.nn.Linear, feats, vocab: torch.Tensor,
+                 cfg: BlendConfig, lengths: list[int] | None = None) -> dict:
+    """Fine-tune `net` in place from its current weights (the blend); returns a record of the
+    losses. `vocab`: sorted candidate token ids containing every target; `lengths`: answer
+    positions per record in `feats`' order (for the held-back slice)."""
+    if cfg.tune_steps <= 0:
+        return {"steps": 0}
+    states, z, y = feats.states.float(), feats.z.float(), feats.y
+    target = torch.searchsorted(vocab, y)
+    if not bool((vocab[target.clamp(max=len(vocab) - 1)] == y).all()):
+        raise ValueError("tune_network: the candidate vocabulary must hold every target")
+    weight = lm_head.weight[vocab].detach()
+    with torch.no_grad():
+        base = F.linear(z, weight, lm_head.bias[vocab] if lm_head.bias is not None else None)
+    if not lengths or sum(lengths) != len(y):  # not the layout answer_lengths describes
+        lengths = [len(y)]
+    fit, held = record_slices(lengths, cfg.tune_holdout)
+    start = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    params = [p for p in net.parameters() if p.requires_grad]
+    anchor = [start[n].clone() for n, p in net.named_parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.tune_lr)
+
+    def loss_on(idx: torch.Tensor) -> torch.Tensor:
+        logits = base[idx] + F.linear(net(states[idx]), weight)
+        return F.cross_entropy(logits, target[idx])
+
+    def held_loss() -> float:
+        net.eval()
+        with torch.no_grad():
+            return loss_on(held).item()
+
+    best = held_loss() if len(held) else float("inf")
+    history, best_step, best_state = [], 0, None
+    for step in range(1, cfg.tune_steps + 1):
+        net.train()
+        loss = loss_on(fit)
+        pull = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
+        opt.zero_grad(set_to_none=True)
+        (loss + cfg.tune_anchor * pull).backward()
+        opt.step()
+        h = held_loss() if len(held) else float("nan")
+        history.append([round(loss.item(), 4), round(h, 4)])
+        if len(held) and h < best:
+            best, best_step = h, step
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    if len(held):
+        net.load_state_dict(best_state if best_state is not None else start)
+    else:
+        best_step = cfg.tune_steps
+    net.eval()
+    return {"steps": cfg.tune_steps, "kept_step": best_step, "lr": cfg.tune_lr,
+            "held_back_positions": len(held), "history": history}
