@@ -55,7 +55,11 @@ def finish_head(edge: EdgeModel, head: Head, feats, tcfg, cfg: BlendConfig) -> N
     from lab.training import train_classifier
 
     edge.set_head(head)
-    helps, harms = side_gain(edge, head, feats)
+    if cfg.gate_labels == "mixture" and cfg.tau_rule == "rate":  # the gain is not needed: 2
+        helps = harms = torch.zeros(len(feats), dtype=torch.bool)  # full-vocabulary passes saved
+        measured = False
+    else:
+        (helps, harms), measured = side_gain(edge, head, feats), True
     objective = {"mixture": "mixture", "gain": "onpolicy", "both": "both"}[cfg.gate_labels]
     tcfg = dataclasses.replace(tcfg, clf_objective=objective)
     if objective == "mixture":
@@ -72,8 +76,9 @@ def finish_head(edge: EdgeModel, head: Head, feats, tcfg, cfg: BlendConfig) -> N
                                  f"positions, classifier on {cfg.gate_labels} labels",
                                  "tau_rule": cfg.tau_rule, "fire_rate": cfg.fire_rate,
                                  "gain_recall": cfg.gain_recall, "threshold": head.threshold,
-                                 "positions": len(feats), "helps": int(helps.sum()),
-                                 "harms": int(harms.sum()),
+                                 "positions": len(feats),
+                                 "helps": int(helps.sum()) if measured else None,
+                                 "harms": int(harms.sum()) if measured else None,
                                  "fires": round(float(fire.float().mean()), 4),
                                  "recall_helps": round(float(fire[helps].float().mean()), 4)
-                                 if bool(helps.any()) else None}}
+                                 if measured and bool(helps.any()) else None}}
