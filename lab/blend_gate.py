@@ -46,7 +46,8 @@ def threshold(logit: torch.Tensor, helps: torch.Tensor, cfg: BlendConfig) -> flo
         return NEVER if rate <= 0 else -NEVER if rate >= 1 else float(torch.quantile(logit, 1 - rate))
     if not bool(helps.any()):
         return NEVER
-    return float(torch.quantile(logit[helps], 1 - cfg.gain_recall)) - 1e-6
+    # 'lower': at least gain_recall of them fire, also with few helpful positions
+    return float(torch.quantile(logit[helps], 1 - cfg.gain_recall, interpolation="lower")) - 1e-6
 
 
 def finish_head(edge: EdgeModel, head: Head, feats, tcfg, cfg: BlendConfig) -> None:
