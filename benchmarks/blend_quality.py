@@ -25,10 +25,10 @@ the tables to the .md beside it at the end; `--deadline` starts no user that wou
     HF_HUB_OFFLINE=1 nice -n 10 python benchmarks/blend_quality.py --pool runs/pool-smollm2
 
 The H200 call (one call, ≤ 8 min; repo at /root/repo, SmolLM2 at /root/smollm2, XSum and the
-English corpus at /root/spa/data; results under $RES). The default recipe (coefficients, then
-tuning steps on all weights, gain-calibrated gate) beside the A/B variants: `old` (issue 19's
-first blend: 30 coefficient steps, no tuning, mixture gate at a 0.4 fire rate), `tuned-oldgate`
-and `pool-only` (no tuning, the new gate):
+English corpus at /root/spa/data; results under $RES). The default recipe (15 coefficient
+steps, then 10 tuning steps on all weights; mixture gate at a 0.4 fire rate) beside the A/B
+variants: `old` (issue 19's first blend: 30 coefficient steps, no tuning: pure pool blending),
+`gaingate` (the gate on the side's teacher-forced gain, τ at 90% recall of it) and `tune20`:
 
     cd /root/repo && export PYTHONPATH=/root/repo:/root/site HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
       && RES=${RES:-/root/res} && mkdir -p $RES && T=$(taskset -c 0,1 true 2>/dev/null && echo taskset -c 0,1); \
@@ -36,8 +36,8 @@ and `pool-only` (no tuning, the new gate):
       --xsum /root/spa/data/xsum_1000.jsonl --corpus /root/spa/data/corpus_en.txt --cores 2 \
       --pool /root/spa/pool-smollm2 --pool-records 400 --train-records 300 --eval 128 \
       --max-new 48 --epochs 8 --deadline 400 \
-      --variant old:steps=30,tune_steps=0,gate_labels=mixture,tau_rule=rate \
-      --variant tuned-oldgate:gate_labels=mixture,tau_rule=rate --variant pool-only:tune_steps=0 \
+      --variant old:steps=30,tune_steps=0 --variant gaingate:gate_labels=both,tau_rule=gain \
+      --variant tune20:tune_steps=20 \
       --json $RES/blend_quality.json 2>&1 | grep -v Warn | tee $RES/blend_quality.log; \
       cp /root/spa/pool-smollm2/pool.json $RES/ 2>/dev/null; true
 """

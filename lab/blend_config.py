@@ -34,9 +34,9 @@ class BlendConfig(Tunables):
     clf_epochs: int = tunable(6, 0, 40, "epochs of the classifier on the examples' positions")
     clf_features: str = tunable("z+stats", help="the gate's input", choices=("z", "z+stats"))
     clf_hidden: int = tunable(64, 0, 256, "the gate's hidden width (0 = linear)")
-    gate_labels: str = tunable("both", help="the gate's training labels (lab/blend_gate.py)",
+    gate_labels: str = tunable("mixture", help="the gate's training labels (lab/blend_gate.py)",
                                choices=("mixture", "gain", "both"))
-    tau_rule: str = tunable("gain", help="τ: at a fire rate, or at a recall of the side's gain",
+    tau_rule: str = tunable("rate", help="τ: at a fire rate, or at a recall of the side's gain",
                             choices=("rate", "gain"))
     fire_rate: float = tunable(0.4, 0.0, 1.0, "τ 'rate': the gate fires on this share of the examples' positions")
     gain_recall: float = tunable(0.9, 0.5, 1.0, "τ 'gain': it fires on this share of the positions the side helps")

@@ -46,7 +46,8 @@ def threshold(logit: torch.Tensor, helps: torch.Tensor, cfg: BlendConfig) -> flo
         return NEVER if rate <= 0 else -NEVER if rate >= 1 else float(torch.quantile(logit, 1 - rate))
     if not bool(helps.any()):
         return NEVER
-    return float(torch.quantile(logit[helps], 1 - cfg.gain_recall)) - 1e-6
+    # 'lower': at least gain_recall of them fire, also with few helpful positions
+    return float(torch.quantile(logit[helps], 1 - cfg.gain_recall, interpolation="lower")) - 1e-6
 
 
 def finish_head(edge: EdgeModel, head: Head, feats, tcfg, cfg: BlendConfig) -> None:
@@ -55,7 +56,11 @@ def finish_head(edge: EdgeModel, head: Head, feats, tcfg, cfg: BlendConfig) -> N
     from lab.training import train_classifier
 
     edge.set_head(head)
-    helps, harms = side_gain(edge, head, feats)
+    if cfg.gate_labels == "mixture" and cfg.tau_rule == "rate":  # the gain is not needed: 2
+        helps = harms = torch.zeros(len(feats), dtype=torch.bool)  # full-vocabulary passes saved
+        measured = False
+    else:
+        (helps, harms), measured = side_gain(edge, head, feats), True
     objective = {"mixture": "mixture", "gain": "onpolicy", "both": "both"}[cfg.gate_labels]
     tcfg = dataclasses.replace(tcfg, clf_objective=objective)
     if objective == "mixture":
@@ -72,8 +77,9 @@ def finish_head(edge: EdgeModel, head: Head, feats, tcfg, cfg: BlendConfig) -> N
                                  f"positions, classifier on {cfg.gate_labels} labels",
                                  "tau_rule": cfg.tau_rule, "fire_rate": cfg.fire_rate,
                                  "gain_recall": cfg.gain_recall, "threshold": head.threshold,
-                                 "positions": len(feats), "helps": int(helps.sum()),
-                                 "harms": int(harms.sum()),
+                                 "positions": len(feats),
+                                 "helps": int(helps.sum()) if measured else None,
+                                 "harms": int(harms.sum()) if measured else None,
                                  "fires": round(float(fire.float().mean()), 4),
                                  "recall_helps": round(float(fire[helps].float().mean()), 4)
-                                 if bool(helps.any()) else None}}
+                                 if measured and bool(helps.any()) else None}}

@@ -115,6 +115,39 @@ def test_tuning_starts_from_the_blend_and_fits_the_examples(backbone, pool):
     else:
         assert rec["history"][rec["kept_step"] - 1][1] == best
     assert tune_network(net, lm, feats, vocab, BlendConfig(tune_steps=0)) == {"steps": 0}
+    with pytest.raises(ValueError, match="every target"):
+        tune_network(net, lm, feats, vocab[vocab != feats.y[0]], cfg, lengths)
+
+
+def test_gain_gate_fires_on_the_positions_the_side_helps(backbone, pool):
+    """τ 'gain': the gate fires on at least gain_recall of the teacher-forced positions where the
+    side's token is the target and the backbone's is not; never when it helps nowhere."""
+    from lab.blend import BlendConfig, blend, train_config
+    from lab.blend_gate import finish_head, side_gain, threshold
+    from lab.pool import STYLES, style_records
+    from lab.training import NEVER
+
+    cfg = BlendConfig(max_examples=8, steps=6, tune_steps=4, tune_lr=3e-3, clf_epochs=2,
+                      gate_labels="both", tau_rule="gain", gain_recall=0.8)
+    feats: list = []
+    edge, _ = blend(backbone, pool, style_records(STYLES["ada"], 8, backbone.tokenizer), cfg,
+                    features_out=feats)
+    head = edge.heads["add"]
+    helps, harms = side_gain(edge, head, feats[0])
+    cal = head.info["calibration"]
+    assert cal["helps"] == int(helps.sum()) and cal["harms"] == int(harms.sum())
+    assert not bool((helps & harms).any())
+    with torch.no_grad():
+        logit = head.classifier.logit(feats[0].z.float(), edge.lm_head).double()
+    if bool(helps.any()):
+        assert float((logit[helps] > head.threshold).float().mean()) >= 0.8
+    else:
+        assert head.threshold == NEVER
+    assert threshold(logit, torch.zeros_like(helps), cfg) == NEVER
+    rate = threshold(logit, helps, BlendConfig(tau_rule="rate", fire_rate=0.25))
+    assert abs(float((logit > rate).float().mean()) - 0.25) < 0.05
+    finish_head(edge, head, feats[0], train_config(cfg), BlendConfig(gate_labels="gain", tau_rule="gain"))
+    assert head.info["calibration"]["tau_rule"] == "gain"
 
 
 def test_blended_bundle_loads_and_generates(blended, backbone, tmp_path):
