@@ -14,7 +14,7 @@
 # Settings: SESSIONS (1,64,256,1024), STAGES (engine,worker,broker,agents), EDGE_DEVICE (cpu|cuda:
 #   where the simulated devices compute), TOKENS (32), PROCS (load-test processes, 12), EFF_TIMEOUT (480 s),
 #   PROFILE (py-spy seconds at the largest level, 8), EPOCHS (3), WORKERS (worker processes
-#   sharing the GPU in the broker and agents stages, 1).
+#   sharing the GPU in the broker and agents stages, 1), MODES (base,spa; the sweep's: base).
 # runs/spa_gpu (p1, p2, tok, data) as in RESULTS.md §1.
 set -uo pipefail
 W=/root/gs
@@ -51,7 +51,7 @@ stage2|efficiency|sweep)
       --json "${OUT:-/tmp}/gpu_sweep.json" 2>&1 | tee "${OUT:-/tmp}/gpu_sweep.log"
   elif [ "$1" = efficiency ]; then
     timeout ${EFF_TIMEOUT:-480} python3 benchmarks/stack_efficiency.py --backbone /root/smollm2 --bundle $W/bundle \
-      --device cuda --secure --prompts $W/data/xsum_1000.jsonl --sessions ${SESSIONS:-1,64,256,1024} --stages ${STAGES:-engine,worker,broker,agents} --prompt-tokens ${PROMPT_TOKENS:-128} --chunk-tokens ${CHUNK:-0} \
+      --device cuda --secure --prompts $W/data/xsum_1000.jsonl --sessions ${SESSIONS:-1,64,256,1024} --modes ${MODES:-base,spa} --stages ${STAGES:-engine,worker,broker,agents} --prompt-tokens ${PROMPT_TOKENS:-128} --chunk-tokens ${CHUNK:-0} \
       --tokens ${TOKENS:-32} --workers ${WORKERS:-1} --agent-procs ${PROCS:-12} --compute-device ${EDGE_DEVICE:-cpu} --profile ${PROFILE:-8} \
       --json "${OUT:-/tmp}/gpu_efficiency.json" 2>&1 | tee "${OUT:-/tmp}/gpu_efficiency.log"
   else

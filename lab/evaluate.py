@@ -214,6 +214,8 @@ def run_eval(backbone: Backbone, edge: EdgeModel | None, examples: list[Example]
     print(markdown_table(results), flush=True)
     pairs = {f"spa − {o}": paired_bootstrap(by["spa"].scores, by[o].scores)
              for o in ("full", "lst", "choice", "base") if "spa" in by and o in by}
+    if "lst" in by and "base" in by:  # issue 17: does the LST baseline improve on the backbone?
+        pairs["lst − base"] = paired_bootstrap(by["lst"].scores, by["base"].scores)
     if "full" in by and "spa" in by:
         pairs["spa − 0.97 × full"] = paired_bootstrap(by["spa"].scores,
                                                       [0.97 * s for s in by["full"].scores])
