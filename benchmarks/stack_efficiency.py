@@ -283,7 +283,10 @@ def main() -> None:
         finally:
             si.close()
     # the simulated devices' models share the GPU in the agents stage: the worker leaves them room
-    kv = ("--kv-memory-fraction", "0.5") if a.compute_device == "cuda" else ()
+    # (and several workers on one GPU each take their share, as they start at once)
+    frac = (0.5 if a.compute_device == "cuda" else 0.85) / a.workers
+    kv = (("--kv-memory-fraction", f"{frac:.3f}") if a.device.startswith("cuda")
+          and (a.workers > 1 or a.compute_device == "cuda") else ())
     if "broker" in stages or "agents" in stages:
         with LocalStack(backbone, workers=a.workers, max_sessions=cap, device=a.device, secure=a.secure,
                         metrics=True, log_dir=tmp / "logs",
