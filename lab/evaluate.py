@@ -52,6 +52,19 @@ def paired_bootstrap(a: list[float], b: list[float], n: int = BOOTSTRAP, seed: i
             "hi": float(torch.quantile(means, 1 - al)), "p_le_0": float((means <= 0).double().mean())}
 
 
+def rouge_scorer_l():
+    """The project's one Rouge-L scorer setting (stemmed)."""
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def rouge_scores(scorer, tokenizer, refs: list[str], generated: list[list[int]]) -> list[float]:
+    """Rouge-L F × 100 of each generation (decoded, special tokens dropped) against its reference."""
+    return [100 * scorer.score(ref.strip(), tokenizer.decode(t, skip_special_tokens=True).strip())
+            ["rougeL"].fmeasure for ref, t in zip(refs, generated, strict=True)]
+
+
 @dataclass
 class ModeResult:
     mode: str
@@ -77,8 +90,6 @@ class ModeResult:
 class Evaluator:
     def __init__(self, backbone: Backbone, edge: EdgeModel | None, max_prompt_tokens: int = 384,
                  max_new_tokens: int = 48, batch_size: int = 64, progress: bool = True) -> None:
-        from rouge_score import rouge_scorer
-
         if edge is not None:
             edge.to(backbone.device)
         self.gen = BatchedGenerator(backbone, edge, BatchConfig(batch_size, progress=progress))
@@ -86,7 +97,7 @@ class Evaluator:
         self.tok = backbone.tokenizer
         self.max_prompt_tokens = max_prompt_tokens
         self.max_new_tokens = max_new_tokens
-        self.scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+        self.scorer = rouge_scorer_l()
         self._prompts: dict[int, list[int]] = {}
 
     def prompt(self, ex: Example) -> list[int]:
@@ -107,10 +118,10 @@ class Evaluator:
                                      mode, desc=f"eval {mode.value}", budget=budget,
                                      wire_dtype=wire_dtype)
             seconds = time.perf_counter() - started
-            stats, scores = Transmissions(), []
-            for ex, gen in zip(examples, gens, strict=True):
-                text = self.tok.decode(gen.tokens, skip_special_tokens=True).strip()
-                scores.append(100 * self.scorer.score(ex.answer.strip(), text)["rougeL"].fmeasure)
+            scores = rouge_scores(self.scorer, self.tok, [ex.answer for ex in examples],
+                                  [g.tokens for g in gens])
+            stats = Transmissions()
+            for gen in gens:
                 stats += gen.stats
             return ModeResult(mode.value, statistics.fmean(scores), stats,
                               stats.tokens / max(seconds, 1e-9), head.tau if head else None,

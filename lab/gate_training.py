@@ -11,6 +11,8 @@ M stays within the target.
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -121,12 +123,6 @@ def rollouts(backbone: Backbone, edge: EdgeModel, head: Head, examples: list[Exa
     return torch.stack(zs).float(), torch.tensor(labels, dtype=torch.float32)
 
 
-def measured_m(backbone: Backbone, edge: EdgeModel, head: Head, prompts: list[list[int]],
-               threshold: float, cfg: TrainConfig) -> Transmissions:
-    """Transmission counts of real gated generations (batched) on `prompts` at `threshold`."""
-    return gated_run(backbone, edge, head, prompts, threshold, cfg)[0]
-
-
 def gated_run(backbone: Backbone, edge: EdgeModel, head: Head, prompts: list[list[int]],
               threshold: float, cfg: TrainConfig) -> tuple[Transmissions, list[list[int]]]:
     """Real gated generations (batched) on `prompts` at `threshold`: their transmission counts
@@ -148,15 +144,14 @@ class DevQuality:
     """Rouge-L (× 100, mean over the dev records) of generated tokens against the references."""
 
     def __init__(self, tokenizer, examples: list[Example]) -> None:
-        from rouge_score import rouge_scorer
+        from lab.evaluate import rouge_scorer_l  # lab.evaluate imports lab.training: not at load
 
-        self.tok, self.refs = tokenizer, [ex.answer.strip() for ex in examples]
-        self.scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+        self.tok, self.refs, self.scorer = tokenizer, [ex.answer for ex in examples], rouge_scorer_l()
 
     def __call__(self, tokens: list[list[int]]) -> float:
-        texts = [self.tok.decode(t, skip_special_tokens=True).strip() for t in tokens]
-        return 100 * sum(self.scorer.score(r, t)["rougeL"].fmeasure
-                         for r, t in zip(self.refs, texts, strict=True)) / max(1, len(texts))
+        from lab.evaluate import rouge_scores
+
+        return statistics.fmean(rouge_scores(self.scorer, self.tok, self.refs, tokens) or [0.0])
 
 
 def calibrate(backbone: Backbone, edge: EdgeModel, head: Head, dev_ex: list[Example],
@@ -189,8 +184,8 @@ def calibrate(backbone: Backbone, edge: EdgeModel, head: Head, dev_ex: list[Exam
     for _ in range(cfg.calib_steps):
         q = (lo + hi) / 2
         measured[q] = r = run(q)
-        ok = r["rouge_l"] < goal if by_quality else r["m"] <= cfg.target_m
-        lo, hi = (q, hi) if ok else (lo, q)
+        higher = r["rouge_l"] < goal if by_quality else r["m"] <= cfg.target_m  # q may rise
+        lo, hi = (q, hi) if higher else (lo, q)
     best = measured[hi if by_quality else lo]
     lpb, lpi, tb, ts = _log_probs(edge, head, dev)
     fire = head.classifier.logit(dev.z.float(), edge.lm_head) > best["threshold"]

@@ -31,14 +31,14 @@ from edge_agent.edge_model import EdgeModel, Head
 from edge_agent.side_network import SideConfig
 from lab.data import Example
 from lab.features import Features, extract_features
-from lab.gate_training import NEVER, auc, calibrate, measured_m, rollouts, train_classifier
+from lab.gate_training import NEVER, auc, calibrate, gated_run, rollouts, train_classifier
 from lab.side_training import evaluate_side, side_logits, train_side
 from lab.train_config import CLF_OBJECTIVES, LST_REPLACE, TrainConfig, parse_overrides, split_dev
 from routing.errors import InputError
 from routing.modes import training_heads
 
 __all__ = ["CLF_OBJECTIVES", "LST_REPLACE", "NEVER", "Features", "TrainConfig", "auc", "calibrate",
-           "evaluate_side", "extract_features", "measured_m", "parse_overrides", "rollouts",
+           "evaluate_side", "extract_features", "gated_run", "parse_overrides", "rollouts",
            "side_logits", "split_dev", "train_bundle", "train_classifier", "train_head", "train_side"]
 
 
