@@ -12,7 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def _ms(v: list[float], fmt: str = "{:.2f}") -> str:
@@ -36,12 +39,29 @@ def load(run: Path) -> dict:
     full = res["full"]["rouge_l"]
     reach = min((m for m, r in spa if r >= 0.97 * full), default=float("nan"))
     rec = json.loads((run / "bundle_record.json").read_text())["record"]["heads"]
-    out = {"res": res, "paired": ev["paired"], "reach": reach, "at03": _at(spa, 0.3), "at05": _at(spa, 0.5),
+    out = {"res": res, "paired": ev["paired"], "scores": ev.get("scores", {}), "reach": reach, "at03": _at(spa, 0.3), "at05": _at(spa, 0.5),
            "auc": rec["add"]["calibration"]["clf_auc_dev"],
            "auc_choice": rec.get("replace", {}).get("calibration", {}).get("clf_auc_dev")}
     if (run / "budget.json").is_file():
         out["budget"] = json.loads((run / "budget.json").read_text())
     return out
+
+
+def seed_mean_paired(runs: list[dict], comparison: str) -> dict | None:
+    """'a − b' (b may be 'c × mode') over the seeds' common records: each record's difference
+    averaged over the training seeds, then the paired bootstrap over records — the interval of
+    the seed-averaged system (the same records in every seed are not counted as new ones)."""
+    from lab.evaluate import paired_bootstrap
+
+    left, _, right = comparison.partition(" − ")
+    factor, _, mode = right.rpartition(" × ")
+    scale = float(factor) if factor else 1.0
+    if any(left not in r["scores"] or mode not in r["scores"] for r in runs):
+        return None
+    n = len(runs)
+    a = [sum(r["scores"][left][i] for r in runs) / n for i in range(len(runs[0]["scores"][left]))]
+    b = [scale * sum(r["scores"][mode][i] for r in runs) / n for i in range(len(a))]
+    return paired_bootstrap(a, b)
 
 
 def table(runs: list[dict], title: str) -> None:
@@ -55,10 +75,15 @@ def table(runs: list[dict], title: str) -> None:
     print(f"\nspa ÷ full {_ms(ratio, '{:.3f}')}; gate AUC (dev) {_ms([r['auc'] for r in runs], '{:.3f}')}; "
           f"M where the sweep first reaches 0.97 × full {_ms([r['reach'] for r in runs], '{:.3f}')}; "
           f"spa Rouge-L at M 0.3 {_ms([r['at03'] for r in runs])}, at M 0.5 {_ms([r['at05'] for r in runs])}")
-    print("\n| comparison | " + " | ".join(f"seed {i}" for i in range(len(runs))) + " |")
-    print("|---|" + "---:|" * len(runs))
+    pooled = len(runs) > 1
+    print("\n| comparison | " + " | ".join(f"seed {i}" for i in range(len(runs)))
+          + (" | seed mean per record |" if pooled else " |"))
+    print("|---|" + "---:|" * (len(runs) + pooled))
     for k in runs[0]["paired"]:
         cells = [f"{p['diff']:+.2f} [{p['lo']:+.2f}, {p['hi']:+.2f}]" for p in (r["paired"][k] for r in runs)]
+        if pooled:
+            p = seed_mean_paired(runs, k)
+            cells.append(f"{p['diff']:+.2f} [{p['lo']:+.2f}, {p['hi']:+.2f}]" if p else "—")
         print(f"| {k} | " + " | ".join(cells) + " |")
     if all("budget" in r for r in runs):
         tokens = runs[0]["budget"]["budget_tokens"]

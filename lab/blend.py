@@ -163,7 +163,7 @@ def fit_coefficients(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConf
     def loss_at(w: torch.Tensor) -> torch.Tensor:
         params = {k: base[k] + torch.tensordot(w, deltas[k], dims=1) for k in base}
         logits = F.linear(z + functional_call(net, params, (states,)), weight, bias)
-        return F.cross_entropy(logits, target)
+        return capped_nll(logits, target, cfg.coef_cap)
 
     w = torch.zeros(len(names), requires_grad=True)
     opt = torch.optim.Adam([w], lr=cfg.lr)
@@ -179,6 +179,12 @@ def fit_coefficients(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConf
         final = loss_at(w).item()
     return w, {**info, "nll_candidates_start": history[0] if history else round(final, 4),
                "nll_candidates_end": round(final, 4), "steps": cfg.steps}
+
+
+def capped_nll(logits: torch.Tensor, target: torch.Tensor, cap: float) -> torch.Tensor:
+    """Mean NLL, each position's softly capped at `cap` nats (c·tanh(nll/c)) when cap > 0."""
+    nll = F.cross_entropy(logits, target, reduction="none")
+    return (cap * torch.tanh(nll / cap)).mean() if cap > 0 else nll.mean()
 
 
 def blended_network(pool: Pool, w: torch.Tensor) -> SideNetwork:

@@ -24,11 +24,17 @@ class BlendConfig(Tunables):
     steps: int = tunable(15, 0, 1000, "Adam steps on the K coefficients")
     lr: float = tunable(0.15, 1e-4, 2.0, "Adam's step size on the coefficients")
     l2: float = tunable(1e-3, 0.0, 10.0, "pull of the coefficients towards θ0 (w = 0)")
+    coef_cap: float = tunable(0.0, 0.0, 20.0, "soft cap (nats) on each position's NLL in the "
+                              "coefficient fit, c·tanh(nll/c): a member wrong on a few tokens "
+                              "(another signature) is not vetoed by them (0: plain mean)")
     candidates: int = tunable(32, 2, 4096, "top tokens per position and network in the softmax")
     max_positions: int = tunable(1024, 16, 65536, "answer positions the coefficients see")
     max_prompt_tokens: int = tunable(128, 16, 1024, "prompt tokens kept, as in the pool")
     tune_steps: int = tunable(10, 0, 200, "Adam steps on all side-network weights after the blend (0: none)")
     tune_lr: float = tunable(1e-3, 1e-5, 1e-1, "their step size")
+    tune_params: str = tunable("all", help="which side-network weights the tuning steps move: all, "
+                               "or only the output projection W_out", choices=("all", "out"))
+    tune_dropout: bool = tunable(True, help="the side network's dropout on during the tuning steps")
     tune_anchor: float = tunable(0.0, 0.0, 10.0, "L2 pull of the tuned weights towards the blend's")
     tune_holdout: float = tunable(0.0, 0.0, 0.5, "share of the examples held back to pick the step (0: last)")
     clf_epochs: int = tunable(6, 0, 40, "epochs of the classifier on the examples' positions")

@@ -64,8 +64,10 @@ def tune_network(net: SideNetwork, lm_head: torch.nn.Linear, feats, vocab: torch
         lengths = [len(y)]
     fit, held = record_slices(lengths, cfg.tune_holdout)
     start = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    params = [p for p in net.parameters() if p.requires_grad]
-    anchor = [start[n].clone() for n, p in net.named_parameters() if p.requires_grad]
+    named = [(n, p) for n, p in net.named_parameters() if p.requires_grad
+             and (cfg.tune_params == "all" or n.startswith("w_out."))]
+    params = [p for _, p in named]
+    anchor = [start[n].clone() for n, _ in named]
     opt = torch.optim.Adam(params, lr=cfg.tune_lr)
 
     def loss_on(idx: torch.Tensor) -> torch.Tensor:
@@ -80,7 +82,7 @@ def tune_network(net: SideNetwork, lm_head: torch.nn.Linear, feats, vocab: torch
     best = held_loss() if len(held) else float("inf")
     history, best_step, best_state = [], 0, None
     for step in range(1, cfg.tune_steps + 1):
-        net.train()
+        net.train(cfg.tune_dropout)
         loss = loss_on(fit)
         pull = sum(((p - a) ** 2).sum() for p, a in zip(params, anchor, strict=True))
         opt.zero_grad(set_to_none=True)

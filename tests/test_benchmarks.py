@@ -96,3 +96,22 @@ def test_smoke(script, smoke_runs):
     assert not isinstance(res, str), f"{script} --smoke {res}"
     assert res.returncode == 0, f"{script} --smoke failed:\n{res.stdout[-2000:]}\n{res.stderr[-3000:]}"
     assert res.stdout.strip(), f"{script} --smoke printed nothing"
+
+
+def test_seed_table_pools_seeds_per_record():
+    """seed_table's 'seed mean per record': one seed gives that seed's paired bootstrap; two
+    seeds average each record's difference first (the records are not counted twice)."""
+    import importlib.util
+
+    from lab.evaluate import paired_bootstrap
+
+    spec = importlib.util.spec_from_file_location("seed_table", ROOT / "benchmarks" / "seed_table.py")
+    st = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(st)
+    a, b, c = [1.0, 3.0, 5.0, 7.0], [0.0, 4.0, 1.0, 2.0], [2.0, 2.0, 2.0, 2.0]
+    one = {"scores": {"spa": a, "full": b}}
+    assert st.seed_mean_paired([one], "spa − full") == paired_bootstrap(a, b)
+    two = {"scores": {"spa": c, "full": b}}
+    mean = [(x + y) / 2 for x, y in zip(a, c, strict=True)]
+    assert st.seed_mean_paired([one, two], "spa − 0.5 × full") == paired_bootstrap(mean, [x / 2 for x in b])
+    assert st.seed_mean_paired([one], "spa − lst") is None

@@ -119,6 +119,48 @@ def test_tuning_starts_from_the_blend_and_fits_the_examples(backbone, pool):
         tune_network(net, lm, feats, vocab[vocab != feats.y[0]], cfg, lengths)
 
 
+def test_tuning_can_move_only_the_output_projection(backbone, pool):
+    """tune_params='out': the steps move W_out only; without dropout they are deterministic."""
+    from edge_agent.edge_model import EdgeModel
+    from lab.blend import BlendConfig, blended_network, candidate_vocab, train_config
+    from lab.blend_tune import tune_network
+    from lab.pool import STYLES, style_records
+    from lab.training import extract_features
+
+    cfg = BlendConfig(max_examples=6, tune_steps=3, tune_lr=3e-3, tune_params="out", tune_dropout=False)
+    ex = style_records(STYLES["ada"], 6, backbone.tokenizer)
+    feats = extract_features(backbone, ex, pool.side_cfg, train_config(cfg), progress=False)
+    lm = EdgeModel.for_backbone(backbone).cpu().lm_head
+    vocab, _ = candidate_vocab(lm, pool, feats, cfg)
+    w = torch.zeros(len(pool.names))
+    outs = []
+    for _ in range(2):
+        net = blended_network(pool, w)
+        start = {k: v.clone() for k, v in net.state_dict().items()}
+        rec = tune_network(net, lm, feats, vocab, cfg)
+        moved = {k for k, v in net.state_dict().items() if not torch.equal(v, start[k])}
+        assert moved == {"w_out.weight"}
+        outs.append([loss for loss, _ in rec["history"]])
+    assert outs[0] == outs[1]  # no dropout: the same steps twice
+
+
+def test_capped_coefficient_loss():
+    """coef_cap: c·tanh(nll/c) per position — the plain mean at 0, ≤ c, ≈ the NLL where small."""
+    from lab.blend import capped_nll
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 50, generator=g) * 4
+    target = torch.randint(0, 50, (64,), generator=g)
+    plain = torch.nn.functional.cross_entropy(logits, target)
+    assert torch.allclose(capped_nll(logits, target, 0.0), plain)
+    capped = capped_nll(logits, target, 1.0)
+    assert capped < plain and capped <= 1.0
+    easy = torch.zeros(4, 50)
+    easy[torch.arange(4), torch.arange(4)] = 12.0  # NLL ≈ 3e-4 each
+    assert torch.allclose(capped_nll(easy, torch.arange(4), 2.0),
+                          torch.nn.functional.cross_entropy(easy, torch.arange(4)), rtol=1e-3)
+
+
 def test_gain_gate_fires_on_the_positions_the_side_helps(backbone, pool):
     """τ 'gain': the gate fires on at least gain_recall of the teacher-forced positions where the
     side's token is the target and the backbone's is not; never when it helps nowhere."""
