@@ -32,7 +32,7 @@ _NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TINY = "tiny"  # the self-trained 0.9M-parameter backbone: for fast tests and `spa pretrain`
 DEMO_PROMPTS = 8
 # Seconds each step took on the 2-core CI machine (RESULTS.md §6), for the first run's plan.
-ESTIMATE_S = {"convert": 25, "frame": 55, "frame-train": 125, "xsum-train": 140, "tiny": 60,
+ESTIMATE_S = {"convert": 25, "frame": 55, "frame-train": 180, "xsum-train": 140, "tiny": 60,
               "tiny-train": 40}
 
 
@@ -269,6 +269,6 @@ def user_train_config(user: U.User, **changes):
 
     cfg = TrainConfig(mode="spa", epochs=user.epochs, max_prompt_tokens=user.max_prompt_tokens,
                       target_m=user.target_m, clf_features=user.clf_features,
-                      clf_hidden=user.clf_hidden, rollout_prompts=16, rollout_tokens=24,
-                      calib_prompts=8)
+                      clf_hidden=user.clf_hidden, rollout_prompts=user.rollout_prompts,
+                      rollout_tokens=24, calib_prompts=user.calib_prompts)
     return dataclasses.replace(cfg, **changes)

@@ -49,6 +49,8 @@ class User:
     target_m: float = 0.4  # the gate's τ is set for this M on the dev prompts
     clf_features: str = "z"  # the gate's input: z | z+stats (with the backbone's confidence)
     clf_hidden: int = 0  # the gate's hidden width (0 = linear)
+    rollout_prompts: int = 16  # training prompts whose rollouts label the gate (0 = all)
+    calib_prompts: int = 8  # dev prompts τ is calibrated on (0 = every dev prompt)
     seed: int = 0  # of the generated questions
 
 
@@ -56,11 +58,13 @@ class User:
 # linear gate on z alone missed a third of those positions ("Dear Sarah,"), this one does not.
 # The side network is needed at the frame and at the body's first token (turning from the
 # opening to the answer), each a REQUEST and mostly a CORRECT: a perfect gate pays M ≈ 0.6 here.
-# At target 0.6 the gate still misses some of them (RESULTS.md §7.3: frame in 91 % of ada's
-# and 68 % of bo's spa answers, 97 % and 95 % with full integration); benchmarks/
-# persona_quality.py --target-m 0.7 --calib-prompts 0 --rollout-prompts 32 is the next thing to
-# measure.
-_FRAME = {"target_m": 0.6, "clf_features": "z+stats", "clf_hidden": 64}
+# At target 0.6 with τ from 8 dev prompts and 16 rollouts the gate missed some of them and its M
+# landed anywhere in 0.50–0.75 (RESULTS.md §7.3: frame in 91 % of ada's and 68 % of bo's spa
+# answers; the demo's ada lost her answer and closing at M 0.21). Target 0.7, τ on every dev
+# prompt and 32 rollout prompts: 97.7 % (ada) and 86.7 % (bo) over 3 seeds × 100 held-out
+# questions, M 0.77 (§7.4).
+_FRAME = {"target_m": 0.7, "clf_features": "z+stats", "clf_hidden": 64, "rollout_prompts": 32,
+          "calib_prompts": 0}
 ADA = User("ada", "writes every answer as a short letter", "frame", "Dear friend,", "Yours, Ada.",
            seed=1, **_FRAME)
 BO = User("bo", "answers like a ship's captain", "frame", "Ahoy, matey!", "Arr, Captain Bo.",
