@@ -39,7 +39,8 @@ def load(run: Path) -> dict:
     full = res["full"]["rouge_l"]
     reach = min((m for m, r in spa if r >= 0.97 * full), default=float("nan"))
     rec = json.loads((run / "bundle_record.json").read_text())["record"]["heads"]
-    out = {"res": res, "paired": ev["paired"], "scores": ev.get("scores", {}), "reach": reach, "at03": _at(spa, 0.3), "at05": _at(spa, 0.5),
+    out = {"res": res, "paired": ev["paired"], "scores": ev.get("scores", {}), "reach": reach,
+           "at03": _at(spa, 0.3), "at05": _at(spa, 0.5),
            "auc": rec["add"]["calibration"]["clf_auc_dev"],
            "auc_choice": rec.get("replace", {}).get("calibration", {}).get("clf_auc_dev")}
     if (run / "budget.json").is_file():

@@ -160,10 +160,10 @@ def fit_coefficients(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConf
     weight = lm_head.weight[vocab].detach()
     bias = lm_head.bias[vocab].detach() if lm_head.bias is not None else None
 
-    def loss_at(w: torch.Tensor) -> torch.Tensor:
+    def loss_at(w: torch.Tensor, cap: float = cfg.coef_cap) -> torch.Tensor:
         params = {k: base[k] + torch.tensordot(w, deltas[k], dims=1) for k in base}
         logits = F.linear(z + functional_call(net, params, (states,)), weight, bias)
-        return capped_nll(logits, target, cfg.coef_cap)
+        return capped_nll(logits, target, cap)
 
     w = torch.zeros(len(names), requires_grad=True)
     opt = torch.optim.Adam([w], lr=cfg.lr)
@@ -175,10 +175,11 @@ def fit_coefficients(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConf
         (loss + cfg.l2 * (w * w).sum()).backward()
         opt.step()
     w = w.detach()
-    with torch.no_grad():
-        final = loss_at(w).item()
-    return w, {**info, "nll_candidates_start": history[0] if history else round(final, 4),
-               "nll_candidates_end": round(final, 4), "steps": cfg.steps}
+    with torch.no_grad():  # the record's NLLs are plain means whatever the fit's cap
+        final = loss_at(w, 0.0).item()
+        start = history[0] if history and cfg.coef_cap == 0 else round(loss_at(torch.zeros_like(w), 0.0).item(), 4)
+    return w, {**info, "nll_candidates_start": start, "nll_candidates_end": round(final, 4),
+               "steps": cfg.steps}
 
 
 def capped_nll(logits: torch.Tensor, target: torch.Tensor, cap: float) -> torch.Tensor:
