@@ -97,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--xsum", help="XSum jsonl for the pool's news member (default: $SPA_XSUM, ../shared)")
     ap.add_argument("--corpus", help="English text for the personas' sentences (default: $SPA_CORPUS, "
                     "../shared/data/corpus_en.txt; generated sentences when none)")
+    ap.add_argument("--pool-styles", default="", help="the pool's members when it is built "
+                    "(lab/pool.py pool_styles; default: POOL_STYLES; opt-in: frames)")
     ap.add_argument("--users", default="ada,bo,cy")
     ap.add_argument("--train-records", type=int, default=40, help="records of the trained comparator")
     ap.add_argument("--examples", type=int, default=16, help="records the blend sees (the first)")
@@ -110,6 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE,…",
                     help="also blend with these BlendConfig changes (A/B rows beside the default "
                     "recipe), e.g. old:tune_steps=0,gate_labels=mixture,tau_rule=rate")
+    ap.add_argument("--seeds", type=int, default=1, help="blend the default and every variant with "
+                    "this many seeds (NAME@sK rows; the report averages each record over them)")
     ap.add_argument("--deadline", type=float, default=0, help="s: start no user that would end later")
     ap.add_argument("--json", default=str(ROOT / "results" / "blend_quality.json"))
     return ap.parse_args(argv)
@@ -131,9 +135,20 @@ def parse_variants(specs: list[str], cfg) -> dict:
                 changes[k] = json.loads(v)
             except json.JSONDecodeError:
                 changes[k] = v
-        if not name or name in out or name in ("blended", "trained", "base"):
+        if not name or name in out or name in ("blended", "trained", "base") or "@" in name:
             raise InputError(f"bad --variant {spec!r}: give it a new NAME")
         out[name] = cfg.replace(**changes)
+    return out
+
+
+def with_seeds(variants: dict, cfg, seeds: int) -> dict:
+    """The default ('blended') and every variant again with seeds +1 … +seeds−1: 'NAME@sK'."""
+    from lab.blend_report import SEED
+
+    out = dict(variants)
+    for name, c in [("blended", cfg), *variants.items()]:
+        for k in range(1, seeds):
+            out[f"{name}{SEED}{k}"] = c.replace(seed=c.seed + k)
     return out
 
 
@@ -180,12 +195,12 @@ def main(argv: list[str] | None = None) -> int:
     from lab.evaluate import Evaluator
     from lab.pool import (
         HELD_OUT,
-        POOL_STYLES,
         STYLES,
         build_pool,
         corpus_file,
         generic_prompts,
         load_pool,
+        pool_styles,
         style_records,
         xsum_file,
     )
@@ -206,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         pool = load_pool(args.pool, bb.fingerprint)
         print(f"pool {args.pool}: loaded ({', '.join(pool.names)})", flush=True)
     except Exception:
-        styles = POOL_STYLES if not args.smoke else tuple(STYLES[s] for s in ("letter", "captain", "cheer"))
+        styles = pool_styles(args.pool_styles or ("letter,captain,cheer" if args.smoke else ""))
         pool = build_pool(bb, args.pool, PoolConfig(records=args.pool_records,
                                                     base_epochs=1 if args.smoke else 3,
                                                     epochs=1 if args.smoke else 4,
@@ -215,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     tok = bb.tokenizer
     cfg = BlendConfig(max_examples=args.examples, threads=args.threads,
                       **({"steps": 12, "clf_epochs": 1} if args.smoke else {}))
-    variants = parse_variants(args.variant, cfg)
+    variants = with_seeds(parse_variants(args.variant, cfg), cfg, args.seeds)
     generic = [Example("", p, " ", i) for i, p in enumerate(generic_prompts(args.eval, tok, seed=4242))]
     base_ev = Evaluator(bb, None, cfg.max_prompt_tokens, args.max_new, batch, progress=False)
     base_generic = base_ev.run_mode(Mode.BASE, generic, ci=False)

@@ -57,7 +57,16 @@ def train_config(cfg: BlendConfig):
 def blend(backbone, pool: Pool, examples: list[Example], cfg: BlendConfig,
           edge: EdgeModel | None = None, features_out: list | None = None) -> tuple[EdgeModel, dict]:
     """The user's edge model (an 'add' head: side network, classifier, τ) and need router.
-    `features_out`, when given, receives the examples' features (for a benchmark's reuse)."""
+    `features_out`, when given, receives the examples' features (for a benchmark's reuse).
+    Every random draw (inits, the tuning's dropout) comes from `cfg.seed`: the same seed, the
+    same bundle; the caller's generator goes on where it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return _blend(backbone, pool, examples, cfg, edge, features_out)
+
+
+def _blend(backbone, pool: Pool, examples: list[Example], cfg: BlendConfig,
+           edge: EdgeModel | None, features_out: list | None) -> tuple[EdgeModel, dict]:
     from lab.training import extract_features
 
     if pool.fingerprint != backbone.fingerprint:

@@ -47,4 +47,4 @@ class BlendConfig(Tunables):
     fire_rate: float = tunable(0.4, 0.0, 1.0, "τ 'rate': the gate fires on this share of the examples' positions")
     gain_recall: float = tunable(0.9, 0.5, 1.0, "τ 'gain': it fires on this share of the positions the side helps")
     threads: int = tunable(2, 1, 64, "torch threads (the device's cores)")
-    seed: int = tunable(0, 0, 2**31 - 1, "of the classifier's batches")
+    seed: int = tunable(0, 0, 2**31 - 1, "of the tuning's dropout and the classifier's batches")

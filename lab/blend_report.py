@@ -103,6 +103,39 @@ def variants_table(users: dict[str, dict], pooled: bool = False) -> list[str]:
     return lines
 
 
+SEED = "@s"  # a recipe blended again with another seed: 'NAME@sK' (blend_quality.py --seeds)
+
+
+def seed_table(users: dict[str, dict], pooled: bool = False) -> list[str]:
+    """Each recipe over its seeds (the default 'blended' and every variant, each blended again
+    with seeds 1..K−1 as 'NAME@sK'): full-mode gap closed of each record's mean over the seeds,
+    paired bootstrap over records, and the seeds' own points (their spread)."""
+    names = [n for n in users if any(SEED in v for v in users[n].get("variants", {}))]
+    if not names:
+        return []
+    lines = ["", "Over the blend's seeds (each record's Rouge-L averaged over the seeds, then the "
+             "paired bootstrap over records; 'per seed' the seeds' own points)", "",
+             "| user | recipe | seeds | full, seed mean | gap closed full, seed mean [95 %] | "
+             "gap closed per seed |", "|---" * 6 + "|"]
+    recipes = ["blended"] + sorted({v.split(SEED)[0] for n in names for v in users[n]["variants"]
+                                    if SEED not in v})
+    for key in names + (["all"] if pooled and len(names) > 1 else []):
+        us = names if key == "all" else [key]
+        for rec in recipes:
+            seeds = [rec] + sorted({v for v in users[us[0]]["variants"] if v.startswith(rec + SEED)})
+            if len(seeds) < 2 or any(f"{v} full" not in users[x]["rows"] for x in us for v in seeds):
+                continue
+            col = {k: [s for x in us for s in users[x]["rows"][r]["scores"]]
+                   for k, r in (("base", "base"), ("trained", "trained full"))}
+            per = [[s for x in us for s in users[x]["rows"][f"{v} full"]["scores"]] for v in seeds]
+            mean = [statistics.fmean(r) for r in zip(*per, strict=True)]
+            p, lo, hi = gap_interval(col["base"], mean, col["trained"])
+            points = ", ".join(f"{gap_interval(col['base'], x, col['trained'], n=1)[0]:.2f}" for x in per)
+            lines.append(f"| {key} | {rec} | {len(seeds)} | {statistics.fmean(mean):.1f} | "
+                         f"{p:.2f} [{lo:.2f}, {hi:.2f}] | {points} |")
+    return lines
+
+
 def markdown(users: dict[str, dict], pooled: bool = False) -> str:
     """The three tables (with an 'all' row pooling the users' records when `pooled`)."""
     names = list(users)
@@ -132,6 +165,7 @@ def markdown(users: dict[str, dict], pooled: bool = False) -> str:
                      f"{b['cpu_seconds']['total']:.2f} | {b['seconds']['features']:.2f} | "
                      f"{b.get('cores', '?')} / {b['threads']} | {w} | {t['records']}, {t['seconds']:.1f} |")
     lines += variants_table(users, pooled)
+    lines += seed_table(users, pooled)
     lines += ["", "Routing by need on a mixed stream (held-out + as many generic prompts): spa for all "
               "vs routed; Rouge-L of the customised half, paired", "",
               "| user | customised kept | generic as spa | M spa-for-all | M routed | M fall | "

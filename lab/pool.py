@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from edge_agent.side_network import SideConfig, SideNetwork
+from lab import frames
 from lab.blend_config import PoolConfig
 from lab.data import Example, load_examples, read_prompt_file, write_prompt_file
 from routing.errors import FingerprintMismatch, InputError
@@ -52,7 +53,7 @@ class Style:
 
     name: str
     about: str
-    kind: str  # "frame" | "xsum"
+    kind: str  # "frame" | "xsum" | "frames" (every record its own frame: lab/frames.py)
     opening: str = ""
     closing: str = ""
     offset: int = 0  # where its sentences start in the shuffled sentence list (disjoint slices)
@@ -70,6 +71,12 @@ POOL_STYLES = (
     Style("radio", "a radio call: Message received: … Over and out.", "frame", "Message received:",
           "Over and out.", 4000),
 )
+# Opt-in members (`spa pool build --styles …,frames`). `frames` moved bo's blends (+0.10 of the
+# gap) and cost ada's (−0.49; RESULTS §10.3): not in the default pool.
+EXTRA_STYLES = (
+    Style("frames", "many generated frames: any opening, the message, any signature", "frames",
+          offset=5000),
+)
 HELD_OUT = (  # never in the pool: the users blending is measured on
     Style("ada", "Dear friend, … Yours, Ada. (letter's opening, a new signature)", "frame",
           "Dear friend,", "Yours, Ada.", 6000),
@@ -78,7 +85,20 @@ HELD_OUT = (  # never in the pool: the users blending is measured on
     Style("cy", "In short: … Cheers, Sam. (brief's opening, cheer's closing)", "frame", "In short:",
           "Cheers, Sam.", 8000),
 )
-STYLES = {s.name: s for s in POOL_STYLES + HELD_OUT}
+STYLES = {s.name: s for s in POOL_STYLES + EXTRA_STYLES + HELD_OUT}
+
+
+def pool_styles(names: str = "") -> tuple[Style, ...]:
+    """The members a pool is built from: comma-separated style names (POOL_STYLES and
+    EXTRA_STYLES ones, never a held-out user's), or POOL_STYLES when empty."""
+    if not names:
+        return POOL_STYLES
+    allowed = {s.name for s in POOL_STYLES + EXTRA_STYLES}
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    bad = [n for n in chosen if n not in allowed]
+    if bad or len(set(chosen)) != len(chosen):
+        raise InputError(f"pool styles {chosen}: each once, from {sorted(allowed)}")
+    return tuple(STYLES[n] for n in chosen)
 ASKS = ("Pass on this message:", "Tell me this:", "Say this to me:", "Repeat this news:")
 XSUM_USER_OFFSET = 500  # XSum records for a user outside the pool start here (pool: from 0)
 
@@ -152,8 +172,12 @@ def style_records(style: Style, n: int, tokenizer, start: int = 0, seed: int = 0
         return out
     sents = sentences(style.offset + start + n, seed, corpus)[style.offset + start:]
     r = random.Random(seed + style.offset + start)
-    return [Example("", chat_prompt(f"{r.choice(ASKS)} {s}", tokenizer),
-                    f"{style.opening} {s} {style.closing}", i) for i, s in enumerate(sents[:n])]
+    out = []
+    for i, s in enumerate(sents[:n]):
+        ask = r.choice(ASKS)
+        opening, closing = frames.frame(r) if style.kind == "frames" else (style.opening, style.closing)
+        out.append(Example("", chat_prompt(f"{ask} {s}", tokenizer), f"{opening} {s} {closing}", i))
+    return out
 
 
 def generic_prompts(n: int, tokenizer, seed: int = 99) -> list[str]:

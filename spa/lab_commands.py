@@ -113,10 +113,11 @@ def cmd_build_models(args) -> None:
 
 def cmd_pool_build(args) -> None:
     from cloud_worker.backbone import Backbone
-    from lab.pool import PoolConfig, build_pool, xsum_file
+    from lab.pool import PoolConfig, build_pool, pool_styles, xsum_file
 
-    pool = build_pool(Backbone.load(args.backbone, args.device), args.out,
-                      PoolConfig.from_args(args), xsum=xsum_file(args.xsum), progress=_progress(args))
+    styles = pool_styles(args.styles)  # a bad name fails before the backbone loads
+    pool = build_pool(Backbone.load(args.backbone, args.device), args.out, PoolConfig.from_args(args),
+                      styles, xsum=xsum_file(args.xsum), progress=_progress(args))
     print(f"pool {pool.path}: {len(pool.names)} members ({', '.join(pool.names)})")
 
 
@@ -258,6 +259,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--backbone", default="smollm2-135m")
     q.add_argument("--device", default="cpu")
     q.add_argument("--xsum", help="XSum JSONL for the news member (default: $SPA_XSUM or ../shared/data)")
+    q.add_argument("--styles", default="", help="members, comma-separated (default: news, letter, "
+                   "captain, brief, cheer, radio; opt-in: frames)")
     q.add_argument("--quiet", action="store_true", help="no progress bars")
     from lab.blend_config import PoolConfig
 
