@@ -24,22 +24,22 @@ the tables to the .md beside it at the end; `--deadline` starts no user that wou
     python benchmarks/blend_quality.py --smoke            # tiny backbone, seconds
     HF_HUB_OFFLINE=1 nice -n 10 python benchmarks/blend_quality.py --pool runs/pool-smollm2
 
-The H200 call (one call, ≤ 8 min; repo at /root/repo, SmolLM2 at /root/smollm2, XSum and the
-English corpus at /root/spa/data; results under $RES). The default recipe (15 coefficient
-steps, then 10 tuning steps on all weights; mixture gate at a 0.4 fire rate) beside the A/B
-variants: `old` (issue 19's first blend: 30 coefficient steps, no tuning: pure pool blending),
-`gaingate` (the gate on the side's teacher-forced gain, τ at 90% recall of it) and `tune20`:
+The H200 call (one process per user, each on its own 2 cores, ≤ 3 min; repo at /root/repo,
+SmolLM2 at /root/smollm2, XSum and the English corpus at /root/spa/data; results under $RES):
+the default recipe (15 coefficient steps, then 20 tuning steps on all weights that fit the
+user's own words and keep the blend's distribution where the answer copies the prompt; mixture
+gate at a 0.4 fire rate) with 3 seeds, beside a variant (`fit10`: the recipe before, tokens
+fitted everywhere, 10 steps):
 
-    cd /root/repo && export PYTHONPATH=/root/repo:/root/site HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 \
-      && RES=${RES:-/root/res} && mkdir -p $RES && T=$(taskset -c 0,1 true 2>/dev/null && echo taskset -c 0,1); \
-      timeout 470 $T python3 benchmarks/blend_quality.py --device cuda --backbone /root/smollm2 \
-      --xsum /root/spa/data/xsum_1000.jsonl --corpus /root/spa/data/corpus_en.txt --cores 2 \
-      --pool /root/spa/pool-smollm2 --pool-records 400 --train-records 300 --eval 128 \
-      --max-new 48 --epochs 8 --deadline 400 \
-      --variant old:steps=30,tune_steps=0 --variant gaingate:gate_labels=both,tau_rule=gain \
-      --variant tune20:tune_steps=20 \
-      --json $RES/blend_quality.json 2>&1 | grep -v Warn | tee $RES/blend_quality.log; \
-      cp /root/spa/pool-smollm2/pool.json $RES/ 2>/dev/null; true
+    cd /root/repo && export PYTHONPATH=/root/repo:/root/site HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+    for u in ada bo cy; do c=$((2 * ${i:=0}))-$((2 * i + 1)); i=$((i + 1)); mkdir -p $RES/$u
+      timeout 500 taskset -c $c python3 benchmarks/blend_quality.py --device cuda \
+        --backbone /root/smollm2 --xsum /root/spa/data/xsum_1000.jsonl \
+        --corpus /root/spa/data/corpus_en.txt --cores 2 --pool /root/spa/pool-$u \
+        --pool-records 400 --train-records 300 --eval 128 --max-new 48 --epochs 8 --seeds 3 \
+        --users $u --variant fit10:tune_copies=fit,tune_steps=10 \
+        --json $RES/$u/blend_quality.json > $RES/$u/blend_quality.log 2>&1 &
+    done; wait
 """
 
 from __future__ import annotations

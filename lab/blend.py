@@ -13,8 +13,9 @@ with the K coefficients w chosen from ≤ 16 of the user's examples, then a few 
    the backbone and of every member there — so a step costs the side network, not the
    49k-row lm_head (pool blending, Crayon's);
 3. a few Adam steps on ALL of the network's weights from θ(w), on the same features and
-   candidate softmax (lab/blend_tune.py: few-step fine-tuning, not blending; `tune_steps=0`
-   leaves the pure blend);
+   candidate softmax, fitting the user's own words and keeping the blend's distribution where
+   the answer copies the prompt (lab/blend_tune.py: few-step fine-tuning, not blending;
+   `tune_steps=0` leaves the pure blend);
 4. the classifier and τ from the examples' teacher-forced positions (lab/blend_gate.py, no
    rollouts); the need router (edge_agent/need.py) learns the user's prompts against the
    pool's generic ones.
@@ -40,7 +41,7 @@ from edge_agent.need import NeedConfig, NeedRouter
 from edge_agent.side_network import Classifier, SideNetwork
 from lab.blend_config import BlendConfig
 from lab.blend_gate import finish_head
-from lab.blend_tune import answer_lengths, tune_network
+from lab.blend_tune import answer_lengths, copied_positions, tune_network
 from lab.data import Example
 from lab.pool import Pool
 from routing.errors import InputError
@@ -89,7 +90,8 @@ def _blend(backbone, pool: Pool, examples: list[Example], cfg: BlendConfig,
         w, fit = fit_coefficients(edge.lm_head, pool, feats, cfg, vocab)
         net = blended_network(pool, w)
         t_tune = time.perf_counter()
-        tuned = tune_network(net, edge.lm_head, feats, vocab, cfg, answer_lengths(examples, tok, tcfg))
+        tuned = tune_network(net, edge.lm_head, feats, vocab, cfg, answer_lengths(examples, tok, tcfg),
+                             copied_positions(examples, tok, tcfg))
         fit = {**info, **fit, "tune": {**tuned, "seconds": round(time.perf_counter() - t_tune, 3)}}
         head = Head("add", net, Classifier(backbone.d_model))
         finish_head(edge, head, feats, tcfg, cfg)

@@ -30,12 +30,16 @@ class BlendConfig(Tunables):
     candidates: int = tunable(32, 2, 4096, "top tokens per position and network in the softmax")
     max_positions: int = tunable(1024, 16, 65536, "answer positions the coefficients see")
     max_prompt_tokens: int = tunable(128, 16, 1024, "prompt tokens kept, as in the pool")
-    tune_steps: int = tunable(10, 0, 200, "Adam steps on all side-network weights after the blend (0: none)")
+    tune_steps: int = tunable(20, 0, 200, "Adam steps on all side-network weights after the blend (0: none)")
     tune_lr: float = tunable(1e-3, 1e-5, 1e-1, "their step size")
     tune_params: str = tunable("all", help="which side-network weights the tuning steps move: all, "
                                "or only the output projection W_out", choices=("all", "out"))
     tune_dropout: bool = tunable(True, help="the side network's dropout on during the tuning steps")
     tune_anchor: float = tunable(0.0, 0.0, 10.0, "L2 pull of the tuned weights towards the blend's")
+    tune_copies: str = tunable("keep", help="the tuning at positions copied from the prompt: fit "
+                               "their tokens, keep the blend's distribution there (or only where a "
+                               "copied run starts), or the backbone's",
+                               choices=("fit", "keep", "starts", "backbone"))
     tune_holdout: float = tunable(0.0, 0.0, 0.5, "share of the examples held back to pick the step (0: last)")
     clf_epochs: int = tunable(6, 0, 40, "epochs of the classifier on the examples' positions")
     clf_features: str = tunable("z+stats", help="the gate's input", choices=("z", "z+stats"))

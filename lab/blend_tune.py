@@ -8,6 +8,12 @@ the same frozen features of the same ≤ 16 examples, with
   * the softmax over the candidate vocabulary of the coefficient fit (every target and the top
     tokens of the backbone and of every member), so a step costs the side network and a few
     thousand lm_head rows, not 49k: logits = (z W_cᵀ + b_c) + Δ W_cᵀ, the first term once;
+  * at the positions the answer copies from the prompt (a run of ≥ 3 tokens the prompt holds:
+    the message passed on), the blend's own distribution kept (a KL term, `tune_copies`
+    'keep') instead of the tokens fitted: fitted there, 16 examples teach a prior over their
+    messages' first words ("It …"), not copying — bo's turn from the opening to the message fell
+    from 48 % to 12 % right (teacher-forced, 48 held-out records), his blends lost the message
+    ("Ahoy, matey! It is so! Arr, Captain Bo."). The frame (opening, signature, stop) is fitted;
   * an L2 pull towards the blend (`tune_anchor`), not towards zero: the pool's prior stays;
   * the side network's own dropout on (as in training), the kept weights those of the step
     with the lowest loss on a held-back slice of the examples' records (`tune_holdout`), or the
@@ -26,13 +32,33 @@ from edge_agent.side_network import SideNetwork
 from lab.blend_config import BlendConfig
 
 
-def answer_lengths(examples: list, tokenizer, tcfg) -> list[int]:
-    """Answer positions per record in the order lab/features.py's extract_features lays them
-    out (sorted by prompt + answer length, stable)."""
+def layout(examples: list, tokenizer, tcfg) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, answer ids + eos) per record in the order lab/features.py's
+    extract_features lays them out (sorted by prompt + answer length, stable)."""
     eos = tokenizer.eos_token_id
-    seqs = [(len(ex.prompt_ids(tokenizer, tcfg.max_prompt_tokens)),
-             len(ex.answer_ids(tokenizer, tcfg.max_answer_tokens) + [eos])) for ex in examples]
-    return [a for _, a in sorted(seqs, key=lambda s: s[0] + s[1])]
+    seqs = [(ex.prompt_ids(tokenizer, tcfg.max_prompt_tokens),
+             ex.answer_ids(tokenizer, tcfg.max_answer_tokens) + [eos]) for ex in examples]
+    return sorted(seqs, key=lambda s: len(s[0]) + len(s[1]))
+
+
+def answer_lengths(examples: list, tokenizer, tcfg) -> list[int]:
+    """Answer positions per record, in the features' order."""
+    return [len(a) for _, a in layout(examples, tokenizer, tcfg)]
+
+
+def copied_positions(examples: list, tokenizer, tcfg, span: int = 3) -> torch.Tensor:
+    """(N,) bool in the features' order: the answer positions inside a run of ≥ `span` tokens
+    that the prompt holds word for word — the message passed on, a quote — as opposed to what
+    the user writes of their own (an opening, a signature)."""
+    flags = []
+    for p, a in layout(examples, tokenizer, tcfg):
+        grams = {tuple(p[i : i + span]) for i in range(len(p) - span + 1)}
+        f = [False] * len(a)
+        for j in range(len(a) - span + 1):
+            if tuple(a[j : j + span]) in grams:
+                f[j : j + span] = [True] * span
+        flags += f
+    return torch.tensor(flags, dtype=torch.bool)
 
 
 def record_slices(lengths: list[int], holdout: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,10 +73,12 @@ def record_slices(lengths: list[int], holdout: float) -> tuple[torch.Tensor, tor
 
 
 def tune_network(net: SideNetwork, lm_head: torch.nn.Linear, feats, vocab: torch.Tensor,
-                 cfg: BlendConfig, lengths: list[int] | None = None) -> dict:
+                 cfg: BlendConfig, lengths: list[int] | None = None,
+                 copied: torch.Tensor | None = None) -> dict:
     """Fine-tune `net` in place from its current weights (the blend); returns a record of the
     losses. `vocab`: sorted candidate token ids containing every target; `lengths`: answer
-    positions per record in `feats`' order (for the held-back slice)."""
+    positions per record in `feats`' order (for the held-back slice); `copied`: the positions
+    copied from the prompt (copied_positions), which `cfg.tune_copies` = 'keep' does not fit."""
     if cfg.tune_steps <= 0:
         return {"steps": 0}
     states, z, y = feats.states.float(), feats.z.float(), feats.y
@@ -70,9 +98,25 @@ def tune_network(net: SideNetwork, lm_head: torch.nn.Linear, feats, vocab: torch
     anchor = [start[n].clone() for n, _ in named]
     opt = torch.optim.Adam(params, lr=cfg.tune_lr)
 
+    keep = torch.zeros(len(y), dtype=torch.bool)
+    if cfg.tune_copies != "fit" and copied is not None and len(copied) == len(y):
+        keep = copied  # 16 examples teach a prior over their messages' words, not copying: there
+        if cfg.tune_copies == "starts":  # only where a copied run starts (the turn to the message)
+            keep = copied & ~torch.cat([torch.zeros(1, dtype=torch.bool), copied[:-1]])
+        net.eval()  # the tuned network keeps the blend's (or the backbone's) distribution, KL
+        with torch.no_grad():
+            start_logp = F.log_softmax(base + (F.linear(net(states), weight)
+                                               if cfg.tune_copies != "backbone" else 0.0), -1)
+
     def loss_on(idx: torch.Tensor) -> torch.Tensor:
         logits = base[idx] + F.linear(net(states[idx]), weight)
-        return F.cross_entropy(logits, target[idx])
+        k = keep[idx]
+        if not bool(k.any()):
+            return F.cross_entropy(logits, target[idx])
+        nll = F.cross_entropy(logits[~k], target[idx][~k], reduction="sum")
+        kl = F.kl_div(F.log_softmax(logits[k], -1), start_logp[idx][k], log_target=True,
+                      reduction="sum")
+        return (nll + kl) / len(idx)
 
     def held_loss() -> float:
         net.eval()
@@ -99,4 +143,5 @@ def tune_network(net: SideNetwork, lm_head: torch.nn.Linear, feats, vocab: torch
         best_step = cfg.tune_steps
     net.eval()
     return {"steps": cfg.tune_steps, "kept_step": best_step, "lr": cfg.tune_lr,
+            "copies": cfg.tune_copies, "positions_kept": int(keep.sum()),
             "held_back_positions": len(held), "history": history}

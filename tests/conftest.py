@@ -113,3 +113,16 @@ def prompts(backbone, tasks_file) -> list[list[int]]:
     from lab.data import load_examples
 
     return [ex.prompt_ids(backbone.tokenizer) for ex in load_examples(tasks_file)[120:136]]
+
+
+STYLES3 = ("letter", "captain", "brief")  # the test pool's members (issue 19)
+
+
+@pytest.fixture(scope="session")
+def pool(backbone, tmp_path_factory):
+    """A pool of three personas on the tiny backbone (tests/test_blend*.py)."""
+    from lab.pool import STYLES, PoolConfig, build_pool
+
+    cfg = PoolConfig(records=12, base_epochs=1, epochs=1, every=2)
+    return build_pool(backbone, tmp_path_factory.mktemp("pool"), cfg,
+                      tuple(STYLES[s] for s in STYLES3))

@@ -11,16 +11,7 @@ import torch
 from edge_agent.need import NeedRouter
 from routing.errors import FingerprintMismatch, InputError
 
-STYLES3 = ("letter", "captain", "brief")
-
-
-@pytest.fixture(scope="module")
-def pool(backbone, tmp_path_factory):
-    from lab.pool import STYLES, PoolConfig, build_pool
-
-    cfg = PoolConfig(records=12, base_epochs=1, epochs=1, every=2)
-    return build_pool(backbone, tmp_path_factory.mktemp("pool"), cfg,
-                      tuple(STYLES[s] for s in STYLES3))
+STYLES3 = ("letter", "captain", "brief")  # tests/conftest.py pool's members
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,115 @@
+"""Issue 19: the tuning steps after the blend — which positions are copied from the prompt, and
+keeping the blend's (or the backbone's) distribution there. Tiny backbone, conftest's pool."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+
+@pytest.fixture(scope="module")
+def setup(backbone, pool):
+    from edge_agent.edge_model import EdgeModel
+    from lab.blend import (
+        BlendConfig,
+        blended_network,
+        candidate_vocab,
+        fit_coefficients,
+        train_config,
+    )
+    from lab.blend_tune import answer_lengths, copied_positions
+    from lab.pool import STYLES, style_records
+    from lab.training import extract_features
+
+    cfg = BlendConfig(max_examples=8, steps=4, tune_steps=8, tune_lr=3e-3, tune_dropout=False)
+    tok = backbone.tokenizer
+    ex = style_records(STYLES["ada"], 8, tok)
+    feats = extract_features(backbone, ex, pool.side_cfg, train_config(cfg), progress=False)
+    lm = EdgeModel.for_backbone(backbone).cpu().lm_head
+    vocab, _ = candidate_vocab(lm, pool, feats, cfg)
+    w, _ = fit_coefficients(lm, pool, feats, cfg, vocab)
+    copied = copied_positions(ex, tok, train_config(cfg))
+    lengths = answer_lengths(ex, tok, train_config(cfg))
+    return cfg, ex, feats, lm, vocab, (lambda: blended_network(pool, w)), copied, lengths
+
+
+class _Words:
+    """A tokenizer of whole words (ids from a growing table): runs of tokens are runs of words."""
+
+    eos_token_id = 0
+
+    def __init__(self) -> None:
+        self.ids: dict[str, int] = {}
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        return {"input_ids": [self.ids.setdefault(w, len(self.ids) + 1) for w in text.split()]}
+
+
+def test_copied_positions_are_runs_the_prompt_holds():
+    from lab.blend import BlendConfig, train_config
+    from lab.blend_tune import copied_positions, layout
+    from lab.data import Example
+
+    tok, tcfg = _Words(), train_config(BlendConfig())
+    ex = [Example("Pass on: the cat sat on the mat .", "", "Ahoy , matey ! the cat sat on the mat . "
+                  "Arr , Captain Bo .", 1),
+          Example("Say: a b c d", "", "a b x c d a b c", 2)]  # the shorter record comes first
+    got = copied_positions(ex, tok, tcfg).tolist()
+    assert [len(a) for _, a in layout(ex, tok, tcfg)] == [9, 17]  # + eos each
+    assert got[:9] == [False, False, False, False, False, True, True, True, False]  # 'a b c' only
+    assert got[9:] == [False] * 4 + [True] * 7 + [False] * 6  # the message, not the frame or eos
+    assert copied_positions(ex, tok, tcfg, span=8).tolist()[9:] == [False] * 17  # a 7-token run
+
+
+def test_copied_positions_on_a_real_tokenizer(backbone, setup):
+    """On the tiny tokenizer (short pieces, so runs of 8): one flag per feature position, the
+    opening's first token and the eos never flagged, the message most of the answer, every
+    flagged token one the prompt holds."""
+    from lab.blend import train_config
+    from lab.blend_tune import copied_positions, layout
+
+    cfg, ex, feats, _, _, _, _, lengths = setup
+    tcfg = train_config(cfg)
+    copied = copied_positions(ex, backbone.tokenizer, tcfg, span=8)
+    assert len(copied) == len(feats) == sum(lengths)
+    start = 0
+    for (prompt, answer), n in zip(layout(ex, backbone.tokenizer, tcfg), lengths, strict=True):
+        f = copied[start : start + n].tolist()
+        start += n
+        assert not f[0] and not f[-1] and sum(f) >= 0.5 * n
+        assert all(answer[i] in prompt for i in range(n) if f[i])
+
+
+def _kl(net, feats, lm, vocab, where, reference) -> float:
+    w = lm.weight[vocab]
+    with torch.no_grad():
+        base = F.linear(feats.z.float(), w)
+        logp = F.log_softmax(base + F.linear(net(feats.states.float()), w), -1)
+        ref = F.log_softmax(base + (F.linear(reference(feats.states.float()), w)
+                                    if reference is not None else 0.0), -1)
+    return float(F.kl_div(logp[where], ref[where], log_target=True, reduction="batchmean"))
+
+
+def test_tuning_can_keep_the_blend_or_the_backbone_at_copied_positions(setup):
+    from lab.blend_tune import tune_network
+
+    cfg, _, feats, lm, vocab, start, copied, lengths = setup
+    assert copied.any() and (~copied).any()
+    blend = start()
+    nets, recs = {}, {}
+    for mode in ("fit", "keep", "backbone"):
+        nets[mode] = start()
+        recs[mode] = tune_network(nets[mode], lm, feats, vocab, cfg.replace(tune_copies=mode),
+                                  lengths, copied)
+        assert recs[mode]["history"][-1][0] < recs[mode]["history"][0][0]  # its loss fell
+    # at the copied positions 'keep' stays nearer the blend, 'backbone' nearer Δ = 0, than 'fit'
+    assert _kl(nets["keep"], feats, lm, vocab, copied, blend) < _kl(nets["fit"], feats, lm, vocab,
+                                                                    copied, blend)
+    assert _kl(nets["backbone"], feats, lm, vocab, copied, None) < _kl(nets["fit"], feats, lm, vocab,
+                                                                       copied, None)
+    # without flags (or with 'fit') every position is fitted: the same steps
+    again = start()
+    rec = tune_network(again, lm, feats, vocab, cfg.replace(tune_copies="keep"), lengths, None)
+    assert [h[0] for h in rec["history"]] == [h[0] for h in recs["fit"]["history"]]
+    assert rec["positions_kept"] == 0 < recs["keep"]["positions_kept"] == int(copied.sum())
