@@ -91,7 +91,7 @@ def _blend(backbone, pool: Pool, examples: list[Example], cfg: BlendConfig,
         net = blended_network(pool, w)
         t_tune = time.perf_counter()
         tuned = tune_network(net, edge.lm_head, feats, vocab, cfg, answer_lengths(examples, tok, tcfg),
-                             copied_positions(examples, tok, tcfg))
+                             copied_positions(examples, tok, tcfg), backbone.eos_token_id)
         fit = {**info, **fit, "tune": {**tuned, "seconds": round(time.perf_counter() - t_tune, 3)}}
         head = Head("add", net, Classifier(backbone.d_model))
         finish_head(edge, head, feats, tcfg, cfg)

@@ -37,9 +37,10 @@ class BlendConfig(Tunables):
     tune_dropout: bool = tunable(True, help="the side network's dropout on during the tuning steps")
     tune_anchor: float = tunable(0.0, 0.0, 10.0, "L2 pull of the tuned weights towards the blend's")
     tune_copies: str = tunable("keep", help="the tuning at positions copied from the prompt: fit "
-                               "their tokens, keep the blend's distribution there (or only where a "
-                               "copied run starts), or the backbone's",
-                               choices=("fit", "keep", "starts", "backbone"))
+                               "their tokens, or keep the blend's distribution there",
+                               choices=("fit", "keep"))
+    tune_no_stop: bool = tunable(True, help="with 'keep': the end-of-answer token pushed down "
+                                 "inside a copied run (the answer goes on)")
     tune_holdout: float = tunable(0.0, 0.0, 0.5, "share of the examples held back to pick the step (0: last)")
     clf_epochs: int = tunable(6, 0, 40, "epochs of the classifier on the examples' positions")
     clf_features: str = tunable("z+stats", help="the gate's input", choices=("z", "z+stats"))

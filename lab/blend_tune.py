@@ -74,11 +74,12 @@ def record_slices(lengths: list[int], holdout: float) -> tuple[torch.Tensor, tor
 
 def tune_network(net: SideNetwork, lm_head: torch.nn.Linear, feats, vocab: torch.Tensor,
                  cfg: BlendConfig, lengths: list[int] | None = None,
-                 copied: torch.Tensor | None = None) -> dict:
+                 copied: torch.Tensor | None = None, eos: int | None = None) -> dict:
     """Fine-tune `net` in place from its current weights (the blend); returns a record of the
     losses. `vocab`: sorted candidate token ids containing every target; `lengths`: answer
     positions per record in `feats`' order (for the held-back slice); `copied`: the positions
-    copied from the prompt (copied_positions), which `cfg.tune_copies` = 'keep' does not fit."""
+    copied from the prompt (copied_positions), which `cfg.tune_copies` = 'keep' does not fit;
+    `eos`: the end-of-answer token (for `cfg.tune_no_stop`)."""
     if cfg.tune_steps <= 0:
         return {"steps": 0}
     states, z, y = feats.states.float(), feats.z.float(), feats.y
@@ -99,24 +100,26 @@ def tune_network(net: SideNetwork, lm_head: torch.nn.Linear, feats, vocab: torch
     opt = torch.optim.Adam(params, lr=cfg.tune_lr)
 
     keep = torch.zeros(len(y), dtype=torch.bool)
-    if cfg.tune_copies != "fit" and copied is not None and len(copied) == len(y):
+    if cfg.tune_copies == "keep" and copied is not None and len(copied) == len(y):
         keep = copied  # 16 examples teach a prior over their messages' words, not copying: there
-        if cfg.tune_copies == "starts":  # only where a copied run starts (the turn to the message)
-            keep = copied & ~torch.cat([torch.zeros(1, dtype=torch.bool), copied[:-1]])
-        net.eval()  # the tuned network keeps the blend's (or the backbone's) distribution, KL
+        net.eval()  # the tuned network keeps the blend's distribution (KL)
         with torch.no_grad():
-            start_logp = F.log_softmax(base + (F.linear(net(states), weight)
-                                               if cfg.tune_copies != "backbone" else 0.0), -1)
+            start_logp = F.log_softmax(base + F.linear(net(states), weight), -1)
+    # inside a copied run the answer does not stop: −log(1 − p(eos)) there (`tune_no_stop`)
+    stop = int(torch.searchsorted(vocab, torch.tensor(eos))) if eos is not None else -1
+    no_stop = (cfg.tune_no_stop and bool(keep.any()) and 0 <= stop < len(vocab)
+               and int(vocab[stop]) == eos)
 
     def loss_on(idx: torch.Tensor) -> torch.Tensor:
         logits = base[idx] + F.linear(net(states[idx]), weight)
         k = keep[idx]
         if not bool(k.any()):
             return F.cross_entropy(logits, target[idx])
+        logp = F.log_softmax(logits[k], -1)
         nll = F.cross_entropy(logits[~k], target[idx][~k], reduction="sum")
-        kl = F.kl_div(F.log_softmax(logits[k], -1), start_logp[idx][k], log_target=True,
-                      reduction="sum")
-        return (nll + kl) / len(idx)
+        kl = F.kl_div(logp, start_logp[idx][k], log_target=True, reduction="sum")
+        go_on = -torch.log1p(-logp[:, stop].exp().clamp(max=1 - 1e-6)).sum() if no_stop else 0.0
+        return (nll + kl + go_on) / len(idx)
 
     def held_loss() -> float:
         net.eval()
@@ -143,5 +146,5 @@ def tune_network(net: SideNetwork, lm_head: torch.nn.Linear, feats, vocab: torch
         best_step = cfg.tune_steps
     net.eval()
     return {"steps": cfg.tune_steps, "kept_step": best_step, "lr": cfg.tune_lr,
-            "copies": cfg.tune_copies, "positions_kept": int(keep.sum()),
+            "copies": cfg.tune_copies, "positions_kept": int(keep.sum()), "no_stop": no_stop,
             "held_back_positions": len(held), "history": history}

@@ -1,5 +1,6 @@
-"""Issue 19: the tuning steps after the blend — which positions are copied from the prompt, and
-keeping the blend's (or the backbone's) distribution there. Tiny backbone, conftest's pool."""
+"""Issue 19: the tuning steps after the blend — which positions are copied from the prompt,
+keeping the blend's distribution there, not stopping inside a copy. Tiny backbone, conftest's
+pool."""
 
 from __future__ import annotations
 
@@ -86,30 +87,40 @@ def _kl(net, feats, lm, vocab, where, reference) -> float:
     with torch.no_grad():
         base = F.linear(feats.z.float(), w)
         logp = F.log_softmax(base + F.linear(net(feats.states.float()), w), -1)
-        ref = F.log_softmax(base + (F.linear(reference(feats.states.float()), w)
-                                    if reference is not None else 0.0), -1)
+        ref = F.log_softmax(base + F.linear(reference(feats.states.float()), w), -1)
     return float(F.kl_div(logp[where], ref[where], log_target=True, reduction="batchmean"))
 
 
-def test_tuning_can_keep_the_blend_or_the_backbone_at_copied_positions(setup):
+def _p_stop(net, feats, lm, vocab, where, eos: int) -> float:
+    w = lm.weight[vocab]
+    with torch.no_grad():
+        logits = F.linear(feats.z.float(), w) + F.linear(net(feats.states.float()), w)
+    return float(logits.softmax(-1)[where][:, int(torch.searchsorted(vocab, torch.tensor(eos)))].mean())
+
+
+def test_tuning_can_keep_the_blend_at_copied_positions(backbone, setup):
     from lab.blend_tune import tune_network
 
     cfg, _, feats, lm, vocab, start, copied, lengths = setup
     assert copied.any() and (~copied).any()
     blend = start()
     nets, recs = {}, {}
-    for mode in ("fit", "keep", "backbone"):
-        nets[mode] = start()
-        recs[mode] = tune_network(nets[mode], lm, feats, vocab, cfg.replace(tune_copies=mode),
-                                  lengths, copied)
-        assert recs[mode]["history"][-1][0] < recs[mode]["history"][0][0]  # its loss fell
-    # at the copied positions 'keep' stays nearer the blend, 'backbone' nearer Δ = 0, than 'fit'
+    for name, c in (("fit", cfg.replace(tune_copies="fit")), ("keep", cfg.replace(tune_no_stop=False)),
+                    ("no_stop", cfg)):
+        nets[name] = start()
+        recs[name] = tune_network(nets[name], lm, feats, vocab, c, lengths, copied,
+                                  backbone.eos_token_id)
+        assert recs[name]["history"][-1][0] < recs[name]["history"][0][0]  # its loss fell
+    assert recs["no_stop"]["no_stop"] and not recs["keep"]["no_stop"]
+    # at the copied positions 'keep' stays nearer the blend than 'fit' does
     assert _kl(nets["keep"], feats, lm, vocab, copied, blend) < _kl(nets["fit"], feats, lm, vocab,
                                                                     copied, blend)
-    assert _kl(nets["backbone"], feats, lm, vocab, copied, None) < _kl(nets["fit"], feats, lm, vocab,
-                                                                       copied, None)
-    # without flags (or with 'fit') every position is fitted: the same steps
+    # and the answer's end is less likely there with tune_no_stop
+    eos = backbone.eos_token_id
+    assert _p_stop(nets["no_stop"], feats, lm, vocab, copied, eos) < _p_stop(
+        nets["keep"], feats, lm, vocab, copied, eos)
+    # without flags every position is fitted: the same steps as 'fit'
     again = start()
-    rec = tune_network(again, lm, feats, vocab, cfg.replace(tune_copies="keep"), lengths, None)
+    rec = tune_network(again, lm, feats, vocab, cfg.replace(tune_no_stop=False), lengths, None, eos)
     assert [h[0] for h in rec["history"]] == [h[0] for h in recs["fit"]["history"]]
     assert rec["positions_kept"] == 0 < recs["keep"]["positions_kept"] == int(copied.sum())
