@@ -99,8 +99,10 @@ def tune_network(net: SideNetwork, lm_head: torch.nn.Linear, feats, vocab: torch
     anchor = [start[n].clone() for n, _ in named]
     opt = torch.optim.Adam(params, lr=cfg.tune_lr)
 
+    if copied is not None and len(copied) != len(y):
+        raise ValueError(f"tune_network: {len(copied)} copy flags for {len(y)} positions")
     keep = torch.zeros(len(y), dtype=torch.bool)
-    if cfg.tune_copies == "keep" and copied is not None and len(copied) == len(y):
+    if cfg.tune_copies == "keep" and copied is not None:
         keep = copied  # 16 examples teach a prior over their messages' words, not copying: there
         net.eval()  # the tuned network keeps the blend's distribution (KL)
         with torch.no_grad():
