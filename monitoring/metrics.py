@@ -13,6 +13,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from routing.modes import Mode
+from routing.protocol import SPECS, MsgType, Role
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -110,6 +111,14 @@ def init_agent_series(modes: list[str], wire_dtypes: list[str] = ("fp16",)) -> N
             SESSIONS_FINISHED.labels(mode, outcome)
         for family in (STALE_FRAMES, TTFT, ITL, SIDE_COMPUTE):
             family.labels(mode)
+    # a session's bytes each way by its wire dtype: at 0 too, else a series born mid-run is
+    # rated from its first scrape and the per-dtype bytes per token come out short (or 0)
+    outs = [t for t, s in SPECS.items() if Role.AGENT in s.senders and t is not MsgType.HEARTBEAT]
+    ins = (MsgType.FRAME, MsgType.HIDDEN, MsgType.DONE, MsgType.ERROR)
+    for wire in wire_dtypes:
+        for direction, types in (("out", [*outs, MsgType.BATCH]), ("in", ins)):
+            for type_ in types:
+                BYTES.labels("agent", type_, direction, wire)
 
 
 def serve(port: int, addr: str = "127.0.0.1") -> None:

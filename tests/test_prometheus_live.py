@@ -165,22 +165,27 @@ def test_prometheus_m_equals_agents_count(live):
 
 
 def test_bytes_per_token_by_wire_dtype(live):
-    """The dashboard's per-dtype line (the recording rule) has fp16 and int8, int8 lower edge←cloud;
-    the counters' ratio equals the load test's own bytes per token of each dtype."""
-    prom, summary, at, *_ = live
+    """The dashboard's per-dtype line (the recording rule) has fp16 and int8 and equals the
+    counters' exact ratio (every series at 0 before the run: rates extrapolated alike), int8
+    lower edge←cloud; the counters' ratio equals the load test's own bytes per token."""
+    prom, summary, at, started, _ = live
+    assert at - started < 55, f"the run took {at - started:.0f}s: longer than the rules' window"
     rule = "direction_wire_dtype:spa_message_bytes_per_token:ratio_rate1m"
     per = {(r["metric"]["wire_dtype"], r["metric"]["direction"]): float(r["value"][1])
            for r in prom.query(rule, at)}
     assert {w for w, _ in per} == set(WIRES), per
-    assert 0 < per[("int8", "in")] < per[("fp16", "in")], per
-    assert all(math.isfinite(v) and v > 0 for v in per.values()), per
+    exact = {(r["metric"]["wire_dtype"], r["metric"]["direction"]): float(r["value"][1])
+             for r in prom.query(
+        'sum by (wire_dtype, direction) (spa_message_bytes_total{component="agent", wire_dtype!=""})'
+        ' / on (wire_dtype) group_left sum by (wire_dtype) (spa_tokens_generated_total)', at)}
+    assert set(per) == set(exact), (per, exact)
+    for key, value in exact.items():
+        assert value > 0 and per[key] == pytest.approx(value, rel=1e-6), (key, per, exact)
+    assert exact[("int8", "in")] < exact[("fp16", "in")], exact
     own = summary["wire_dtypes"]
     assert set(own) == set(WIRES) and own["int8"]["sessions"] > 0, own
-    exact = {r["metric"]["wire_dtype"]: float(r["value"][1]) for r in prom.query(
-        'sum by (wire_dtype) (spa_message_bytes_total{component="agent", direction="in", '
-        'wire_dtype!=""}) / on (wire_dtype) sum by (wire_dtype) (spa_tokens_generated_total)', at)}
     for wire in WIRES:  # every message of a live session is both counted and in its stream's bytes
-        assert exact[wire] == pytest.approx(own[wire]["bytes_down_per_token"], rel=1e-9), wire
+        assert exact[(wire, "in")] == pytest.approx(own[wire]["bytes_down_per_token"], rel=1e-9), wire
 
 
 def test_promtool_check_metrics_on_every_process(live, promtool):
