@@ -86,12 +86,13 @@ def _blend(backbone, pool: Pool, examples: list[Example], cfg: BlendConfig,
         feats = _on_cpu(extract_features(backbone, examples, pool.side_cfg, tcfg, progress=False))
         t1, c1 = time.perf_counter(), time.process_time()
         tok = backbone.tokenizer
+        copied = copied_positions(examples, tok, tcfg)
         vocab, info = candidate_vocab(edge.lm_head, pool, feats, cfg)
-        w, fit = fit_coefficients(edge.lm_head, pool, feats, cfg, vocab)
+        w, fit = fit_coefficients(edge.lm_head, pool, feats, cfg, vocab, copied)
         net = blended_network(pool, w)
         t_tune = time.perf_counter()
         tuned = tune_network(net, edge.lm_head, feats, vocab, cfg, answer_lengths(examples, tok, tcfg),
-                             copied_positions(examples, tok, tcfg), backbone.eos_token_id)
+                             copied, backbone.eos_token_id)
         fit = {**info, **fit, "tune": {**tuned, "seconds": round(time.perf_counter() - t_tune, 3)}}
         head = Head("add", net, Classifier(backbone.d_model))
         finish_head(edge, head, feats, tcfg, cfg)
@@ -155,14 +156,22 @@ def candidate_vocab(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConfi
 
 
 def fit_coefficients(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConfig,
-                     vocab: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+                     vocab: torch.Tensor | None = None, copied: torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, dict]:
     """w (K,) minimising the examples' cross-entropy under the blended network, from w = 0,
-    the softmax over `vocab` (candidate_vocab's when None)."""
+    the softmax over `vocab` (candidate_vocab's when None). With `cfg.coef_on` 'copies', only
+    at the `copied` positions (lab.blend_tune.copied_positions; all when none is flagged)."""
     info: dict = {}
     if vocab is None:
         vocab, info = candidate_vocab(lm_head, pool, feats, cfg)
     n = min(len(feats), cfg.max_positions)
-    states, z, y = feats.states[:n].float(), feats.z[:n].float(), feats.y[:n]
+    idx = torch.arange(n)
+    if cfg.coef_on == "copies":
+        if copied is None or len(copied) != len(feats):
+            raise ValueError("fit_coefficients: coef_on 'copies' needs one copy flag per position")
+        if bool(copied[:n].any()):
+            idx = idx[copied[:n]]
+    states, z, y = feats.states[idx].float(), feats.z[idx].float(), feats.y[idx]
     names = pool.names
     base = {k: v.float() for k, v in pool.base.items()}
     deltas = {k: torch.stack([pool.members[m][k].float() - base[k] for m in names]) for k in base}
@@ -190,7 +199,7 @@ def fit_coefficients(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConf
         final = loss_at(w, 0.0).item()
         start = history[0] if history and cfg.coef_cap == 0 else round(loss_at(torch.zeros_like(w), 0.0).item(), 4)
     return w, {**info, "nll_candidates_start": start, "nll_candidates_end": round(final, 4),
-               "steps": cfg.steps}
+               "steps": cfg.steps, "coef_positions": len(idx)}
 
 
 def capped_nll(logits: torch.Tensor, target: torch.Tensor, cap: float) -> torch.Tensor:

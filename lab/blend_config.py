@@ -27,6 +27,9 @@ class BlendConfig(Tunables):
     coef_cap: float = tunable(0.0, 0.0, 20.0, "soft cap (nats) on each position's NLL in the "
                               "coefficient fit, c·tanh(nll/c): a member wrong on a few tokens "
                               "(another signature) is not vetoed by them (0: plain mean)")
+    coef_on: str = tunable("all", help="the positions the coefficient fit sees: all, or only "
+                           "those copied from the prompt (the skill the pool holds; the user's "
+                           "own words are the tuning's)", choices=("all", "copies"))
     candidates: int = tunable(32, 2, 4096, "top tokens per position and network in the softmax")
     max_positions: int = tunable(1024, 16, 65536, "answer positions the coefficients see")
     max_prompt_tokens: int = tunable(128, 16, 1024, "prompt tokens kept, as in the pool")

@@ -124,3 +124,25 @@ def test_tuning_can_keep_the_blend_at_copied_positions(backbone, setup):
     rec = tune_network(again, lm, feats, vocab, cfg.replace(tune_no_stop=False), lengths, None, eos)
     assert [h[0] for h in rec["history"]] == [h[0] for h in recs["fit"]["history"]]
     assert rec["positions_kept"] == 0 < recs["keep"]["positions_kept"] == int(copied.sum())
+
+
+def test_coefficients_fit_on_copied_positions_only(pool, setup):
+    """coef_on 'copies': the fit sees the copied positions alone — the same w as a fit on the
+    features cut to them; the record says how many; mismatched flags are an error."""
+    from dataclasses import replace
+
+    from lab.blend import fit_coefficients
+    from lab.training import Features
+
+    cfg, _, feats, lm, vocab, _, copied, _ = setup
+    assert 0 < int(copied.sum()) < len(copied)
+    cfg = replace(cfg, steps=40)  # Adam's first steps move every w alike (by lr, their sign)
+    on = replace(cfg, coef_on="copies")
+    w, info = fit_coefficients(lm, pool, feats, on, vocab, copied)
+    cut = Features(feats.states[copied], feats.z[copied], feats.y[copied], feats.layers)
+    w_cut, _ = fit_coefficients(lm, pool, cut, cfg, vocab)
+    w_all, info_all = fit_coefficients(lm, pool, feats, cfg, vocab)
+    assert info["coef_positions"] == int(copied.sum()) and info_all["coef_positions"] == len(copied)
+    assert torch.allclose(w, w_cut, atol=1e-5) and not torch.allclose(w, w_all, atol=1e-3)
+    with pytest.raises(ValueError):
+        fit_coefficients(lm, pool, feats, on, vocab, copied[:-1])
