@@ -40,8 +40,9 @@ class BlendConfig(Tunables):
     tune_dropout: bool = tunable(True, help="the side network's dropout on during the tuning steps")
     tune_anchor: float = tunable(0.0, 0.0, 10.0, "L2 pull of the tuned weights towards the blend's")
     tune_copies: str = tunable("keep", help="the tuning at positions copied from the prompt: fit "
-                               "their tokens, or keep the blend's distribution there",
-                               choices=("fit", "keep"))
+                               "their tokens, keep the blend's distribution there, or 'split': the "
+                               "blend's at a copy's first token, the backbone's at the rest",
+                               choices=("fit", "keep", "split"))
     tune_no_stop: bool = tunable(True, help="with 'keep': the end-of-answer token pushed down "
                                  "inside a copied run (the answer goes on)")
     tune_holdout: float = tunable(0.0, 0.0, 0.5, "share of the examples held back to pick the step (0: last)")

@@ -126,6 +126,27 @@ def test_tuning_can_keep_the_blend_at_copied_positions(backbone, setup):
     assert rec["positions_kept"] == 0 < recs["keep"]["positions_kept"] == int(copied.sum())
 
 
+def test_split_keeps_the_backbone_inside_a_copy(backbone, setup):
+    """tune_copies 'split': inside a copied run (not its first token) the tuning keeps the
+    backbone's distribution, so it ends nearer the backbone there than 'keep' does."""
+    from lab.blend_tune import tune_network
+
+    cfg, _, feats, lm, vocab, start, copied, lengths = setup
+    inside = copied & torch.cat([torch.zeros(1, dtype=torch.bool), copied[:-1]])
+    assert inside.any() and (copied & ~inside).any()
+    nets = {}
+    for name in ("keep", "split"):
+        nets[name] = start()
+        tune_network(nets[name], lm, feats, vocab, cfg.replace(tune_copies=name), lengths, copied,
+                     backbone.eos_token_id)
+
+    def backbone_only(states: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(states), lm.weight.shape[1])
+
+    assert _kl(nets["split"], feats, lm, vocab, inside, backbone_only) < _kl(
+        nets["keep"], feats, lm, vocab, inside, backbone_only)
+
+
 def test_coefficients_fit_on_copied_positions_only(pool, setup):
     """coef_on 'copies': the fit sees the copied positions alone — the same w as a fit on the
     features cut to them; the record says how many; mismatched flags are an error."""
