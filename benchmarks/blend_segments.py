@@ -175,13 +175,17 @@ def _summary(rouge: dict, recipes: dict, seeds: int, gap_interval, paired_bootst
     trained comparator)."""
     lines = []
     base = rouge["base"]
-    heads = sorted({r.split("@s")[0] for r in recipes})
+    heads = sorted({r.split("@s")[0] for r in recipes}, key=lambda h: h != "blended")
+    means = {}
     for h in heads:
         runs = [r for r in recipes if r == h or r.startswith(h + "@s")]
-        mean = [statistics.fmean(v) for v in zip(*(rouge[r] for r in runs), strict=True)]
+        mean = means[h] = [statistics.fmean(v) for v in zip(*(rouge[r] for r in runs), strict=True)]
         d = paired_bootstrap(mean, base)
         line = (f"{h} ({len(runs)} seeds: {', '.join(f'{statistics.fmean(rouge[r]):.1f}' for r in runs)})"
                 f" mean {statistics.fmean(mean):.1f}, − base {d['diff']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]")
+        if h != "blended":
+            d = paired_bootstrap(mean, means["blended"])
+            line += f", − blended {d['diff']:+.2f} [{d['lo']:+.2f}, {d['hi']:+.2f}]"
         if "trained" in rouge:
             p, lo, hi = gap_interval(base, mean, rouge["trained"])
             line += f", gap closed {p:.2f} [{lo:.2f}, {hi:.2f}]"

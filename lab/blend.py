@@ -11,7 +11,10 @@ with the K coefficients w chosen from ≤ 16 of the user's examples, then a few 
 2. a few Adam steps on w minimise the examples' cross-entropy under lm_head(z + Δ_θ(w)), the
    softmax restricted to a candidate vocabulary — each position's target and the top tokens of
    the backbone and of every member there — so a step costs the side network, not the
-   49k-row lm_head (pool blending, Crayon's);
+   49k-row lm_head (pool blending, Crayon's). Only at the positions the answer copies from the
+   prompt (`coef_on` 'copies', lab.blend_tune.copied_positions): there the pool's skill is what
+   counts; the user's own words (a new opening, another signature) no member writes, and on
+   all positions their few tokens of 20 nats chose the members (RESULTS §10.4);
 3. a few Adam steps on ALL of the network's weights from θ(w), on the same features and
    candidate softmax, fitting the user's own words and keeping the blend's distribution where
    the answer copies the prompt (lab/blend_tune.py: few-step fine-tuning, not blending;

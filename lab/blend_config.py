@@ -27,9 +27,10 @@ class BlendConfig(Tunables):
     coef_cap: float = tunable(0.0, 0.0, 20.0, "soft cap (nats) on each position's NLL in the "
                               "coefficient fit, c·tanh(nll/c): a member wrong on a few tokens "
                               "(another signature) is not vetoed by them (0: plain mean)")
-    coef_on: str = tunable("all", help="the positions the coefficient fit sees: all, or only "
+    coef_on: str = tunable("copies", help="the positions the coefficient fit sees: all, or only "
                            "those copied from the prompt (the skill the pool holds; the user's "
-                           "own words are the tuning's)", choices=("all", "copies"))
+                           "own words are the tuning's; all when none is copied)",
+                           choices=("all", "copies"))
     candidates: int = tunable(32, 2, 4096, "top tokens per position and network in the softmax")
     max_positions: int = tunable(1024, 16, 65536, "answer positions the coefficients see")
     max_prompt_tokens: int = tunable(128, 16, 1024, "prompt tokens kept, as in the pool")
@@ -40,9 +41,8 @@ class BlendConfig(Tunables):
     tune_dropout: bool = tunable(True, help="the side network's dropout on during the tuning steps")
     tune_anchor: float = tunable(0.0, 0.0, 10.0, "L2 pull of the tuned weights towards the blend's")
     tune_copies: str = tunable("keep", help="the tuning at positions copied from the prompt: fit "
-                               "their tokens, keep the blend's distribution there, or 'split': the "
-                               "blend's at a copy's first token, the backbone's at the rest",
-                               choices=("fit", "keep", "split"))
+                               "their tokens, or keep the blend's distribution there",
+                               choices=("fit", "keep"))
     tune_no_stop: bool = tunable(True, help="with 'keep': the end-of-answer token pushed down "
                                  "inside a copied run (the answer goes on)")
     tune_holdout: float = tunable(0.0, 0.0, 0.5, "share of the examples held back to pick the step (0: last)")

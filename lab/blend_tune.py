@@ -102,14 +102,11 @@ def tune_network(net: SideNetwork, lm_head: torch.nn.Linear, feats, vocab: torch
     if copied is not None and len(copied) != len(y):
         raise ValueError(f"tune_network: {len(copied)} copy flags for {len(y)} positions")
     keep = torch.zeros(len(y), dtype=torch.bool)
-    if cfg.tune_copies in ("keep", "split") and copied is not None:
+    if cfg.tune_copies == "keep" and copied is not None:
         keep = copied  # 16 examples teach a prior over their messages' words, not copying: there
         net.eval()  # the tuned network keeps the blend's distribution (KL)
         with torch.no_grad():
             start_logp = F.log_softmax(base + F.linear(net(states), weight), -1)
-            if cfg.tune_copies == "split":  # inside a copy (not its first token) the backbone's
-                inside = copied & torch.cat([torch.zeros(1, dtype=torch.bool), copied[:-1]])
-                start_logp[inside] = F.log_softmax(base[inside], -1)
     # inside a copied run the answer does not stop: −log(1 − p(eos)) there (`tune_no_stop`)
     stop = int(torch.searchsorted(vocab, torch.tensor(eos))) if eos is not None else -1
     no_stop = (cfg.tune_no_stop and bool(keep.any()) and 0 <= stop < len(vocab)

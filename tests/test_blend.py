@@ -76,7 +76,7 @@ def test_tuning_starts_from_the_blend_and_fits_the_examples(backbone, pool):
     from lab.pool import STYLES, style_records
     from lab.training import extract_features
 
-    cfg = BlendConfig(max_examples=8, steps=6, tune_steps=6, tune_lr=3e-3)
+    cfg = BlendConfig(max_examples=8, steps=6, tune_steps=6, tune_lr=3e-3, coef_on="all")
     ex = style_records(STYLES["ada"], 8, backbone.tokenizer)
     feats = extract_features(backbone, ex, pool.side_cfg, train_config(cfg), progress=False)
     lengths = answer_lengths(ex, backbone.tokenizer, train_config(cfg))
