@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from blend_quality import parse_variants, trained_bundle, with_seeds  # noqa: E402
+from blend_quality import parse_variants, smoke_setup, trained_bundle, with_seeds  # noqa: E402
 
 SEGMENTS = ("opening", "turn", "message", "closing")
 
@@ -79,7 +79,7 @@ def segment_stats(lm_head, feats, side, labels: list[str]) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backbone", default="smollm2-135m")
-    ap.add_argument("--pool", required=True, help="a `spa pool build` directory")
+    ap.add_argument("--pool", default="", help="a `spa pool build` directory (required)")
     ap.add_argument("--users", default="ada,bo,cy")
     ap.add_argument("--examples", type=int, default=16)
     ap.add_argument("--train-records", type=int, default=300, help="records of the split before "
@@ -93,26 +93,47 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default="")
+    ap.add_argument("--smoke", action="store_true", help="tiny backbone and pool, one user: seconds")
     return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if not args.pool and not args.smoke:
+        raise SystemExit("blend_segments.py: --pool is required (a `spa pool build` directory)")
+    if args.smoke:  # blend_quality.py's tiny backbone and budgets; a pool built beside the run
+        smoke_setup(args)
+        args.rouge, args.trained, args.seeds = 2, True, 2
+        args.variant = args.variant or ["copies:coef_on=all"]
     from cloud_worker.backbone import Backbone
     from edge_agent.edge_model import EdgeModel
     from lab.blend import BlendConfig, blend, train_config
+    from lab.blend_config import PoolConfig
     from lab.blend_report import gap_interval
     from lab.blend_tune import copied_positions, layout
     from lab.evaluate import Evaluator, paired_bootstrap
-    from lab.pool import HELD_OUT, STYLES, corpus_file, load_pool, style_records, xsum_file
+    from lab.pool import (
+        HELD_OUT,
+        STYLES,
+        build_pool,
+        corpus_file,
+        load_pool,
+        pool_styles,
+        style_records,
+        xsum_file,
+    )
     from lab.training import extract_features
     from routing.modes import Mode
 
     torch.set_num_threads(args.threads)
     bb = Backbone.load(args.backbone, device="cpu", dtype="float32")
+    if args.smoke and not (Path(args.pool) / "pool.json").is_file():
+        build_pool(bb, args.pool, PoolConfig(records=12, base_epochs=1, epochs=1, every=2),
+                   pool_styles("letter,captain,cheer"), corpus=corpus_file())
     pool = load_pool(args.pool, bb.fingerprint)
     tok = bb.tokenizer
-    cfg = BlendConfig(max_examples=args.examples, threads=args.threads)
+    cfg = BlendConfig(max_examples=args.examples, threads=args.threads,
+                      **({"steps": 12, "clf_epochs": 1} if args.smoke else {}))
     recipes = {"blended": cfg, **with_seeds(parse_variants(args.variant, cfg), cfg, args.seeds)}
     lm = EdgeModel.for_backbone(bb).cpu().lm_head
     report: dict = {"args": vars(args), "pool": pool.names, "users": {}}
@@ -124,11 +145,18 @@ def main(argv: list[str] | None = None) -> int:
                              cfg.max_prompt_tokens, corpus_file())
         train, test = recs[: args.train_records], recs[args.train_records:]
         tcfg = train_config(cfg)
-        feats = extract_features(bb, test, pool.side_cfg, tcfg, progress=False)
+        feats: dict = {}  # the held-out records' features per set of wire layers
+
+        def features(side_cfg, feats=feats, test=test, tcfg=tcfg):
+            key = tuple(side_cfg.layers)  # the pool's and the comparator's may differ
+            if key not in feats:
+                feats[key] = extract_features(bb, test, side_cfg, tcfg, progress=False)
+            return feats[key]
+
         labels = [s for f in _per_record(copied_positions(test, tok, tcfg).tolist(),
                                          [len(a) for _, a in layout(test, tok, tcfg)])
                   for s in segment_labels(f)]
-        u: dict = {"segments": {"backbone": segment_stats(lm, feats, None, labels)}, "rouge": {},
+        u: dict = {"segments": {"backbone": segment_stats(lm, features(pool.side_cfg), None, labels)}, "rouge": {},
                    "blend_seconds": {}}
         prompts = test[: args.rouge]
         base_scores = (Evaluator(bb, None, cfg.max_prompt_tokens, args.max_new, 12, progress=False)
@@ -144,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             nets[rname] = edge
         for rname, edge in nets.items():
             side = edge.heads["add"].side.eval()
-            u["segments"][rname] = segment_stats(lm, feats, side, labels)
+            u["segments"][rname] = segment_stats(lm, features(side.cfg), side, labels)
             if prompts:
                 ev = Evaluator(bb, edge, cfg.max_prompt_tokens, args.max_new, 12, progress=False)
                 u["rouge"][rname] = ev.run_mode(Mode.FULL, prompts, ci=False).scores
@@ -157,6 +185,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{name}: {line}", flush=True)
         u["seconds"] = round(time.perf_counter() - t0, 1)
         report["users"][name] = u
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=1, default=str))
+    done = [u for u in report["users"].values() if u["rouge"]]
+    if len(done) > 1:  # every user's records together (the same recipes for each)
+        pooled = {k: [s for u in done for s in u["rouge"][k]] for k in done[0]["rouge"]}
+        report["summary_all"] = _summary(pooled, recipes, args.seeds, gap_interval, paired_bootstrap)
+        for line in report["summary_all"]:
+            print(f"all: {line}", flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=1, default=str))
     return 0
