@@ -115,7 +115,8 @@ def init_agent_series(modes: list[str], wire_dtypes: list[str] = ("fp16",)) -> N
     # rated from its first scrape and the per-dtype bytes per token come out short (or 0)
     outs = [t for t, s in SPECS.items() if Role.AGENT in s.senders and t is not MsgType.HEARTBEAT]
     ins = (MsgType.FRAME, MsgType.HIDDEN, MsgType.DONE, MsgType.ERROR)
-    for wire in wire_dtypes:
+    framed = any(Mode.parse(m).uses_side for m in modes)  # else every session's label is ""
+    for wire in wire_dtypes if framed else ():
         for direction, types in (("out", [*outs, MsgType.BATCH]), ("in", ins)):
             for type_ in types:
                 BYTES.labels("agent", type_, direction, wire)
