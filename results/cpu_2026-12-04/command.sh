@@ -6,3 +6,5 @@ HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/blend_segments.py --pool /tmp/b19/p
 # the confirmation, 3 seeds, 48 prompts, 96 teacher-forced records (segments_confirm.*):
 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/blend_segments.py --pool /tmp/b19/pool --users bo,ada,cy --seeds 3 --eval 96 --rouge 48 --trained --variant copies:coef_on=copies --json segments_confirm.json
 # segments_4recipes.pooled.txt: every user pooled (blend_segments.py prints these "all:" lines itself since)
+# the tuning's step count with the new default (segments_steps.*):
+HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/blend_segments.py --pool /tmp/b19/pool --users bo,ada,cy --seeds 2 --rouge 32 --variant t10:tune_steps=10 --variant t30:tune_steps=30 --json segments_steps.json
