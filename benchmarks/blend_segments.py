@@ -109,9 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     from edge_agent.edge_model import EdgeModel
     from lab.blend import BlendConfig, blend, train_config
     from lab.blend_config import PoolConfig
-    from lab.blend_report import gap_interval
     from lab.blend_tune import copied_positions, layout
-    from lab.evaluate import Evaluator, paired_bootstrap
+    from lab.evaluate import Evaluator
     from lab.pool import (
         HELD_OUT,
         STYLES,
@@ -180,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
                   + (f" rouge {statistics.fmean(u['rouge'][rname]):.1f}" if prompts else ""), flush=True)
         if prompts:
             u["rouge"]["base"] = base_scores
-            u["summary"] = _summary(u["rouge"], recipes, args.seeds, gap_interval, paired_bootstrap)
+            u["summary"] = _summary(u["rouge"], recipes)
             for line in u["summary"]:
                 print(f"{name}: {line}", flush=True)
         u["seconds"] = round(time.perf_counter() - t0, 1)
@@ -190,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     done = [u for u in report["users"].values() if u["rouge"]]
     if len(done) > 1:  # every user's records together (the same recipes for each)
         pooled = {k: [s for u in done for s in u["rouge"][k]] for k in done[0]["rouge"]}
-        report["summary_all"] = _summary(pooled, recipes, args.seeds, gap_interval, paired_bootstrap)
+        report["summary_all"] = _summary(pooled, recipes)
         for line in report["summary_all"]:
             print(f"all: {line}", flush=True)
         if args.json:
@@ -206,9 +205,12 @@ def _per_record(flags: list[bool], lengths: list[int]) -> list[list[bool]]:
     return out
 
 
-def _summary(rouge: dict, recipes: dict, seeds: int, gap_interval, paired_bootstrap) -> list[str]:
+def _summary(rouge: dict, recipes: dict) -> list[str]:
     """Each recipe's seed mean per record: Rouge-L, minus base (paired), gap closed (with a
     trained comparator)."""
+    from lab.blend_report import gap_interval
+    from lab.evaluate import paired_bootstrap
+
     lines = []
     base = rouge["base"]
     heads = sorted({r.split("@s")[0] for r in recipes}, key=lambda h: h != "blended")

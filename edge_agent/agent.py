@@ -42,6 +42,7 @@ from routing.modes import Mode
 from routing.protocol import (
     MAX_AGENT_SESSIONS,
     SPECS,
+    TO_AGENT,
     MsgType,
     ProtocolError,
     Role,
@@ -53,7 +54,6 @@ from routing.protocol import (
 from routing.quant import WireDtype
 from routing.sampling import Sampling
 
-TO_AGENT = frozenset({MsgType.FRAME, MsgType.HIDDEN, MsgType.DONE, MsgType.ERROR, MsgType.HEARTBEAT})
 AGENT_BATCH = Role.AGENT in SPECS[MsgType.BATCH].senders  # may agents coalesce into a BATCH?
 DRAIN = 4096  # messages handled per wake-up of the receive task before yielding to the loop
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from routing.modes import Mode
-from routing.protocol import SPECS, MsgType, Role
+from routing.protocol import SPECS, TO_AGENT, MsgType, Role
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -113,11 +113,12 @@ def init_agent_series(modes: list[str], wire_dtypes: list[str] = ("fp16",)) -> N
             family.labels(mode)
     # a session's bytes each way by its wire dtype: at 0 too, else a series born mid-run is
     # rated from its first scrape and the per-dtype bytes per token come out short (or 0)
+    # (heartbeats are connection-wide: label "")
     outs = [t for t, s in SPECS.items() if Role.AGENT in s.senders and t is not MsgType.HEARTBEAT]
-    ins = (MsgType.FRAME, MsgType.HIDDEN, MsgType.DONE, MsgType.ERROR)
+    ins = TO_AGENT - {MsgType.HEARTBEAT}
     framed = any(Mode.parse(m).uses_side for m in modes)  # else every session's label is ""
     for wire in wire_dtypes if framed else ():
-        for direction, types in (("out", [*outs, MsgType.BATCH]), ("in", ins)):
+        for direction, types in (("out", outs), ("in", ins)):
             for type_ in types:
                 BYTES.labels("agent", type_, direction, wire)
 

@@ -133,6 +133,8 @@ SPECS: dict[MsgType, Spec] = {
                         frozenset({B, W})),
 }
 _TYPES = {t.value: t for t in MsgType}
+# what an agent takes from the broker (anything else it answers FORBIDDEN)
+TO_AGENT = frozenset({MsgType.FRAME, MsgType.HIDDEN, MsgType.DONE, MsgType.ERROR, MsgType.HEARTBEAT})
 
 
 @dataclass
