@@ -26,11 +26,11 @@ the tables to the .md beside it at the end; `--deadline` starts no user that wou
 
 The H200 call (one process per user, each on its own 2 cores, ≤ 3 min; repo at /root/repo,
 SmolLM2 at /root/smollm2, XSum and the English corpus at /root/spa/data; results under $RES):
-the default recipe (15 coefficient steps on the positions copied from the prompt, then 20 tuning steps on all weights that fit the
-user's own words and keep the blend's distribution where the answer copies the prompt, not
-ending inside a copy; mixture gate at a 0.4 fire rate) with 3 seeds, beside variants (`all`:
-the coefficients fitted on every position, RESULTS §10.3's recipe; `stops`: without the no-end
-term too, §10.3's run k):
+the default recipe (15 coefficient steps on the positions copied from the prompt, then 20 tuning
+steps on all weights that fit the user's own words and keep the blend's distribution where the
+answer copies the prompt, not ending inside a copy; gate on mixture + gain labels at a 0.4 fire
+rate; need threshold in the gap) with 3 seeds, beside variants (`all`: the coefficients fitted on
+every position, RESULTS §10.3's recipe; `mix`: the gate on the mixture labels alone, §10.4's):
 
     cd /root/repo && export PYTHONPATH=/root/repo:/root/site HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
     for u in ada bo cy; do c=$((2 * ${i:=0}))-$((2 * i + 1)); i=$((i + 1)); mkdir -p $RES/$u
@@ -38,7 +38,7 @@ term too, §10.3's run k):
         --backbone /root/smollm2 --xsum /root/spa/data/xsum_1000.jsonl \
         --corpus /root/spa/data/corpus_en.txt --cores 2 --pool /root/spa/pool-$u \
         --pool-records 400 --train-records 300 --eval 128 --max-new 48 --epochs 8 --seeds 3 \
-        --users $u --variant all:coef_on=all --variant stops:coef_on=all,tune_no_stop=false \
+        --users $u --variant all:coef_on=all --variant mix:gate_labels=mixture \
         --json $RES/$u/blend_quality.json > $RES/$u/blend_quality.log 2>&1 &
     done; wait
 """

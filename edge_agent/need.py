@@ -9,8 +9,10 @@ threshold runs as `base` end to end (no wire layers, no REQUEST), so its M is 0.
 Fitted at blending time on the user's example prompts (positives) against the pool's generic
 prompts (negatives). The threshold is calibrated like τ, on held-out scores: k-fold
 out-of-fold scores of the user's prompts, and the threshold kept where `recall` of them still
-count as customised (a customised prompt sent as base loses the user's style; a generic one
-sent as spa only costs M).
+count as customised — or, when the out-of-fold scores separate the two sets, the middle of the
+gap between them if that is lower (a customised prompt sent as base loses the user's style; a
+generic one sent as spa only costs M; 16 examples' 5 % quantile sits on the lowest of them and
+lost 11 % of cy's held-out prompts).
 
     <bundle>/need.json   weights, bias, threshold and how they were fitted
 """
@@ -86,11 +88,17 @@ class NeedRouter:
             w, b = _logistic(xp[keep_p], xn[keep_n], cfg)
             oof[~keep_p] = xp[~keep_p] @ w + b
             oof_neg[~keep_n] = xn[~keep_n] @ w + b
-        # the highest threshold that keeps `recall` of the held-out user prompts customised
+        # the highest threshold that keeps `recall` of the held-out user prompts customised;
+        # when no generic prompt scores as high as any user prompt out of fold, the middle of
+        # that gap instead (lower): a user prompt unlike the examples is kept customised too
         threshold = float(torch.quantile(oof.double(), 1 - cfg.recall)) - 1e-6
+        lowest, generic_top = float(oof.min()), float(oof_neg.max())
+        if lowest > generic_top:
+            threshold = min(threshold, (lowest + generic_top) / 2)
         w, b = _logistic(xp, xn, cfg)
         info = {"threshold": threshold, "recall": cfg.recall, "folds": folds,
                 "positives": len(positive), "negatives": len(negative),
+                "oof_lowest": lowest, "oof_generic_highest": generic_top,
                 "oof_recall": float((oof > threshold).float().mean()),
                 "oof_generic_as_customised": float((oof_neg > threshold).float().mean())}
         return cls(w, b, threshold, info)

@@ -49,7 +49,8 @@ class BlendConfig(Tunables):
     clf_epochs: int = tunable(6, 0, 40, "epochs of the classifier on the examples' positions")
     clf_features: str = tunable("z+stats", help="the gate's input", choices=("z", "z+stats"))
     clf_hidden: int = tunable(64, 0, 256, "the gate's hidden width (0 = linear)")
-    gate_labels: str = tunable("mixture", help="the gate's training labels (lab/blend_gate.py)",
+    gate_labels: str = tunable("both", help="the gate's training labels (lab/blend_gate.py): "
+                               "the mixture likelihood, the side's measured gain, or both",
                                choices=("mixture", "gain", "both"))
     tau_rule: str = tunable("rate", help="τ: at a fire rate, or at a recall of the side's gain",
                             choices=("rate", "gain"))

@@ -39,6 +39,21 @@ def test_need_router_separates_topics_and_keeps_recall():
     assert kept >= 0.8 and sent <= 0.2
 
 
+def test_need_threshold_in_the_middle_of_a_separating_gap():
+    """Separated out of fold: the threshold sits halfway between the lowest user prompt and the
+    highest generic one (below the recall quantile); overlapping: the recall quantile."""
+    head = _lm_head()
+    pos, neg = _two_topics(16, 0)
+    r = NeedRouter.fit(pos, neg, head, NeedConfig(recall=0.95))
+    lo, hi = r.info["oof_lowest"], r.info["oof_generic_highest"]
+    assert lo > hi and r.threshold == pytest.approx((lo + hi) / 2)
+    assert r.info["oof_recall"] == 1.0 and r.info["oof_generic_as_customised"] == 0.0
+    # one topic for both: no gap, so the threshold keeps 95 % of the user's prompts out of fold
+    mixed = NeedRouter.fit(pos, pos * 3, head, NeedConfig(recall=0.95))
+    assert mixed.info["oof_lowest"] <= mixed.info["oof_generic_highest"]
+    assert mixed.threshold > mixed.info["oof_lowest"]
+
+
 def test_need_router_on_disk(tmp_path):
     head = _lm_head()
     pos, neg = _two_topics(8, 2)
