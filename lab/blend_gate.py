@@ -25,16 +25,16 @@ from lab.blend_config import BlendConfig
 
 
 @torch.no_grad()
-def side_gain(edge: EdgeModel, head: Head, feats) -> tuple[torch.Tensor, torch.Tensor]:
-    """(helps, harms) per position of `feats` (bool), teacher-forced, full vocabulary."""
-    helps, harms = [], []
+def side_gain(edge: EdgeModel, head: Head, feats, log_probs: tuple | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(helps, harms) per position of `feats` (bool), teacher-forced, full vocabulary; from
+    `lab.gate_training._log_probs`' tokens (computed here unless given)."""
+    from lab.gate_training import _log_probs
+
     head.side.eval()
-    for states, z, y in feats.batches(1024):
-        tb = edge.lm_head(z).argmax(-1)
-        ts = edge.lm_head(z + head.side(states)).argmax(-1)
-        helps.append((ts == y) & (tb != y))
-        harms.append((tb == y) & (ts != y))
-    return torch.cat(helps), torch.cat(harms)
+    _, _, tb, ts = log_probs if log_probs is not None else _log_probs(edge, head, feats)
+    y = feats.y.to(tb.device)
+    return (ts == y) & (tb != y), (tb == y) & (ts != y)
 
 
 def threshold(logit: torch.Tensor, helps: torch.Tensor, cfg: BlendConfig) -> float:
@@ -53,21 +53,23 @@ def threshold(logit: torch.Tensor, helps: torch.Tensor, cfg: BlendConfig) -> flo
 def finish_head(edge: EdgeModel, head: Head, feats, tcfg, cfg: BlendConfig) -> None:
     """The classifier on `feats`' positions and τ on them (see the module's doc): the same for
     a blended head and a trained one, so a comparison isolates the side network."""
-    from lab.training import train_classifier
+    from lab.gate_training import _log_probs, train_classifier
 
     edge.set_head(head)
-    if cfg.gate_labels == "mixture" and cfg.tau_rule == "rate":  # the gain is not needed: 2
-        helps = harms = torch.zeros(len(feats), dtype=torch.bool)  # full-vocabulary passes saved
+    head.side.eval()
+    log_probs = _log_probs(edge, head, feats)  # both full-vocabulary passes, once
+    if cfg.gate_labels == "mixture" and cfg.tau_rule == "rate":  # the gain is not needed
+        helps = harms = torch.zeros(len(feats), dtype=torch.bool)
         measured = False
     else:
-        (helps, harms), measured = side_gain(edge, head, feats), True
+        (helps, harms), measured = side_gain(edge, head, feats, log_probs), True
     objective = {"mixture": "mixture", "gain": "onpolicy", "both": "both"}[cfg.gate_labels]
     tcfg = dataclasses.replace(tcfg, clf_objective=objective)
     if objective == "mixture":
         pz, py = torch.zeros(0, edge.d_model), torch.zeros(0)
     else:  # the teacher-forced gain labels stand in for lab/gate_training.py's on-policy ones
-        pz, py = feats.z.float(), helps.float()
-    hist = train_classifier(edge, head, feats, tcfg, pz, py)
+        pz, py = feats.z, helps.float()  # the same positions: their features computed once
+    hist = train_classifier(edge, head, feats, tcfg, pz, py, log_probs)
     with torch.no_grad():
         logit = head.classifier.logit(feats.z.float(), edge.lm_head).double()
     head.threshold = threshold(logit, helps, cfg)

@@ -56,18 +56,21 @@ def _clf_inputs(edge: EdgeModel, clf: Classifier, z: Tensor) -> Tensor:
 
 
 def train_classifier(edge: EdgeModel, head: Head, train: Features, cfg: TrainConfig,
-                     policy_z: Tensor, policy_y: Tensor) -> list[dict]:
+                     policy_z: Tensor, policy_y: Tensor,
+                     log_probs: tuple[Tensor, ...] | None = None) -> list[dict]:
     """Mixture likelihood on teacher-forced answers and/or BCE on on-policy 'side differs'
-    labels (cfg.clf_objective)."""
+    labels (cfg.clf_objective). `log_probs`: `_log_probs(edge, head, train)` when the caller
+    has it already; `policy_z` may be `train.z` itself (its features are then computed once)."""
     dev = train.y.device
     clf = Classifier(edge.d_model, cfg.clf_features, cfg.clf_hidden).to(dev)
     head.classifier = clf
     edge.set_head(head)
     use_mix = cfg.clf_objective in ("mixture", "both") and len(train)
     use_pol = cfg.clf_objective in ("onpolicy", "both") and len(policy_y)
-    lpb, lpi, _, _ = _log_probs(edge, head, train)
+    lpb, lpi, _, _ = log_probs if log_probs is not None else _log_probs(edge, head, train)
     x_all = _clf_inputs(edge, clf, train.z)
-    x_pol = _clf_inputs(edge, clf, policy_z.to(dev)) if len(policy_y) else x_all[:0]
+    x_pol = (x_all if policy_z is train.z else _clf_inputs(edge, clf, policy_z.to(dev))
+             if len(policy_y) else x_all[:0])
     policy_y = policy_y.to(dev)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     opt = torch.optim.AdamW(clf.parameters(), lr=cfg.lr * 5, weight_decay=0.0)

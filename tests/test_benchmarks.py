@@ -23,7 +23,7 @@ SMOKE = {
     "broker_overhead.py": "broker",
     "spa_xsum.py": "method", "spa_select.py": "method", "first_token_eos.py": "method",
     "persona_quality.py": "method", "seed_table.py": "method",
-    "blend_quality.py": "blend", "blend_segments.py": "blend",
+    "blend_quality.py": "blend", "blend_segments.py": "blend", "blend_time.py": "blend",
     "edge_devices.py": "device",
     "wire_bytes.py": "wire",
 }

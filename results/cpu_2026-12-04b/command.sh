@@ -1,0 +1,1 @@
+HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/blend_time.py --pool /tmp/b19/pool --corpus runs/spa_gpu/data/corpus_en.txt --xsum runs/spa_gpu/data/xsum_1000.jsonl --variant mix:gate_labels=mixture --reps 2 --json results/cpu_2026-12-04b/blend_time.json  # pool: spa pool build --out /tmp/b19/pool --records 120 (RESULTS 10.4)
