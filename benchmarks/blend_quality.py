@@ -162,6 +162,24 @@ def pin(cores: int) -> None:
         os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cores])
 
 
+def cpu_setup(args: argparse.Namespace):
+    """The CPU scripts' start (blend_segments.py, blend_time.py): the backbone on the CPU in
+    fp32 with `args.threads` threads, the pool (the smoke's tiny one built when missing) and the
+    default BlendConfig -> (backbone, pool, cfg)."""
+    from cloud_worker.backbone import Backbone
+    from lab.blend_config import BlendConfig, PoolConfig
+    from lab.pool import build_pool, corpus_file, load_pool, pool_styles
+
+    torch.set_num_threads(args.threads)
+    bb = Backbone.load(args.backbone, device="cpu", dtype="float32")
+    if args.smoke and not (Path(args.pool) / "pool.json").is_file():
+        build_pool(bb, args.pool, PoolConfig(records=12, base_epochs=1, epochs=1, every=2),
+                   pool_styles("letter,captain,cheer"), corpus=corpus_file())
+    cfg = BlendConfig(max_examples=args.examples, threads=args.threads,
+                      **({"steps": 12, "clf_epochs": 1} if args.smoke else {}))
+    return bb, load_pool(args.pool, bb.fingerprint), cfg
+
+
 def smoke_setup(args: argparse.Namespace) -> None:
     """The tests' tiny backbone (or a 30-step one), a pool of three personas, one user."""
     from lab.pretrain import pretrain

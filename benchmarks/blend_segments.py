@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from blend_quality import parse_variants, smoke_setup, trained_bundle, with_seeds  # noqa: E402
+from blend_quality import cpu_setup, parse_variants, smoke_setup, trained_bundle, with_seeds  # noqa: E402
 
 SEGMENTS = ("opening", "turn", "message", "closing")
 
@@ -105,34 +105,22 @@ def main(argv: list[str] | None = None) -> int:
         smoke_setup(args)
         args.rouge, args.trained, args.seeds = 2, True, 2
         args.variant = args.variant or ["copies:coef_on=all"]
-    from cloud_worker.backbone import Backbone
     from edge_agent.edge_model import EdgeModel
-    from lab.blend import BlendConfig, blend, train_config
-    from lab.blend_config import PoolConfig
+    from lab.blend import blend, train_config
     from lab.blend_tune import copied_positions, layout
     from lab.evaluate import Evaluator
     from lab.pool import (
         HELD_OUT,
         STYLES,
-        build_pool,
         corpus_file,
-        load_pool,
-        pool_styles,
         style_records,
         xsum_file,
     )
     from lab.training import extract_features
     from routing.modes import Mode
 
-    torch.set_num_threads(args.threads)
-    bb = Backbone.load(args.backbone, device="cpu", dtype="float32")
-    if args.smoke and not (Path(args.pool) / "pool.json").is_file():
-        build_pool(bb, args.pool, PoolConfig(records=12, base_epochs=1, epochs=1, every=2),
-                   pool_styles("letter,captain,cheer"), corpus=corpus_file())
-    pool = load_pool(args.pool, bb.fingerprint)
+    bb, pool, cfg = cpu_setup(args)
     tok = bb.tokenizer
-    cfg = BlendConfig(max_examples=args.examples, threads=args.threads,
-                      **({"steps": 12, "clf_epochs": 1} if args.smoke else {}))
     recipes = {"blended": cfg, **with_seeds(parse_variants(args.variant, cfg), cfg, args.seeds)}
     lm = EdgeModel.for_backbone(bb).cpu().lm_head
     report: dict = {"args": vars(args), "pool": pool.names, "users": {}}

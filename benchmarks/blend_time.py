@@ -24,8 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import torch  # noqa: E402
-from blend_quality import parse_variants, smoke_setup  # noqa: E402
+from blend_quality import cpu_setup, parse_variants, smoke_setup  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -51,28 +50,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         smoke_setup(args)
         args.reps, args.variant = 1, args.variant or ["mix:gate_labels=mixture"]
-    from cloud_worker.backbone import Backbone
-    from lab.blend import BlendConfig, blend
-    from lab.blend_config import PoolConfig
-    from lab.pool import (
-        HELD_OUT,
-        STYLES,
-        build_pool,
-        corpus_file,
-        load_pool,
-        pool_styles,
-        style_records,
-        xsum_file,
-    )
+    from lab.blend import blend
+    from lab.pool import HELD_OUT, STYLES, corpus_file, style_records, xsum_file
 
-    torch.set_num_threads(args.threads)
-    bb = Backbone.load(args.backbone, device="cpu", dtype="float32")
-    if args.smoke and not (Path(args.pool) / "pool.json").is_file():
-        build_pool(bb, args.pool, PoolConfig(records=12, base_epochs=1, epochs=1, every=2),
-                   pool_styles("letter,captain,cheer"), corpus=corpus_file())
-    pool = load_pool(args.pool, bb.fingerprint)
-    cfg = BlendConfig(max_examples=args.examples, threads=args.threads,
-                      **({"steps": 12, "clf_epochs": 1} if args.smoke else {}))
+    bb, pool, cfg = cpu_setup(args)
     recipes = {"blended": cfg, **parse_variants(args.variant, cfg)}
     corpus = corpus_file(args.corpus or None)
     xsum = None if args.smoke else xsum_file(args.xsum or None)

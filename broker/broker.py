@@ -50,7 +50,9 @@ class Broker(AgentSide, WorkerSide, Sending):
                  config: BrokerConfig | None = None) -> None:
         """keys=None: plaintext (anyone who reaches the ports gets in: local demos and tests)."""
         self.cfg = cfg = config or BrokerConfig()
-        self.ctx = zmq.Context.instance()
+        # its own context: ZAP's endpoint (inproc://zeromq.zap.01) is one per context, so two
+        # brokers in one process (tests) no longer race for it while the last one's closes
+        self.ctx = zmq.Context()
         self.auth = security.start_authenticator(self.ctx, keys) if keys else None
         self.allow = AllowLists(keys, self.auth) if keys else None
         self.secure = keys is not None
@@ -162,6 +164,7 @@ class Broker(AgentSide, WorkerSide, Sending):
         self.back.close(0)
         if self.auth is not None:
             self.auth.stop()
+        self.ctx.term()  # every socket of it is closed (linger 0): returns at once
 
 
 def main(agents: str, workers: str, metrics_port: int = 0, keys: security.ServerKeys | None = None,
