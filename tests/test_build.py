@@ -164,6 +164,41 @@ def test_demo_runs_both_users_with_base_contrast(smol_models):
     assert "ready in" in out and "no result" not in out
 
 
+def test_demo_blends_a_new_user(smol_models, tmp_path):
+    """`make demo ARGS="--new-user FILE"` (issue 19): a third user blended on the spot from the
+    file's first ≤ 16 records (ada's own task records here) with a small pool, the time it took
+    and the need router's verdict printed, its prompt streamed in both modes beside ada's."""
+    from cloud_worker.backbone import Backbone
+    from lab.pool import PoolConfig, build_pool, corpus_file, pool_styles
+
+    pool = tmp_path / "pool"
+    build_pool(Backbone.load(smol_models.backbone), pool,
+               PoolConfig(records=12, base_epochs=1, epochs=1, every=2),
+               pool_styles("letter,captain,cheer"), corpus=corpus_file())
+    lines = smol_models.tasks("ada").read_text().splitlines()[:16]
+    assert len(lines) >= 8
+    examples = tmp_path / "examples.jsonl"
+    examples.write_text("\n".join(lines) + "\n")
+    res = subprocess.run([sys.executable, "-m", "spa", "demo", "--cache", str(smol_models.root),
+                          "--users", "ada", "--new-user", str(examples), "--pool", str(pool),
+                          "--max-new-tokens", "16"], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = res.stdout
+    took = re.search(rf"^new user: blended from {len(lines)} examples of {re.escape(str(examples))} in "
+                     r"([\d.]+) s \(([\d.]+) CPU s\): letter [+-][\d.]+, captain", out, re.M)
+    assert took and float(took[1]) > 0, out
+    assert re.search(r"^new user: the need router calls the prompt (customised \(spa\)|generic)", out, re.M), out
+    assert (smol_models.root / "users" / "new-user" / "need.json").is_file()
+    for name in ("ada", "new"):
+        rows = {mode: re.search(rf"^\s+{name}\s+{mode}\s+(\d+)\s+([\d.]+)\s+([\d.]+)", out, re.M)
+                for mode in ("spa", "base")}
+        assert all(rows.values()), out
+        assert int(rows["spa"][1]) > 0 and int(rows["base"][1]) > 0
+        assert float(rows["base"][2]) == 0.0  # base: no transmissions
+    assert "no result" not in out
+
+
 def test_loadtest_spreads_devices_over_every_user(smol_models, tmp_path):
     summary = tmp_path / "lt.json"
     with LocalStack(smol_models.backbone, workers=1, log_dir=tmp_path / "logs") as stack:
