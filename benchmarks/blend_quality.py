@@ -170,6 +170,8 @@ def cpu_setup(args: argparse.Namespace):
     from lab.blend_config import BlendConfig, PoolConfig
     from lab.pool import build_pool, corpus_file, load_pool, pool_styles
 
+    if not args.pool:
+        raise SystemExit(f"{Path(sys.argv[0]).name}: --pool is required (a `spa pool build` directory)")
     torch.set_num_threads(args.threads)
     bb = Backbone.load(args.backbone, device="cpu", dtype="float32")
     if args.smoke and not (Path(args.pool) / "pool.json").is_file():

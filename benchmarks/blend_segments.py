@@ -99,8 +99,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not args.pool and not args.smoke:
-        raise SystemExit("blend_segments.py: --pool is required (a `spa pool build` directory)")
     if args.smoke:  # blend_quality.py's tiny backbone and budgets; a pool built beside the run
         smoke_setup(args)
         args.rouge, args.trained, args.seeds = 2, True, 2

@@ -45,8 +45,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    if not args.pool and not args.smoke:
-        raise SystemExit("blend_time.py: --pool is required (a `spa pool build` directory)")
     if args.smoke:
         smoke_setup(args)
         args.reps, args.variant = 1, args.variant or ["mix:gate_labels=mixture"]
