@@ -188,6 +188,18 @@ def test_bytes_per_token_by_wire_dtype(live):
         assert exact[(wire, "in")] == pytest.approx(own[wire]["bytes_down_per_token"], rel=1e-9), wire
 
 
+def test_agent_message_series_start_at_zero(live):
+    """Every message type an agent counts (heartbeats aside: connection-wide, from its first
+    second) was scraped at 0 before the run's traffic, so the dashboard's per-type rates have
+    two samples however short the run (a run inside one scrape interval gave 'no data')."""
+    prom, _, at, *_ = live
+    first = prom.query('min_over_time(spa_messages_total{job="edge-agent", component="agent", '
+                       'type!="HEARTBEAT"}[5m])', at)
+    assert {r["metric"]["type"] for r in first} >= {"OPEN", "ACK", "FRAME", "TOKEN"}, first
+    assert all(float(r["value"][1]) == 0.0 for r in first), first
+    assert prom.query('sum by (type, direction) (rate(spa_messages_total{component="agent"}[1m]))', at)
+
+
 def test_promtool_check_metrics_on_every_process(live, promtool):
     """Broker, worker and the load-test process (after a run in every mode)."""
     for job, page in live[4].items():
