@@ -69,8 +69,12 @@ def train_classifier(edge: EdgeModel, head: Head, train: Features, cfg: TrainCon
     use_pol = cfg.clf_objective in ("onpolicy", "both") and len(policy_y)
     lpb, lpi, _, _ = log_probs if log_probs is not None else _log_probs(edge, head, train)
     x_all = _clf_inputs(edge, clf, train.z)
-    x_pol = (x_all if policy_z is train.z else _clf_inputs(edge, clf, policy_z.to(dev))
-             if len(policy_y) else x_all[:0])
+    if not len(policy_y):
+        x_pol = x_all[:0]
+    elif policy_z is train.z:  # the same positions: their inputs computed once
+        x_pol = x_all
+    else:
+        x_pol = _clf_inputs(edge, clf, policy_z.to(dev))
     policy_y = policy_y.to(dev)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     opt = torch.optim.AdamW(clf.parameters(), lr=cfg.lr * 5, weight_decay=0.0)

@@ -116,15 +116,13 @@ def init_agent_series(modes: list[str], wire_dtypes: list[str] = ("fp16",)) -> N
     # (heartbeats are connection-wide: label "")
     outs = [t for t, s in SPECS.items() if Role.AGENT in s.senders and t is not MsgType.HEARTBEAT]
     ins = TO_AGENT - {MsgType.HEARTBEAT}
-    # the message counts likewise: a run shorter than a scrape interval gives series born
+    # and the message counts likewise: a run shorter than a scrape interval gives series born
     # between two scrapes one sample before the last scrape, and rate() over them nothing
+    framed = any(Mode.parse(m).uses_side for m in modes)  # else every session's label is ""
     for direction, types in (("out", outs), ("in", ins)):
         for type_ in types:
             MESSAGES.labels("agent", type_, direction)
-    framed = any(Mode.parse(m).uses_side for m in modes)  # else every session's label is ""
-    for wire in wire_dtypes if framed else ():
-        for direction, types in (("out", outs), ("in", ins)):
-            for type_ in types:
+            for wire in wire_dtypes if framed else ():
                 BYTES.labels("agent", type_, direction, wire)
 
 
