@@ -90,8 +90,10 @@ class SideNetwork(nn.Module):
             parts.append(z)
         return torch.stack(parts, dim=1)
 
-    def forward(self, states: Tensor) -> Tensor:
-        """states: (N, 1 + len(layers), d) ordered [h0, h_layers…] -> Δ (N, d)."""
+    def forward(self, states: Tensor, project: bool = True) -> Tensor:
+        """states: (N, 1 + len(layers), d) ordered [h0, h_layers…] -> Δ (N, d); with `project`
+        False the side state x (N, r) before Δ = W_out · x (lab/blend.py maps Δ through the
+        lm_head's rows: (M · W_out) · x costs r/N + r/d of M · (W_out · x))."""
         states = states.to(self.w_in.weight.dtype)
         x = self.drop(self.w_in(states[:, 0]))  # (N, r)
         for j in range(len(self.cfg.layers)):
@@ -102,7 +104,7 @@ class SideNetwork(nn.Module):
                 x = mu * (x + self.adapt[j](x)) + (1 - mu) * skip
             else:
                 x = skip + x + self.adapt[j](x)
-        return self.w_out(x)  # (N, d)
+        return self.w_out(x) if project else x  # (N, d) or (N, r)
 
 
 N_STATS = 3  # entropy, top-1 log-probability, top-1 − top-2 logit margin of P_base

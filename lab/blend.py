@@ -45,7 +45,7 @@ from edge_agent.need import NeedConfig, NeedRouter
 from edge_agent.side_network import Classifier, SideNetwork
 from lab.blend_config import BlendConfig
 from lab.blend_gate import finish_head
-from lab.blend_tune import answer_lengths, copied_positions, tune_network
+from lab.blend_tune import answer_lengths, copied_positions, delta_logits, tune_network
 from lab.data import Example
 from lab.pool import Pool
 from routing.errors import InputError
@@ -151,7 +151,8 @@ def candidate_vocab(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConfi
         member_nll = {}
         for m in pool.names:  # one module, each member's weights (building 6 modules costs ~1 CPU s)
             member = {k: v.float() for k, v in pool.members[m].items()}
-            logits = lm_head(z + functional_call(net, member, (states,)))
+            x = functional_call(net, member, (states,), {"project": False})  # (n, r)
+            logits = delta_logits(x, member["w_out.weight"], lm_head.weight, backbone_logits)
             cand.append(logits.topk(cfg.candidates, -1).indices.flatten())
             member_nll[m] = round(F.cross_entropy(logits, y).item(), 4)
         base_nll = F.cross_entropy(backbone_logits, y).item()
@@ -184,10 +185,13 @@ def fit_coefficients(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConf
     weight = lm_head.weight[vocab].detach()
     bias = lm_head.bias[vocab].detach() if lm_head.bias is not None else None
 
+    with torch.no_grad():
+        fixed = F.linear(z, weight, bias)  # (n, V_c): the backbone's part, the same every step
+
     def loss_at(w: torch.Tensor, cap: float = cfg.coef_cap) -> torch.Tensor:
         params = {k: base[k] + torch.tensordot(w, deltas[k], dims=1) for k in base}
-        logits = F.linear(z + functional_call(net, params, (states,)), weight, bias)
-        return capped_nll(logits, target, cap)
+        x = functional_call(net, params, (states,), {"project": False})  # (n, r)
+        return capped_nll(delta_logits(x, params["w_out.weight"], weight, fixed), target, cap)
 
     w = torch.zeros(len(names), requires_grad=True)
     opt = torch.optim.Adam([w], lr=cfg.lr)

@@ -32,6 +32,21 @@ from edge_agent.side_network import SideNetwork
 from lab.blend_config import BlendConfig
 
 
+def delta_logits(x: torch.Tensor, w_out: torch.Tensor, rows: torch.Tensor,
+                 base: torch.Tensor | None = None) -> torch.Tensor:
+    """The side network's logit shift over the lm_head `rows` (V, d) from its side state x (N, r)
+    and W_out (d, r): x · W_outᵀ · rowsᵀ (N, V), plus `base` (N, V) when given (one fused add).
+    In the cheaper order: through rows · W_out (V·d·r once, then N·r·V) when that is fewer
+    multiplications than through Δ = x · W_outᵀ (N·d·V) — a third of them for 400 positions,
+    r = 72, d = 576, V = 49k."""
+    (n, r), (v, d) = x.shape, rows.shape
+    if v * d * r + n * r * v < n * d * v:
+        a, b = x, rows @ w_out  # (N, r), (V, r)
+    else:
+        a, b = x @ w_out.T, rows  # (N, d), (V, d)
+    return torch.addmm(base, a, b.T) if base is not None else a @ b.T
+
+
 def layout(examples: list, tokenizer, tcfg) -> list[tuple[list[int], list[int]]]:
     """(prompt ids, answer ids + eos) per record in the order lab/features.py's
     extract_features lays them out (sorted by prompt + answer length, stable)."""
@@ -106,20 +121,24 @@ def tune_network(net: SideNetwork, lm_head: torch.nn.Linear, feats, vocab: torch
         keep = copied  # 16 examples teach a prior over their messages' words, not copying: there
         net.eval()  # the tuned network keeps the blend's distribution (KL)
         with torch.no_grad():
-            start_logp = F.log_softmax(base + F.linear(net(states), weight), -1)
+            start_logp = F.log_softmax(delta_logits(net(states, project=False), net.w_out.weight,
+                                                    weight, base), -1)
     # inside a copied run the answer does not stop: −log(1 − p(eos)) there (`tune_no_stop`)
     stop = int(torch.searchsorted(vocab, torch.tensor(eos))) if eos is not None else -1
     no_stop = (cfg.tune_no_stop and bool(keep.any()) and 0 <= stop < len(vocab)
                and int(vocab[stop]) == eos)
 
     def loss_on(idx: torch.Tensor) -> torch.Tensor:
-        logits = base[idx] + F.linear(net(states[idx]), weight)
-        k = keep[idx]
+        def at(t: torch.Tensor) -> torch.Tensor:  # every position (no held-back slice): no copy
+            return t if len(idx) == len(y) else t[idx]
+
+        logits = delta_logits(net(at(states), project=False), net.w_out.weight, weight, at(base))
+        k, tgt = at(keep), at(target)
         if not bool(k.any()):
-            return F.cross_entropy(logits, target[idx])
+            return F.cross_entropy(logits, tgt)
         logp = F.log_softmax(logits[k], -1)
-        nll = F.cross_entropy(logits[~k], target[idx][~k], reduction="sum")
-        kl = F.kl_div(logp, start_logp[idx][k], log_target=True, reduction="sum")
+        nll = F.cross_entropy(logits[~k], tgt[~k], reduction="sum")
+        kl = F.kl_div(logp, at(start_logp)[k], log_target=True, reduction="sum")
         go_on = -torch.log1p(-logp[:, stop].exp().clamp(max=1 - 1e-6)).sum() if no_stop else 0.0
         return (nll + kl + go_on) / len(idx)
 

@@ -148,3 +148,27 @@ def test_coefficients_fit_on_copied_positions_only(pool, setup):
     for bad in (copied[:-1], None):  # 'copies' needs a flag per position
         with pytest.raises(ValueError):
             fit_coefficients(lm, pool, feats, on, vocab, bad)
+
+
+@pytest.mark.parametrize("n", [1, 5, 400])
+def test_delta_logits_is_the_logit_shift_of_the_side_output(n):
+    """The side network's state through W_out and the lm_head rows equals lm_head(z + Δ) −
+    lm_head(z) in either order (through Δ for 1 or 5 positions, through rows · W_out for 400),
+    and with the backbone's logits added in, lm_head(z + Δ)."""
+    from edge_agent.side_network import SideConfig, SideNetwork
+    from lab.blend_tune import delta_logits
+
+    torch.manual_seed(0)
+    net = SideNetwork(SideConfig(d_model=32, n_layers=4, width=8)).eval()
+    torch.nn.init.normal_(net.w_out.weight)  # zero at init: Δ would be 0
+    head = torch.nn.Linear(32, 300, bias=True)
+    states, z = torch.randn(n, 5, 32), torch.randn(n, 32)
+    with torch.no_grad():
+        want = head(z + net(states)) - head(z)
+        got = delta_logits(net(states, project=False), net.w_out.weight, head.weight)
+        fused = delta_logits(net(states, project=False), net.w_out.weight, head.weight, head(z))
+    assert got.shape == (n, 300)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(fused, head(z + net(states)).detach(), rtol=1e-4, atol=1e-4)
+    x = net(states, project=False)
+    assert x.shape == (n, 8) and torch.equal(net.w_out(x), net(states))
