@@ -165,16 +165,20 @@ def fit_coefficients(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConf
                      ) -> tuple[torch.Tensor, dict]:
     """w (K,) minimising the examples' cross-entropy under the blended network, from w = 0,
     the softmax over `vocab` (candidate_vocab's when None). With `cfg.coef_on` 'copies', only
-    at the `copied` positions (lab.blend_tune.copied_positions; all when none is flagged)."""
+    at the `copied` positions (lab.blend_tune.copied_positions; all when none is flagged), plus
+    `cfg.coef_own` × the mean over the others when that is > 0 (the objective is then recorded)."""
     info: dict = {}
     if vocab is None:
         vocab, info = candidate_vocab(lm_head, pool, feats, cfg)
     n = min(len(feats), cfg.max_positions)
     idx = torch.arange(n)
+    own = None  # with `coef_own`: the user's own words, a second term of that weight
     if cfg.coef_on == "copies":
         if copied is None or len(copied) != len(feats):
             raise ValueError("fit_coefficients: coef_on 'copies' needs one copy flag per position")
-        if bool(copied[:n].any()):
+        if cfg.coef_own > 0 and bool(copied[:n].any()) and not bool(copied[:n].all()):
+            own = ~copied[:n]
+        elif bool(copied[:n].any()):
             idx = idx[copied[:n]]
     states, z, y = feats.states[idx].float(), feats.z[idx].float(), feats.y[idx]
     names = pool.names
@@ -191,7 +195,11 @@ def fit_coefficients(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConf
     def loss_at(w: torch.Tensor, cap: float = cfg.coef_cap) -> torch.Tensor:
         params = {k: base[k] + torch.tensordot(w, deltas[k], dims=1) for k in base}
         x = functional_call(net, params, (states,), {"project": False})  # (n, r)
-        return capped_nll(delta_logits(x, params["w_out.weight"], weight, fixed), target, cap)
+        logits = delta_logits(x, params["w_out.weight"], weight, fixed)
+        if own is None:
+            return capped_nll(logits, target, cap)
+        return (capped_nll(logits[~own], target[~own], cap)
+                + cfg.coef_own * capped_nll(logits[own], target[own], cap))
 
     w = torch.zeros(len(names), requires_grad=True)
     opt = torch.optim.Adam([w], lr=cfg.lr)

@@ -31,6 +31,9 @@ class BlendConfig(Tunables):
                            "those copied from the prompt (the skill the pool holds; the user's "
                            "own words are the tuning's; all when none is copied)",
                            choices=("all", "copies"))
+    coef_own: float = tunable(0.0, 0.0, 1.0, "with coef_on 'copies': weight of the user's own words' "
+                              "mean NLL beside the copied positions' (a tie-breaker along a flat "
+                              "valley of the copies' loss; 0: copies only)")
     candidates: int = tunable(32, 2, 4096, "top tokens per position and network in the softmax")
     max_positions: int = tunable(1024, 16, 65536, "answer positions the coefficients see")
     max_prompt_tokens: int = tunable(128, 16, 1024, "prompt tokens kept, as in the pool")

@@ -150,6 +150,30 @@ def test_coefficients_fit_on_copied_positions_only(pool, setup):
             fit_coefficients(lm, pool, feats, on, vocab, bad)
 
 
+def test_coefficients_weigh_the_users_own_words_by_coef_own(pool, setup):
+    """coef_own > 0: the copied positions' mean NLL plus coef_own × the other positions' — the
+    objective the record ends at is that sum for the returned w, and w moves away from the
+    copies-only fit; coef_own = 1 is not the all-positions fit (two means, not one)."""
+    from dataclasses import replace
+
+    from lab.blend import blended_network, fit_coefficients
+
+    cfg, _, feats, lm, vocab, _, copied, _ = setup
+    cfg = replace(cfg, steps=40, coef_on="copies")
+    w0, _ = fit_coefficients(lm, pool, feats, cfg, vocab, copied)
+    for own in (0.3, 1.0):
+        w, info = fit_coefficients(lm, pool, feats, replace(cfg, coef_own=own), vocab, copied)
+        assert info["coef_positions"] == len(copied) and not torch.allclose(w, w0, atol=1e-3)
+        with torch.no_grad():
+            net = blended_network(pool, w)
+            logits = lm(feats.z.float() + net(feats.states.float()))[:, vocab]
+            nll = F.cross_entropy(logits, torch.searchsorted(vocab, feats.y), reduction="none")
+        want = nll[copied].mean() + own * nll[~copied].mean()
+        assert info["nll_candidates_end"] == pytest.approx(float(want), abs=2e-3)
+    w_all, _ = fit_coefficients(lm, pool, feats, replace(cfg, coef_on="all"), vocab)
+    assert not torch.allclose(w, w_all, atol=1e-3)
+
+
 @pytest.mark.parametrize("n", [1, 5, 400])
 def test_delta_logits_is_the_logit_shift_of_the_side_output(n):
     """The side network's state through W_out and the lm_head rows equals lm_head(z + Δ) −
