@@ -4,3 +4,11 @@ HF_HUB_OFFLINE=1 .venv/bin/spa pool build --out /tmp/s33/pool7 --records 120 --s
 # the default recipe on it, 3 seeds, 48 prompts generated per user, 96 teacher-forced (segments_frames_pool.*)
 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/blend_segments.py --pool /tmp/s33/pool7 --users bo,ada,cy --seeds 3 --eval 96 --rouge 48 --trained --json segments_frames_pool.json
 # compared per record with ../cpu_2026-12-04/segments_confirm.json's `copies` rows (the same recipe on the six-member pool /tmp/b19/pool)
+# the factorised blend against the tree before it (2efc087, a git worktree at /tmp/s33/old), interleaved
+# processes old, new, old, new, each `blend_time.py --reps 1 --variant mix:gate_labels=mixture`
+# (blend_time_ab.{log,txt}, time_{old,new}_{0,1}.json):
+for rep in 0 1; do for R in /tmp/s33/old /work/main; do HF_HUB_OFFLINE=1 .venv/bin/python $R/benchmarks/blend_time.py --pool /tmp/b19/pool --xsum runs/spa_gpu/data/xsum_1000.jsonl --corpus runs/spa_gpu/data/corpus_en.txt --reps 1 --variant mix:gate_labels=mixture --json time_$(basename $R)_$rep.json; done; done
+# the default recipe after the change (quality unchanged: the same Rouge-L per seed as ../cpu_2026-12-04/segments_confirm.json's copies rows; segments_factorised.*)
+HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/blend_segments.py --pool /tmp/b19/pool --users bo,ada,cy --seeds 3 --eval 96 --rouge 48 --trained --json segments_factorised.json
+# coef_own, 2 seeds, 48 prompts (segments_coef_own.*)
+HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/blend_segments.py --pool /tmp/b19/pool --users bo,ada,cy --seeds 2 --eval 96 --rouge 48 --variant own02:coef_own=0.02 --variant own05:coef_own=0.05 --json segments_coef_own.json
