@@ -12,3 +12,6 @@ for rep in 0 1; do for R in /tmp/s33/old /work/main; do HF_HUB_OFFLINE=1 .venv/b
 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/blend_segments.py --pool /tmp/b19/pool --users bo,ada,cy --seeds 3 --eval 96 --rouge 48 --trained --json segments_factorised.json
 # coef_own, 2 seeds, 48 prompts (segments_coef_own.*)
 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/blend_segments.py --pool /tmp/b19/pool --users bo,ada,cy --seeds 2 --eval 96 --rouge 48 --variant own02:coef_own=0.02 --variant own05:coef_own=0.05 --json segments_coef_own.json
+# coef_own=0.05's third seed (segments_coef_own_seed2.*), then the three seeds against the default's three (coef_own_3seeds.{py,txt})
+HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/blend_segments.py --pool /tmp/b19/pool --users bo,ada,cy --seeds 1 --eval 48 --rouge 48 --variant own05s2:coef_own=0.05,seed=2 --json segments_coef_own_seed2.json
+.venv/bin/python results/cpu_2026-12-04c/coef_own_3seeds.py
