@@ -15,3 +15,7 @@ HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/blend_segments.py --pool /tmp/b19/p
 # coef_own=0.05's third seed (segments_coef_own_seed2.*), then the three seeds against the default's three (coef_own_3seeds.{py,txt})
 HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/blend_segments.py --pool /tmp/b19/pool --users bo,ada,cy --seeds 1 --eval 48 --rouge 48 --variant own05s2:coef_own=0.05,seed=2 --json segments_coef_own_seed2.json
 .venv/bin/python results/cpu_2026-12-04c/coef_own_3seeds.py
+# the frames pool against the six-member pool, per record (the RESULTS §10.7 table)
+.venv/bin/python results/cpu_2026-12-04c/compare.py "six=results/cpu_2026-12-04/segments_confirm.json:copies" "seven=results/cpu_2026-12-04c/segments_frames_pool.json:blended"
+# members.py: bo's segment NLLs under the backbone, θ0, each member alone, the pure blend and the default
+HF_HUB_OFFLINE=1 .venv/bin/python results/cpu_2026-12-04c/members.py /tmp/b19/pool bo
