@@ -191,6 +191,8 @@ def fit_coefficients(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConf
 
     with torch.no_grad():
         fixed = F.linear(z, weight, bias)  # (n, V_c): the backbone's part, the same every step
+    if own is not None:  # the two terms' positions and targets, split once
+        split = [(~own, target[~own], 1.0), (own, target[own], cfg.coef_own)]
 
     def loss_at(w: torch.Tensor, cap: float = cfg.coef_cap) -> torch.Tensor:
         params = {k: base[k] + torch.tensordot(w, deltas[k], dims=1) for k in base}
@@ -198,8 +200,7 @@ def fit_coefficients(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConf
         logits = delta_logits(x, params["w_out.weight"], weight, fixed)
         if own is None:
             return capped_nll(logits, target, cap)
-        return (capped_nll(logits[~own], target[~own], cap)
-                + cfg.coef_own * capped_nll(logits[own], target[own], cap))
+        return sum(c * capped_nll(logits[m], t, cap) for m, t, c in split)
 
     w = torch.zeros(len(names), requires_grad=True)
     opt = torch.optim.Adam([w], lr=cfg.lr)
