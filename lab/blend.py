@@ -45,7 +45,7 @@ from edge_agent.need import NeedConfig, NeedRouter
 from edge_agent.side_network import Classifier, SideNetwork
 from lab.blend_config import BlendConfig
 from lab.blend_gate import finish_head
-from lab.blend_tune import answer_lengths, copied_positions, delta_logits, tune_network
+from lab.blend_tune import answer_lengths, copied_positions, delta_logits, run_starts, tune_network
 from lab.data import Example
 from lab.pool import Pool
 from routing.errors import InputError
@@ -91,12 +91,12 @@ def _blend(backbone, pool: Pool, examples: list[Example], cfg: BlendConfig,
         t1, c1 = time.perf_counter(), time.process_time()
         tok = backbone.tokenizer
         copied = copied_positions(examples, tok, tcfg)
+        lengths = answer_lengths(examples, tok, tcfg)
         vocab, info = candidate_vocab(edge.lm_head, pool, feats, cfg)
-        w, fit = fit_coefficients(edge.lm_head, pool, feats, cfg, vocab, copied)
+        w, fit = fit_coefficients(edge.lm_head, pool, feats, cfg, vocab, copied, run_starts(copied, lengths))
         net = blended_network(pool, w)
         t_tune = time.perf_counter()
-        tuned = tune_network(net, edge.lm_head, feats, vocab, cfg, answer_lengths(examples, tok, tcfg),
-                             copied, backbone.eos_token_id)
+        tuned = tune_network(net, edge.lm_head, feats, vocab, cfg, lengths, copied, backbone.eos_token_id)
         fit = {**info, **fit, "tune": {**tuned, "seconds": round(time.perf_counter() - t_tune, 3)}}
         head = Head("add", net, Classifier(backbone.d_model))
         finish_head(edge, head, feats, tcfg, cfg)
@@ -161,12 +161,15 @@ def candidate_vocab(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConfi
 
 
 def fit_coefficients(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConfig,
-                     vocab: torch.Tensor | None = None, copied: torch.Tensor | None = None
-                     ) -> tuple[torch.Tensor, dict]:
+                     vocab: torch.Tensor | None = None, copied: torch.Tensor | None = None,
+                     turn: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """w (K,) minimising the examples' cross-entropy under the blended network, from w = 0,
     the softmax over `vocab` (candidate_vocab's when None). With `cfg.coef_on` 'copies', only
     at the `copied` positions (lab.blend_tune.copied_positions; all when none is flagged), plus
-    `cfg.coef_own` × the mean over the others when that is > 0 (the objective is then recorded)."""
+    `cfg.coef_own` × the mean over the others when that is > 0 (the objective is then recorded).
+    With `cfg.coef_keep` 'turn', the step's w with the lowest mean NLL at the `turn` positions
+    (lab.blend_tune.run_starts: each copied run's first token) among the fitted ones, the fit
+    stopped `cfg.coef_patience` steps after that best (the record keeps the turn's path)."""
     info: dict = {}
     if vocab is None:
         vocab, info = candidate_vocab(lm_head, pool, feats, cfg)
@@ -193,30 +196,55 @@ def fit_coefficients(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConf
         fixed = F.linear(z, weight, bias)  # (n, V_c): the backbone's part, the same every step
     if own is not None:  # the two terms' positions and targets, split once
         split = [(~own, target[~own], 1.0), (own, target[own], cfg.coef_own)]
+    at_turn = None  # with `coef_keep` 'turn': the turn positions among those fitted
+    if cfg.coef_keep == "turn" and cfg.coef_on == "copies":
+        if turn is None or len(turn) != len(feats):
+            raise ValueError("fit_coefficients: coef_keep 'turn' needs one turn flag per position")
+        at_turn = turn[idx] if bool(turn[idx].any()) else None
 
-    def loss_at(w: torch.Tensor, cap: float = cfg.coef_cap) -> torch.Tensor:
+    def logits_at(w: torch.Tensor) -> torch.Tensor:
         params = {k: base[k] + torch.tensordot(w, deltas[k], dims=1) for k in base}
         x = functional_call(net, params, (states,), {"project": False})  # (n, r)
-        logits = delta_logits(x, params["w_out.weight"], weight, fixed)
+        return delta_logits(x, params["w_out.weight"], weight, fixed)  # (n, V_c)
+
+    def loss_of(logits: torch.Tensor, cap: float = cfg.coef_cap) -> torch.Tensor:
         if own is None:
             return capped_nll(logits, target, cap)
         return sum(c * capped_nll(logits[m], t, cap) for m, t, c in split)
 
+    def turn_nll(logits: torch.Tensor) -> float:
+        return F.cross_entropy(logits[at_turn].detach(), target[at_turn]).item()
+
     w = torch.zeros(len(names), requires_grad=True)
     opt = torch.optim.Adam([w], lr=cfg.lr)
-    history = []
-    for _ in range(cfg.steps):
-        loss = loss_at(w)
+    history, turns, best = [], [], (float("inf"), 0, w.detach().clone())
+    for step in range(cfg.steps + (at_turn is not None)):  # + a pass scoring the last step's w
+        logits = logits_at(w)
+        if at_turn is not None:
+            turns.append(round(turn_nll(logits), 4))
+            if turns[-1] < best[0]:
+                best = (turns[-1], step, w.detach().clone())
+            elif cfg.coef_patience and step - best[1] >= cfg.coef_patience:
+                break
+        if step == cfg.steps:
+            break
+        loss = loss_of(logits)
         history.append(round(loss.item(), 4))
         opt.zero_grad(set_to_none=True)
         (loss + cfg.l2 * (w * w).sum()).backward()
         opt.step()
-    w = w.detach()
+    kept = best[1] if at_turn is not None else cfg.steps
+    w = best[2] if at_turn is not None else w.detach()
     with torch.no_grad():  # the record's NLLs are plain means whatever the fit's cap
-        final = loss_at(w, 0.0).item()
-        start = history[0] if history and cfg.coef_cap == 0 else round(loss_at(torch.zeros_like(w), 0.0).item(), 4)
-    return w, {**info, "nll_candidates_start": start, "nll_candidates_end": round(final, 4),
-               "steps": cfg.steps, "coef_positions": len(idx)}
+        final = loss_of(logits_at(w), 0.0).item()
+        start = history[0] if history and cfg.coef_cap == 0 else round(loss_of(logits_at(torch.zeros_like(w)), 0.0).item(), 4)
+    out = {**info, "nll_candidates_start": start, "nll_candidates_end": round(final, 4),
+           "steps": cfg.steps, "kept_step": kept, "coef_positions": len(idx)}
+    if turns:
+        out["nll_turn"] = {"start": turns[0], "kept": best[0], "last": turns[-1],
+                           "positions": int(at_turn.sum()), "path": turns}
+        out["steps_run"] = len(history)
+    return w, out
 
 
 def capped_nll(logits: torch.Tensor, target: torch.Tensor, cap: float) -> torch.Tensor:

@@ -34,6 +34,13 @@ class BlendConfig(Tunables):
     coef_own: float = tunable(0.0, 0.0, 1.0, "with coef_on 'copies': weight of the user's own words' "
                               "mean NLL beside the copied positions' (a tie-breaker along a flat "
                               "valley of the copies' loss; 0: copies only)")
+    coef_keep: str = tunable("last", help="the coefficients kept: the last step's, or (with coef_on "
+                             "'copies') the step's with the lowest NLL at the first token of each "
+                             "copied run — the turn from the user's own words into the message, "
+                             "which a flat valley of the copies' mean leaves undecided",
+                             choices=("last", "turn"))
+    coef_patience: int = tunable(15, 0, 1000, "with coef_keep 'turn': the fit stops once the turn's "
+                                 "NLL has not improved for this many steps (0: all `steps`)")
     candidates: int = tunable(32, 2, 4096, "top tokens per position and network in the softmax")
     max_positions: int = tunable(1024, 16, 65536, "answer positions the coefficients see")
     max_prompt_tokens: int = tunable(128, 16, 1024, "prompt tokens kept, as in the pool")

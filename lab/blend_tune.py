@@ -76,6 +76,16 @@ def copied_positions(examples: list, tokenizer, tcfg, span: int = 3) -> torch.Te
     return torch.tensor(flags, dtype=torch.bool)
 
 
+def run_starts(copied: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    """(N,) bool: the first position of each copied run (copied_positions) within its record —
+    the turn from the user's own words into the message passed on."""
+    prev = torch.zeros_like(copied)
+    prev[1:] = copied[:-1]
+    first = torch.tensor([0, *lengths[:-1]]).cumsum(0)  # each record's first answer position
+    prev[first[first < len(copied)]] = False
+    return copied & ~prev
+
+
 def record_slices(lengths: list[int], holdout: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Position indices (train, held back) when the features hold records of `lengths` answer
     positions end to end: the last ⌈holdout · records⌉ records are held back (none when

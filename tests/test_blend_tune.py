@@ -196,3 +196,45 @@ def test_delta_logits_is_the_logit_shift_of_the_side_output(n):
     torch.testing.assert_close(fused, head(z + net(states)).detach(), rtol=1e-4, atol=1e-4)
     x = net(states, project=False)
     assert x.shape == (n, 8) and torch.equal(net.w_out(x), net(states))
+
+
+def test_run_starts_are_each_copied_runs_first_position_within_its_record():
+    """run_starts: a copied position whose predecessor in the same record is not copied; a run
+    that goes on across a record boundary starts again in the next record."""
+    from lab.blend_tune import run_starts
+
+    copied = torch.tensor([0, 1, 1, 0, 1, 1, 1, 0, 0, 1], dtype=torch.bool)
+    got = run_starts(copied, [3, 4, 3]).tolist()  # records [0:3] [3:7] [7:10]
+    assert got == [False, True, False, False, True, False, False, False, False, True]
+    assert run_starts(copied, [5, 5]).tolist()[5] is True  # run 4-6 cut by the boundary at 5
+    assert run_starts(torch.zeros(0, dtype=torch.bool), []).tolist() == []
+
+
+def test_coefficients_kept_at_the_turns_best_step(pool, setup):
+    """coef_keep 'turn': w is the fit's w after `kept_step` steps (the same as a plain fit that
+    many steps long), whose NLL at the turn positions is the lowest on the recorded path; the
+    fit stops `coef_patience` steps after it; no turn flags is an error."""
+    from dataclasses import replace
+
+    from lab.blend import blended_network, fit_coefficients
+    from lab.blend_tune import run_starts
+
+    cfg, _, feats, lm, vocab, _, copied, lengths = setup
+    turn = run_starts(copied, lengths)
+    assert 0 < int(turn.sum()) < int(copied.sum())
+    keep = replace(cfg, steps=30, lr=0.3, coef_on="copies", coef_keep="turn", coef_patience=0)
+    w, info = fit_coefficients(lm, pool, feats, keep, vocab, copied, turn)
+    path, k = info["nll_turn"]["path"], info["kept_step"]
+    assert len(path) == 31 and info["steps_run"] == 30 and path[k] == min(path) == info["nll_turn"]["kept"]
+    assert len(set(path)) > 1  # the path moves: the choice is not trivial
+    w_k, _ = fit_coefficients(lm, pool, feats, replace(keep, steps=k, coef_keep="last"), vocab, copied)
+    assert torch.allclose(w, w_k, atol=1e-6)
+    with torch.no_grad():
+        logits = lm(feats.z.float() + blended_network(pool, w)(feats.states.float()))[:, vocab]
+        nll = F.cross_entropy(logits[turn], torch.searchsorted(vocab, feats.y[turn]))
+    assert float(nll) == pytest.approx(path[k], abs=2e-3)
+    w_p, info_p = fit_coefficients(lm, pool, feats, replace(keep, coef_patience=2), vocab, copied, turn)
+    p, kp = info_p["nll_turn"]["path"], info_p["kept_step"]
+    assert p == path[: len(p)] and kp == p.index(min(p)) and len(p) == min(kp + 3, 31)
+    with pytest.raises(ValueError):
+        fit_coefficients(lm, pool, feats, keep, vocab, copied, None)
