@@ -68,6 +68,7 @@ def trained_bundle(backbone, records, cfg_blend, epochs: int):
     from edge_agent.edge_model import EdgeModel, Head
     from edge_agent.side_network import Classifier, SideNetwork
     from lab.blend import finish_head, train_config
+    from lab.blend_tune import layout, opening_lead
     from lab.training import extract_features, split_dev, train_side
 
     started, cpu = time.perf_counter(), time.process_time()
@@ -79,8 +80,10 @@ def trained_bundle(backbone, records, cfg_blend, epochs: int):
     edge = EdgeModel.for_backbone(backbone).to(backbone.device)
     head = Head("add", SideNetwork(side_cfg), Classifier(backbone.d_model))
     hist = train_side(edge, head, ft, fd, tcfg, progress=False)
-    finish_head(edge, head, ft, tcfg, cfg_blend)
-    return edge.eval(), ft, {"seconds": round(time.perf_counter() - started, 1),
+    tok = backbone.tokenizer
+    turn = opening_lead([a for _, a in layout(tr, tok, tcfg)])
+    finish_head(edge, head, ft, tcfg, cfg_blend, turn)
+    return edge.eval(), ft, {"seconds": round(time.perf_counter() - started, 1), "lead_turn": turn,
                          "cpu_seconds": round(time.process_time() - cpu, 1), "records": len(records),
                          "positions": len(ft), "dev_nll": min(h["dev_loss"] for h in hist),
                          "epochs_run": len(hist)}
@@ -153,7 +156,7 @@ def with_seeds(variants: dict, cfg, seeds: int) -> dict:
     return out
 
 
-GATE_KEYS = ("gate_labels", "tau_rule", "fire_rate", "gain_recall", "clf_epochs")
+GATE_KEYS = ("gate_labels", "tau_rule", "fire_rate", "gain_recall", "clf_epochs", "lead")
 
 
 def pin(cores: int) -> None:
@@ -311,7 +314,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows[f"{vname} {mode.value}"] = ev.run_mode(mode, test)
             trained_spa = "trained spa"
             if any(getattr(vcfg, k) != getattr(cfg, k) for k in GATE_KEYS):  # the comparator's
-                finish_head(edge_t, edge_t.heads["add"], ft, train_config(vcfg), vcfg)  # gate too
+                finish_head(edge_t, edge_t.heads["add"], ft, train_config(vcfg), vcfg,  # gate too
+                            rec_t["lead_turn"])
                 ev = Evaluator(bb, edge_t, cfg.max_prompt_tokens, args.max_new, batch, progress=False)
                 trained_spa = f"trained spa ({vname})"
                 rows[trained_spa] = ev.run_mode(Mode.SPA, test)

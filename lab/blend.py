@@ -45,7 +45,15 @@ from edge_agent.need import NeedConfig, NeedRouter
 from edge_agent.side_network import Classifier, SideNetwork
 from lab.blend_config import BlendConfig
 from lab.blend_gate import finish_head
-from lab.blend_tune import answer_lengths, copied_positions, delta_logits, run_starts, tune_network
+from lab.blend_tune import (
+    answer_lengths,
+    copied_positions,
+    delta_logits,
+    layout,
+    opening_lead,
+    run_starts,
+    tune_network,
+)
 from lab.data import Example
 from lab.pool import Pool
 from routing.errors import InputError
@@ -99,7 +107,7 @@ def _blend(backbone, pool: Pool, examples: list[Example], cfg: BlendConfig,
         tuned = tune_network(net, edge.lm_head, feats, vocab, cfg, lengths, copied, backbone.eos_token_id)
         fit = {**info, **fit, "tune": {**tuned, "seconds": round(time.perf_counter() - t_tune, 3)}}
         head = Head("add", net, Classifier(backbone.d_model))
-        finish_head(edge, head, feats, tcfg, cfg)
+        finish_head(edge, head, feats, tcfg, cfg, opening_lead([a for _, a in layout(examples, tok, tcfg)]))
         need = NeedRouter.fit([ex.prompt_ids(tok, cfg.max_prompt_tokens) for ex in examples],
                               [tok(p, add_special_tokens=False)["input_ids"] for p in pool.generic()],
                               edge.lm_head, NeedConfig())
@@ -116,7 +124,8 @@ def _blend(backbone, pool: Pool, examples: list[Example], cfg: BlendConfig,
                                     "total": round(t2 - t0, 3)},
                         "cpu_seconds": {"features": round(c1 - c0, 3), "blend": round(c2 - c1, 3),
                                         "total": round(c2 - c0, 3)},
-                        "threads": cfg.threads, "cores": _cores(), "need": need.info}}
+                        "threads": cfg.threads, "cores": _cores(), "lead": head.lead,
+                        "need": need.info}}
     head.info["blend"] = record["blend"]
     return edge.eval(), record
 

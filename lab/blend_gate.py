@@ -50,9 +50,10 @@ def threshold(logit: torch.Tensor, helps: torch.Tensor, cfg: BlendConfig) -> flo
     return float(torch.quantile(logit[helps], 1 - cfg.gain_recall, interpolation="lower")) - 1e-6
 
 
-def finish_head(edge: EdgeModel, head: Head, feats, tcfg, cfg: BlendConfig) -> None:
-    """The classifier on `feats`' positions and τ on them (see the module's doc): the same for
-    a blended head and a trained one, so a comparison isolates the side network."""
+def finish_head(edge: EdgeModel, head: Head, feats, tcfg, cfg: BlendConfig, turn: int = 0) -> None:
+    """The classifier on `feats`' positions and τ on them (see the module's doc), and the lead
+    tokens (`turn`, lab.blend_tune.opening_lead, with cfg.lead 'turn'; else none): the same for a
+    blended head and a trained one, so a comparison isolates the side network."""
     from lab.gate_training import _log_probs, train_classifier
 
     edge.set_head(head)
@@ -73,11 +74,13 @@ def finish_head(edge: EdgeModel, head: Head, feats, tcfg, cfg: BlendConfig) -> N
     with torch.no_grad():
         logit = head.classifier.logit(feats.z.float(), edge.lm_head).double()
     head.threshold = threshold(logit, helps, cfg)
+    head.lead = turn if cfg.lead == "turn" else 0
     fire = logit > head.threshold
     head.info = {**head.info, "classifier_history": hist,
                  "calibration": {"method": f"τ by {cfg.tau_rule} on the examples' teacher-forced "
                                  f"positions, classifier on {cfg.gate_labels} labels",
                                  "tau_rule": cfg.tau_rule, "fire_rate": cfg.fire_rate,
+                                 "lead": head.lead,
                                  "gain_recall": cfg.gain_recall, "threshold": head.threshold,
                                  "positions": len(feats),
                                  "helps": int(helps.sum()) if measured else None,

@@ -86,6 +86,20 @@ def run_starts(copied: torch.Tensor, lengths: list[int]) -> torch.Tensor:
     return copied & ~prev
 
 
+def opening_lead(answers: list[list[int]], share: float = 0.75, cap: int = 16) -> int:
+    """The answer's tokens through the turn into the message: the longest opening (token
+    prefix) that at least `share` of the examples' answers begin with, + 1 for the word after
+    it (0 when they share none; at most `cap`) — the user's own opening and the turn, which a
+    gate trained on a few examples misses at the margin (RESULTS §10.8)."""
+    k = 0
+    while k < cap and answers:
+        heads = [tuple(a[: k + 1]) for a in answers if len(a) > k]
+        if not heads or max(heads.count(h) for h in set(heads)) < share * len(answers):
+            break
+        k += 1
+    return min(cap, k + 1) if k else 0
+
+
 def record_slices(lengths: list[int], holdout: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Position indices (train, held back) when the features hold records of `lengths` answer
     positions end to end: the last ⌈holdout · records⌉ records are held back (none when

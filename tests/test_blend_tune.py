@@ -238,3 +238,36 @@ def test_coefficients_kept_at_the_turns_best_step(pool, setup):
     assert p == path[: len(p)] and kp == p.index(min(p)) and len(p) == min(kp + 3, 31)
     with pytest.raises(ValueError):
         fit_coefficients(lm, pool, feats, keep, vocab, copied, None)
+
+
+def test_opening_lead_is_the_shared_opening_plus_one():
+    """opening_lead: the longest token prefix at least `share` of the answers begin with, + 1
+    for the turn after it; capped; 0 when the answers share no opening."""
+    from lab.blend_tune import opening_lead
+
+    a = [[1, 2, 3, 10, 11], [1, 2, 3, 20], [1, 2, 3, 30, 31, 32], [1, 2, 3, 10]]
+    assert opening_lead(a) == 4  # [1, 2, 3] then the turn; [1, 2, 3, 10] is only half
+    assert opening_lead(a, share=0.5) == 5
+    assert opening_lead(a + [[9, 2, 3, 10]]) == 4  # 4 of 5 share the opening
+    assert opening_lead(a + [[9], [9, 9]]) == 0  # 4 of 6 < 0.75: no shared opening
+    assert opening_lead([[1] * 40, [1] * 40], cap=16) == 16
+    assert opening_lead([[1, 2], [1, 2]]) == 3 and opening_lead([]) == 0
+
+
+def test_blend_sets_the_lead_through_the_turn_only_when_asked(backbone, pool, setup):
+    """BlendConfig.lead 'turn': the blended head's lead is opening_lead of the examples (recorded);
+    'none' leaves it 0; the classifier and τ are the same either way."""
+    from dataclasses import replace
+
+    from lab.blend import blend, train_config
+    from lab.blend_tune import layout, opening_lead
+
+    cfg, ex, *_ = setup
+    want = opening_lead([a for _, a in layout(ex, backbone.tokenizer, train_config(cfg))])
+    assert 0 < want <= 16
+    e_none, r_none = blend(backbone, pool, ex, cfg)
+    e_turn, r_turn = blend(backbone, pool, ex, replace(cfg, lead="turn"))
+    h_none, h_turn = e_none.heads["add"], e_turn.heads["add"]
+    assert h_none.lead == r_none["blend"]["lead"] == 0
+    assert h_turn.lead == r_turn["blend"]["lead"] == want
+    assert h_turn.threshold == h_none.threshold
