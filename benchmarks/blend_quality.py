@@ -64,11 +64,11 @@ from lab.blend_report import gap_interval, markdown, routing_row  # noqa: E402
 def trained_bundle(backbone, records, cfg_blend, epochs: int):
     """The comparator: a side network trained from scratch on all of the user's records (as
     `spa train` trains one) on the backbone's device, classifier and τ as the blended one's;
-    (edge, its training features, record)."""
+    (edge, (its training features, their answers' token ids in the features' order), record)."""
     from edge_agent.edge_model import EdgeModel, Head
     from edge_agent.side_network import Classifier, SideNetwork
     from lab.blend import finish_head, train_config
-    from lab.blend_tune import layout, opening_lead
+    from lab.blend_tune import layout
     from lab.training import extract_features, split_dev, train_side
 
     started, cpu = time.perf_counter(), time.process_time()
@@ -80,10 +80,9 @@ def trained_bundle(backbone, records, cfg_blend, epochs: int):
     edge = EdgeModel.for_backbone(backbone).to(backbone.device)
     head = Head("add", SideNetwork(side_cfg), Classifier(backbone.d_model))
     hist = train_side(edge, head, ft, fd, tcfg, progress=False)
-    tok = backbone.tokenizer
-    turn = opening_lead([a for _, a in layout(tr, tok, tcfg)])
-    finish_head(edge, head, ft, tcfg, cfg_blend, turn)
-    return edge.eval(), ft, {"seconds": round(time.perf_counter() - started, 1), "lead_turn": turn,
+    answers = [a for _, a in layout(tr, backbone.tokenizer, tcfg)]  # the features' order
+    finish_head(edge, head, ft, tcfg, cfg_blend, answers)
+    return edge.eval(), (ft, answers), {"seconds": round(time.perf_counter() - started, 1),
                          "cpu_seconds": round(time.process_time() - cpu, 1), "records": len(records),
                          "positions": len(ft), "dev_nll": min(h["dev_loss"] for h in hist),
                          "epochs_run": len(hist)}
@@ -296,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         cust = [need.customised(ex.prompt_ids(tok, cfg.max_prompt_tokens), lm) for ex in test]
         gen_c = [need.customised(ex.prompt_ids(tok, cfg.max_prompt_tokens), lm) for ex in generic]
         need_ms = 1000 * (time.perf_counter() - t_need) / (len(test) + len(generic))
-        edge_t, ft, rec_t = trained_bundle(bb, train, cfg, args.epochs)
+        edge_t, (ft, answers_t), rec_t = trained_bundle(bb, train, cfg, args.epochs)
         print(f"{name}: trained on {len(train)} records in {rec_t['seconds']:.1f} s on {bb.device}",
               flush=True)
         rows = {"base": base_ev.run_mode(Mode.BASE, test)}
@@ -315,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             trained_spa = "trained spa"
             if any(getattr(vcfg, k) != getattr(cfg, k) for k in GATE_KEYS):  # the comparator's
                 finish_head(edge_t, edge_t.heads["add"], ft, train_config(vcfg), vcfg,  # gate too
-                            rec_t["lead_turn"])
+                            answers_t)
                 ev = Evaluator(bb, edge_t, cfg.max_prompt_tokens, args.max_new, batch, progress=False)
                 trained_spa = f"trained spa ({vname})"
                 rows[trained_spa] = ev.run_mode(Mode.SPA, test)

@@ -50,7 +50,6 @@ from lab.blend_tune import (
     copied_positions,
     delta_logits,
     layout,
-    opening_lead,
     run_starts,
     tune_network,
 )
@@ -107,7 +106,7 @@ def _blend(backbone, pool: Pool, examples: list[Example], cfg: BlendConfig,
         tuned = tune_network(net, edge.lm_head, feats, vocab, cfg, lengths, copied, backbone.eos_token_id)
         fit = {**info, **fit, "tune": {**tuned, "seconds": round(time.perf_counter() - t_tune, 3)}}
         head = Head("add", net, Classifier(backbone.d_model))
-        finish_head(edge, head, feats, tcfg, cfg, opening_lead([a for _, a in layout(examples, tok, tcfg)]))
+        finish_head(edge, head, feats, tcfg, cfg, [a for _, a in layout(examples, tok, tcfg)])
         need = NeedRouter.fit([ex.prompt_ids(tok, cfg.max_prompt_tokens) for ex in examples],
                               [tok(p, add_special_tokens=False)["input_ids"] for p in pool.generic()],
                               edge.lm_head, NeedConfig())

@@ -50,16 +50,37 @@ def threshold(logit: torch.Tensor, helps: torch.Tensor, cfg: BlendConfig) -> flo
     return float(torch.quantile(logit[helps], 1 - cfg.gain_recall, interpolation="lower")) - 1e-6
 
 
-def finish_head(edge: EdgeModel, head: Head, feats, tcfg, cfg: BlendConfig, turn: int = 0) -> None:
+def lead_tokens(cfg: BlendConfig, answers: list[list[int]] | None, helps: torch.Tensor,
+                harms: torch.Tensor) -> tuple[int, dict]:
+    """With cfg.lead 'turn': the opening the `answers` share (lab.blend_tune.opening_lead), and
+    the turn after it too when the side network's token is right there more often than the
+    backbone's (`helps` > `harms` at each answer's turn position; `answers` in the features'
+    order, one position per token) — a side network worse at the turn is left to the gate."""
+    from lab.blend_tune import opening_lead
+
+    if cfg.lead != "turn" or not answers:
+        return 0, {}
+    lead = opening_lead(answers)
+    if lead == 0:
+        return 0, {"opening": 0}
+    starts = torch.tensor([0, *[len(a) for a in answers[:-1]]]).cumsum(0)
+    at = torch.tensor([int(s) + lead - 1 for s, a in zip(starts, answers, strict=True) if lead <= len(a)],
+                      dtype=torch.long)
+    h, x = int(helps[at].sum()), int(harms[at].sum())
+    return (lead if h > x else lead - 1), {"opening": lead - 1, "turn_helps": h, "turn_harms": x}
+
+
+def finish_head(edge: EdgeModel, head: Head, feats, tcfg, cfg: BlendConfig,
+                answers: list[list[int]] | None = None) -> None:
     """The classifier on `feats`' positions and τ on them (see the module's doc), and the lead
-    tokens (`turn`, lab.blend_tune.opening_lead, with cfg.lead 'turn'; else none): the same for a
+    tokens (lead_tokens from the records' `answers`, in the features' order): the same for a
     blended head and a trained one, so a comparison isolates the side network."""
     from lab.gate_training import _log_probs, train_classifier
 
     edge.set_head(head)
     head.side.eval()
     log_probs = _log_probs(edge, head, feats)  # both full-vocabulary passes, once
-    if cfg.gate_labels == "mixture" and cfg.tau_rule == "rate":  # the gain is not needed
+    if cfg.gate_labels == "mixture" and cfg.tau_rule == "rate" and cfg.lead == "none":  # no gain needed
         helps = harms = torch.zeros(len(feats), dtype=torch.bool)
         measured = False
     else:
@@ -74,13 +95,13 @@ def finish_head(edge: EdgeModel, head: Head, feats, tcfg, cfg: BlendConfig, turn
     with torch.no_grad():
         logit = head.classifier.logit(feats.z.float(), edge.lm_head).double()
     head.threshold = threshold(logit, helps, cfg)
-    head.lead = turn if cfg.lead == "turn" else 0
+    head.lead, lead_info = lead_tokens(cfg, answers, helps, harms)
     fire = logit > head.threshold
     head.info = {**head.info, "classifier_history": hist,
                  "calibration": {"method": f"τ by {cfg.tau_rule} on the examples' teacher-forced "
                                  f"positions, classifier on {cfg.gate_labels} labels",
                                  "tau_rule": cfg.tau_rule, "fire_rate": cfg.fire_rate,
-                                 "lead": head.lead,
+                                 "lead": head.lead, **lead_info,
                                  "gain_recall": cfg.gain_recall, "threshold": head.threshold,
                                  "positions": len(feats),
                                  "helps": int(helps.sum()) if measured else None,

@@ -254,9 +254,31 @@ def test_opening_lead_is_the_shared_opening_plus_one():
     assert opening_lead([[1, 2], [1, 2]]) == 3 and opening_lead([]) == 0
 
 
+def test_lead_takes_the_turn_only_where_the_side_helps_there():
+    """lead_tokens: the shared opening, + the turn when the side's token is right at the answers'
+    turn positions more often than the backbone's; 0 with lead 'none' or no shared opening."""
+    from lab.blend_config import BlendConfig
+    from lab.blend_gate import lead_tokens
+
+    answers = [[1, 2, 5, 6], [1, 2, 7], [1, 2, 8, 9, 9]]  # opening [1, 2]: turns at 2, 6, 9
+    helps, harms = torch.zeros(12, dtype=torch.bool), torch.zeros(12, dtype=torch.bool)
+    on = BlendConfig(lead="turn")
+    assert lead_tokens(on, answers, helps, harms) == (2, {"opening": 2, "turn_helps": 0, "turn_harms": 0})
+    helps[[2, 6]] = True
+    harms[9] = True
+    assert lead_tokens(on, answers, helps, harms)[0] == 3
+    harms[[6, 2]] = True  # (both at once is not a real case: only the counts matter)
+    assert lead_tokens(on, answers, helps, harms)[0] == 2
+    helps[0] = True  # an opening position: not the turn
+    assert lead_tokens(on, answers, helps, harms)[0] == 2
+    assert lead_tokens(BlendConfig(), answers, helps, harms) == (0, {})
+    assert lead_tokens(on, [[1], [2], [3]], helps[:3], harms[:3]) == (0, {"opening": 0})
+
+
 def test_blend_sets_the_lead_through_the_turn_only_when_asked(backbone, pool, setup):
-    """BlendConfig.lead 'turn': the blended head's lead is opening_lead of the examples (recorded);
-    'none' leaves it 0; the classifier and τ are the same either way."""
+    """BlendConfig.lead 'turn': the blended head's lead is the examples' shared opening, + the
+    turn when the side helps there (recorded beside the counts); 'none' leaves it 0; the
+    classifier and τ are the same either way."""
     from dataclasses import replace
 
     from lab.blend import blend, train_config
@@ -268,6 +290,8 @@ def test_blend_sets_the_lead_through_the_turn_only_when_asked(backbone, pool, se
     e_none, r_none = blend(backbone, pool, ex, cfg)
     e_turn, r_turn = blend(backbone, pool, ex, replace(cfg, lead="turn"))
     h_none, h_turn = e_none.heads["add"], e_turn.heads["add"]
+    cal = h_turn.info["calibration"]
     assert h_none.lead == r_none["blend"]["lead"] == 0
-    assert h_turn.lead == r_turn["blend"]["lead"] == want
+    assert h_turn.lead == r_turn["blend"]["lead"] == cal["lead"] == want - (cal["turn_helps"] <= cal["turn_harms"])
+    assert cal["opening"] == want - 1
     assert h_turn.threshold == h_none.threshold
