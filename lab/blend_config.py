@@ -57,8 +57,9 @@ class BlendConfig(Tunables):
                                  "inside a copied run (the answer goes on)")
     tune_holdout: float = tunable(0.0, 0.0, 0.5, "share of the examples held back to pick the step (0: last)")
     lead: str = tunable("none", help="the answer's first tokens that always consult the side "
-                        "network: none (the gate decides), or through the turn — the opening the "
-                        "examples share and the word after it (lab.blend_tune.opening_lead)",
+                        "network: none (the gate decides), or 'turn' — the opening the examples "
+                        "share, and the word after it where the side network is right there more "
+                        "often than the backbone (lab.blend_gate.lead_tokens)",
                         choices=("none", "turn"))
     clf_epochs: int = tunable(6, 0, 40, "epochs of the classifier on the examples' positions")
     clf_features: str = tunable("z+stats", help="the gate's input", choices=("z", "z+stats"))

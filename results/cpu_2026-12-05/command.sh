@@ -5,3 +5,5 @@ export HF_HUB_OFFLINE=1
 .venv/bin/python results/cpu_2026-12-05/lead.py 48 cy,bo,ada results/cpu_2026-12-05/lead_seeds12.json 1,2 > results/cpu_2026-12-05/lead_seeds12.txt   # default, seeds 1, 2
 .venv/bin/python results/cpu_2026-12-05/summary.py > results/cpu_2026-12-05/summary.md
 .venv/bin/python results/cpu_2026-12-05/trace.py cy 1,29,12 > results/cpu_2026-12-05/trace_cy.txt
+# after the turn joined the lead only where the side helps there (lab.blend_gate.lead_tokens): the default's three seeds again
+.venv/bin/python results/cpu_2026-12-05/lead.py 48 bo,cy,ada results/cpu_2026-12-05/lead_gain.json 0,1,2 > results/cpu_2026-12-05/lead_gain.txt
