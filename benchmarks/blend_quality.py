@@ -62,13 +62,11 @@ from lab.blend_report import gap_interval, markdown, routing_row  # noqa: E402
 
 
 def trained_bundle(backbone, records, cfg_blend, epochs: int):
-    """The comparator: a side network trained from scratch on all of the user's records (as
-    `spa train` trains one) on the backbone's device, classifier and τ as the blended one's;
-    (edge, (its training features, their answers' token ids in the features' order), record)."""
+    """The comparator: a side network trained from scratch on the user's records as `spa train`
+    does, gate as the blended one's -> (edge, (features, answer ids in their order), record)."""
     from edge_agent.edge_model import EdgeModel, Head
     from edge_agent.side_network import Classifier, SideNetwork
-    from lab.blend import finish_head, train_config
-    from lab.blend_tune import layout
+    from lab.blend import finish_head, layout, train_config
     from lab.training import extract_features, split_dev, train_side
 
     started, cpu = time.perf_counter(), time.process_time()
@@ -82,10 +80,10 @@ def trained_bundle(backbone, records, cfg_blend, epochs: int):
     hist = train_side(edge, head, ft, fd, tcfg, progress=False)
     answers = [a for _, a in layout(tr, backbone.tokenizer, tcfg)]  # the features' order
     finish_head(edge, head, ft, tcfg, cfg_blend, answers)
-    return edge.eval(), (ft, answers), {"seconds": round(time.perf_counter() - started, 1),
-                         "cpu_seconds": round(time.process_time() - cpu, 1), "records": len(records),
-                         "positions": len(ft), "dev_nll": min(h["dev_loss"] for h in hist),
-                         "epochs_run": len(hist)}
+    rec = {"seconds": round(time.perf_counter() - started, 1),
+           "cpu_seconds": round(time.process_time() - cpu, 1), "records": len(records),
+           "positions": len(ft), "dev_nll": min(h["dev_loss"] for h in hist), "epochs_run": len(hist)}
+    return edge.eval(), (ft, answers), rec
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -312,9 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             for mode in (Mode.FULL, Mode.SPA):
                 rows[f"{vname} {mode.value}"] = ev.run_mode(mode, test)
             trained_spa = "trained spa"
-            if any(getattr(vcfg, k) != getattr(cfg, k) for k in GATE_KEYS):  # the comparator's
-                finish_head(edge_t, edge_t.heads["add"], ft, train_config(vcfg), vcfg,  # gate too
-                            answers_t)
+            if any(getattr(vcfg, k) != getattr(cfg, k) for k in GATE_KEYS):  # the comparator's gate too
+                finish_head(edge_t, edge_t.heads["add"], ft, train_config(vcfg), vcfg, answers_t)
                 ev = Evaluator(bb, edge_t, cfg.max_prompt_tokens, args.max_new, batch, progress=False)
                 trained_spa = f"trained spa ({vname})"
                 rows[trained_spa] = ev.run_mode(Mode.SPA, test)
