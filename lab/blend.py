@@ -46,7 +46,6 @@ from edge_agent.side_network import Classifier, SideNetwork
 from lab.blend_config import BlendConfig
 from lab.blend_gate import finish_head
 from lab.blend_tune import (
-    answer_lengths,
     copied_positions,
     delta_logits,
     layout,
@@ -98,7 +97,8 @@ def _blend(backbone, pool: Pool, examples: list[Example], cfg: BlendConfig,
         t1, c1 = time.perf_counter(), time.process_time()
         tok = backbone.tokenizer
         copied = copied_positions(examples, tok, tcfg)
-        lengths = answer_lengths(examples, tok, tcfg)
+        answers = [a for _, a in layout(examples, tok, tcfg)]  # the features' order
+        lengths = [len(a) for a in answers]
         vocab, info = candidate_vocab(edge.lm_head, pool, feats, cfg)
         w, fit = fit_coefficients(edge.lm_head, pool, feats, cfg, vocab, copied, run_starts(copied, lengths))
         net = blended_network(pool, w)
@@ -106,7 +106,7 @@ def _blend(backbone, pool: Pool, examples: list[Example], cfg: BlendConfig,
         tuned = tune_network(net, edge.lm_head, feats, vocab, cfg, lengths, copied, backbone.eos_token_id)
         fit = {**info, **fit, "tune": {**tuned, "seconds": round(time.perf_counter() - t_tune, 3)}}
         head = Head("add", net, Classifier(backbone.d_model))
-        finish_head(edge, head, feats, tcfg, cfg, [a for _, a in layout(examples, tok, tcfg)])
+        finish_head(edge, head, feats, tcfg, cfg, answers)
         need = NeedRouter.fit([ex.prompt_ids(tok, cfg.max_prompt_tokens) for ex in examples],
                               [tok(p, add_special_tokens=False)["input_ids"] for p in pool.generic()],
                               edge.lm_head, NeedConfig())

@@ -56,16 +56,16 @@ def lead_tokens(cfg: BlendConfig, answers: list[list[int]] | None, helps: torch.
     the turn after it too when the side network's token is right there more often than the
     backbone's (`helps` > `harms` at each answer's turn position; `answers` in the features'
     order, one position per token) — a side network worse at the turn is left to the gate."""
-    from lab.blend_tune import opening_lead
+    from lab.blend_tune import opening_lead, record_starts
 
     if cfg.lead != "turn" or not answers:
         return 0, {}
     lead = opening_lead(answers)
     if lead == 0:
         return 0, {"opening": 0}
-    starts = torch.tensor([0, *[len(a) for a in answers[:-1]]]).cumsum(0)
+    starts = record_starts([len(a) for a in answers])
     at = torch.tensor([int(s) + lead - 1 for s, a in zip(starts, answers, strict=True) if lead <= len(a)],
-                      dtype=torch.long)
+                      dtype=torch.long)  # each answer's turn
     h, x = int(helps[at].sum()), int(harms[at].sum())
     return (lead if h > x else lead - 1), {"opening": lead - 1, "turn_helps": h, "turn_harms": x}
 

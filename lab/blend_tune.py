@@ -76,12 +76,18 @@ def copied_positions(examples: list, tokenizer, tcfg, span: int = 3) -> torch.Te
     return torch.tensor(flags, dtype=torch.bool)
 
 
+def record_starts(lengths: list[int]) -> torch.Tensor:
+    """Each record's first answer position when the features hold records of `lengths` answer
+    positions end to end."""
+    return torch.tensor([0, *lengths[:-1]], dtype=torch.long).cumsum(0)
+
+
 def run_starts(copied: torch.Tensor, lengths: list[int]) -> torch.Tensor:
     """(N,) bool: the first position of each copied run (copied_positions) within its record —
     the turn from the user's own words into the message passed on."""
     prev = torch.zeros_like(copied)
     prev[1:] = copied[:-1]
-    first = torch.tensor([0, *lengths[:-1]]).cumsum(0)  # each record's first answer position
+    first = record_starts(lengths)
     prev[first[first < len(copied)]] = False
     return copied & ~prev
 
