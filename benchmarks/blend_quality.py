@@ -153,7 +153,7 @@ def with_seeds(variants: dict, cfg, seeds: int) -> dict:
     return out
 
 
-GATE_KEYS = ("gate_labels", "tau_rule", "fire_rate", "gain_recall", "clf_epochs", "lead")
+GATE_KEYS = ("gate_labels", "tau_rule", "fire_rate", "gain_recall", "clf_epochs", "lead", "follow")
 
 
 def pin(cores: int) -> None:

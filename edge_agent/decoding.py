@@ -75,6 +75,7 @@ class Decoder:
     finished_by: str = ""  # '' while running, then 'eos' or 'length'
     budget: BudgetGate | None = None  # a per-session M budget: it decides instead of τ and lead
     lead: int = 0  # the first `lead` tokens consult the side network whatever the gate says
+    follow: int = 0  # … and the `follow` tokens after one where the side's token differed
     _base: int = -1  # the backbone token of the frame in hand
     _gate: float = 0.0
     _pending: Act | None = None  # REQUEST or SIDE awaiting side()
@@ -84,10 +85,11 @@ class Decoder:
     def start(cls, mode: Mode, max_new: int, eos: int | None, pos: int, edge: EdgeModel | None = None,
               budget: BudgetConfig | None = None, stats: Transmissions | None = None) -> Decoder:
         """A sequence's decoder as the agent, the reference and the batched generator all make
-        it: the bundle's lead tokens and the session's budget gate (None: the fixed τ)."""
-        lead = edge.head_for(mode).lead if edge is not None and mode.gated else 0
+        it: the bundle's lead and follow tokens and the session's budget gate (None: the fixed τ)."""
+        head = edge.head_for(mode) if edge is not None and mode.gated else None
         return cls(mode, max_new, eos, pos, stats if stats is not None else Transmissions(),
-                   budget=BudgetGate.of(budget, edge, mode), lead=lead)
+                   budget=BudgetGate.of(budget, edge, mode), lead=head.lead if head else 0,
+                   follow=head.follow if head else 0)
 
     @property
     def done(self) -> bool:
@@ -104,6 +106,8 @@ class Decoder:
                                f"pending={self._pending}")
         self._base, self._gate = base_token, g
         if len(self.tokens) < self.lead:  # the answer's opening is the side network's
+            fire = True
+        if self.follow and any(self.differs[-self.follow:]):  # a phrase the side began goes on
             fire = True
         if self.budget is not None:  # the budget's own τ, adapted to the running M
             fire = self.budget.decide(self.pos, g, self.stats)

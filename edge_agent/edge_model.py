@@ -37,6 +37,9 @@ class Head:
     threshold: float = 0.0
     info: dict = field(default_factory=dict)  # how it was trained and calibrated
     lead: int = 0  # the answer's first `lead` tokens always consult the side network (0–16)
+    # after a token where the side network's differed from the backbone's, the next `follow`
+    # tokens consult it whatever the gate says (0–4): the rest of a phrase the user owns
+    follow: int = 0
 
     @property
     def tau(self) -> float:

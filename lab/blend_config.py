@@ -61,6 +61,10 @@ class BlendConfig(Tunables):
                         "share, and the word after it where the side network is right there more "
                         "often than the backbone (lab.blend_gate.lead_tokens)",
                         choices=("none", "turn"))
+    follow: int = tunable(1, 0, 4, "after a token where the side network's differed from the "
+                          "backbone's, this many next tokens consult it whatever the gate says "
+                          "(the rest of a phrase the user owns: \"Arr, | Captain Bo.\"; 0: the "
+                          "gate alone; RESULTS §10.10)")
     clf_epochs: int = tunable(6, 0, 40, "epochs of the classifier on the examples' positions")
     clf_features: str = tunable("z+stats", help="the gate's input", choices=("z", "z+stats"))
     clf_hidden: int = tunable(64, 0, 256, "the gate's hidden width (0 = linear)")

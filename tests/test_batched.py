@@ -107,13 +107,38 @@ def test_decoder_lead_sends_the_opening_to_the_side_network():
     assert d.frame(7, fire=False).act is Act.EMIT
 
 
+def test_decoder_follow_keeps_the_side_network_after_it_differed():
+    """`follow`: after a token where the side's differed from the backbone's, the next `follow`
+    tokens consult the side network whatever the gate says; a token where it agreed ends it."""
+    d = Decoder(Mode.SPA, max_new=8, eos=None, pos=0, follow=1)
+    assert d.frame(7, fire=False).act is Act.EMIT  # nothing differed yet: the gate decides
+    assert d.frame(7, fire=True).act is Act.REQUEST
+    d.side(9)  # the side network's token differs (a CORRECT)
+    s = d.frame(7, fire=False)  # the gate says no, the follow says yes
+    assert s.act is Act.REQUEST and s.counted
+    d.side(7)  # it agrees now: the phrase is over
+    assert d.frame(7, fire=False).act is Act.EMIT
+    assert d.paths == ["base", "side", "side", "base"] and d.stats.requests == 2
+    two = Decoder(Mode.SPA, max_new=8, eos=None, pos=0, follow=2)
+    two.frame(7, fire=True)
+    two.side(9)
+    for _ in range(2):  # two tokens follow a differing one, agreeing or not
+        assert two.frame(7, fire=False).act is Act.REQUEST
+        two.side(7)
+    assert two.frame(7, fire=False).act is Act.EMIT
+    off = Decoder(Mode.SPA, max_new=8, eos=None, pos=0)  # follow 0: the gate alone
+    off.frame(7, fire=True)
+    off.side(9)
+    assert off.frame(7, fire=False).act is Act.EMIT
+
+
 def test_lead_tokens_batched_equal_reference_and_survive_the_bundle(backbone, trained, prompts, tmp_path):
     from edge_agent.bundle import load_bundle, save_bundle
     from routing.errors import InputError
 
     edge = copy.deepcopy(trained[0])
     for head in edge.heads.values():
-        head.lead = 3
+        head.lead, head.follow = 3, 1
     ref = ReferenceGenerator(backbone, edge)
     for mode in ("spa", "choice", "full"):
         gens = BatchedGenerator(backbone, edge, BatchConfig(batch_size=5, progress=False)).generate(
@@ -124,8 +149,10 @@ def test_lead_tokens_batched_equal_reference_and_survive_the_bundle(backbone, tr
             if mode != "full":  # a gated mode: the first three tokens are the side network's
                 assert b.paths[:3] == ["side"] * min(3, len(b.paths)), mode
     out = save_bundle(edge, tmp_path / "lead", {})
-    assert load_bundle(out).heads["add"].lead == 3
+    assert (load_bundle(out).heads["add"].lead, load_bundle(out).heads["add"].follow) == (3, 1)
     meta = out / "bundle.json"
-    meta.write_text(meta.read_text().replace('"lead": 3', '"lead": 99', 1))
-    with pytest.raises(InputError, match="lead"):
-        load_bundle(out)
+    good = meta.read_text()
+    for key, bad in (("lead", "99"), ("follow", "5"), ("follow", "true"), ("follow", "-1")):
+        meta.write_text(good.replace(f'"{key}": {3 if key == "lead" else 1}', f'"{key}": {bad}', 1))
+        with pytest.raises(InputError, match=key):
+            load_bundle(out)

@@ -217,6 +217,9 @@ def test_blended_bundle_loads_and_generates(blended, backbone, tmp_path):
     loaded = load_bundle(out, backbone.fingerprint, kits=tmp_path / "kits")
     need = NeedRouter.load(out, loaded.d_model)
     assert need is not None and need.threshold == edge.need.threshold
+    # the follow rule (BlendConfig.follow, default 1) travels with the head and is recorded
+    head = edge.heads["add"]
+    assert loaded.heads["add"].follow == head.follow == head.info["calibration"]["follow"] == 1
     ex = style_records(STYLES["ada"], 10, backbone.tokenizer)[8:]
     prompts = [e.prompt_ids(backbone.tokenizer, 128) for e in ex]
     gen = BatchedGenerator(backbone, loaded, BatchConfig(4, progress=False))

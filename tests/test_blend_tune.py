@@ -295,3 +295,6 @@ def test_blend_sets_the_lead_through_the_turn_only_when_asked(backbone, pool, se
     assert h_turn.lead == r_turn["blend"]["lead"] == cal["lead"] == want - (cal["turn_helps"] <= cal["turn_harms"])
     assert cal["opening"] == want - 1
     assert h_turn.threshold == h_none.threshold
+    e_off, _ = blend(backbone, pool, ex, replace(cfg, follow=0))  # the follow rule: the gate's τ stays
+    assert (e_off.heads["add"].follow, h_none.follow) == (0, cfg.follow)
+    assert e_off.heads["add"].threshold == h_none.threshold

@@ -1,0 +1,16 @@
+# issue 19, stop 35, round 11: the new default (follow=1) at seeds 0-2 (= round 10's `follow`) and fresh seeds 3-5 (s3), the old default (follow=0) at seeds 3-5 (nofollow), and the turn rule (60 coefficient steps, l2 0.01, kept at the turn's best step) with follow at seeds 0-2 and 3-5; two processes per user (each has the default at seeds 0-2)
+cd /root/repo && export PYTHONPATH=/root/repo:/root/site HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 && RES=/root/res && mkdir -p $RES
+lscpu | grep -i "thread\|core\|socket\|model name" > $RES/lscpu.txt 2>&1
+run() {  # $1 cores $2 user $3 tag $4.. extra
+  c=$1; u=$2; t=$3; shift 3; mkdir -p $RES/$t/$u
+  timeout 560 taskset -c $c python3 benchmarks/blend_quality.py --device cuda --backbone /root/smollm2 \
+    --xsum /root/spa/data/xsum_1000.jsonl --corpus /root/spa/data/corpus_en.txt --cores 2 \
+    --pool /root/spa/pool-$t-$u --pool-records 400 --train-records 300 --eval 128 \
+    --max-new 48 --epochs 8 --seeds 3 --users $u "$@" \
+    --json $RES/$t/$u/blend_quality.json 2>&1 | grep --line-buffered -v Warn > $RES/$t/$u/blend_quality.log; echo EXIT $? >> $RES/$t/$u/blend_quality.log
+}
+A="--variant turnfollow:steps=60,l2=0.01,coef_keep=turn --variant nofollows3:follow=0,seed=3"
+B="--variant s3:seed=3 --variant turnfollows3:steps=60,l2=0.01,coef_keep=turn,seed=3"
+run 2,3 ada a $A & run 4,5 ada b $B & run 6,7 bo a $A & run 8,9 bo b $B & run 10,11 cy a $A & run 12,13 cy b $B &
+
+wait
