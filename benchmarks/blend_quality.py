@@ -29,8 +29,9 @@ SmolLM2 at /root/smollm2, XSum and the English corpus at /root/spa/data; results
 the default recipe (15 coefficient steps on the positions copied from the prompt, then 20 tuning
 steps on all weights that fit the user's own words and keep the blend's distribution where the
 answer copies the prompt, not ending inside a copy; gate on mixture + gain labels at a 0.4 fire
-rate; need threshold in the gap) with 3 seeds, beside variants (`all`: the coefficients fitted on
-every position, RESULTS §10.3's recipe; `mix`: the gate on the mixture labels alone, §10.4's):
+rate, the side network kept on the token after each correction; need threshold in the gap) with
+3 seeds, beside variants (`all`: RESULTS §10.3's coefficients on every position; `mix`: §10.4's
+gate on the mixture labels alone; later rounds: results/h200_2026-12-05/rN_command.sh):
 
     cd /root/repo && export PYTHONPATH=/root/repo:/root/site HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
     for u in ada bo cy; do c=$((2 * ${i:=0}))-$((2 * i + 1)); i=$((i + 1)); mkdir -p $RES/$u

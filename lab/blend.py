@@ -21,8 +21,10 @@ with the K coefficients w chosen from ≤ 16 of the user's examples, then a few 
    `tune_steps=0` leaves the pure blend);
 4. the classifier and τ from the examples' teacher-forced positions (lab/blend_gate.py, no
    rollouts; by default on the mixture likelihood and the side's measured gain together: on
-   the mixture alone the gate missed bo's first token on new prompts, RESULTS §10.5); the need
-   router (edge_agent/need.py) learns the user's prompts against the pool's generic ones.
+   the mixture alone the gate missed bo's first token on new prompts, RESULTS §10.5), and the
+   head's `follow` (the token after each correction consults the side network: such a gate sits
+   at the margin inside the user's own phrases, §10.10); the need router (edge_agent/need.py)
+   learns the user's prompts against the pool's generic ones.
 
 Blending runs on the CPU whatever device the backbone is on (the features come to the CPU, as
 HIDDEN frames come to a device) with `cfg.threads` torch threads, and times itself in wall and
