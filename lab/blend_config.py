@@ -39,7 +39,7 @@ class BlendConfig(Tunables):
                              "copied run — the turn from the user's own words into the message, "
                              "which a flat valley of the copies' mean leaves undecided",
                              choices=("last", "turn"))
-    coef_patience: int = tunable(15, 0, 1000, "with coef_keep 'turn': the fit stops once the turn's "
+    coef_patience: int = tunable(8, 0, 1000, "with coef_keep 'turn': the fit stops once the turn's "
                                  "NLL has not improved for this many steps (0: all `steps`)")
     candidates: int = tunable(32, 2, 4096, "top tokens per position and network in the softmax")
     max_positions: int = tunable(1024, 16, 65536, "answer positions the coefficients see")
