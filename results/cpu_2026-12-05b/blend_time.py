@@ -1,5 +1,5 @@
 """Stop 35: the blend's wall and CPU seconds on this 2-core machine, the default recipe against
-the turn rule (60 coefficient steps, l2 0.01, kept at the turn's best step, patience 15), side by
+the turn rule (60 coefficient steps, l2 0.01, kept at the turn's best step, the default patience), side by
 side per user and repeat (local 120-record pool of §10.4, 16 examples, 2 torch threads).
 
     python results/cpu_2026-12-05b/blend_time.py REPEATS > results/cpu_2026-12-05b/blend_time.txt
@@ -25,7 +25,7 @@ def main() -> None:
     args = argparse.Namespace(backbone="smollm2-135m", pool="/tmp/b19/pool", threads=2, examples=16, smoke=False)
     bb, pool, cfg = cpu_setup(args)
     repeats = int(sys.argv[1])
-    recipes = {"default": cfg, "turn": cfg.replace(steps=60, l2=0.01, coef_keep="turn", coef_patience=15)}
+    recipes = {"default": cfg, "turn": cfg.replace(steps=60, l2=0.01, coef_keep="turn")}
     wall: dict[str, list[float]] = {k: [] for k in recipes}
     for u in ("ada", "bo", "cy"):
         ex = style_records(STYLES[u], 16, bb.tokenizer, 0, 0, xsum_file(), cfg.max_prompt_tokens, corpus_file())
