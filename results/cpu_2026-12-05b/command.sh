@@ -7,3 +7,4 @@ export HF_HUB_OFFLINE=1
 .venv/bin/python results/cpu_2026-12-05b/blend_time.py 3 > results/cpu_2026-12-05b/blend_time.txt   # on a quiet machine (after CI)
 .venv/bin/python results/cpu_2026-12-05b/follow.py 48 bo,cy,ada results/cpu_2026-12-05b/follow_s12.json 1,2 > results/cpu_2026-12-05b/follow_s12.txt   # seeds 1, 2
 .venv/bin/python results/cpu_2026-12-05b/follow_summary.py > results/cpu_2026-12-05b/follow_summary.md
+.venv/bin/python results/cpu_2026-12-05b/fastfit.py bo > results/cpu_2026-12-05b/fastfit.txt   # a measurement of a faster coefficient fit (not landed)
