@@ -15,6 +15,7 @@ later and there is no side KV cache.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -90,15 +91,25 @@ class SideNetwork(nn.Module):
             parts.append(z)
         return torch.stack(parts, dim=1)
 
-    def forward(self, states: Tensor, project: bool = True) -> Tensor:
+    def parts(self, states: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """The network's affine inputs: W_in · h0 (N, r) and D_i · norm(h_i) (N, r) per chosen
+        layer. Affine in the weights: under a blend θ0 + Σ w_k (θ_k − θ0) they are θ0's plus
+        Σ w_k × each member's difference (lab/blend_basis.py computes them once per member)."""
+        states = states.to(self.w_in.weight.dtype)
+        d = states.shape[-1]
+        return self.w_in(states[:, 0]), [self.down[j](F.rms_norm(states[:, j + 1], (d,)))
+                                         for j in range(len(self.cfg.layers))]
+
+    def forward(self, states: Tensor | None, project: bool = True,
+                parts: tuple[Tensor, Sequence[Tensor]] | None = None) -> Tensor:
         """states: (N, 1 + len(layers), d) ordered [h0, h_layers…] -> Δ (N, d); with `project`
         False the side state x (N, r) before Δ = W_out · x (lab/blend.py maps Δ through the
-        lm_head's rows: (M · W_out) · x costs r/N + r/d of M · (W_out · x))."""
-        states = states.to(self.w_in.weight.dtype)
-        x = self.drop(self.w_in(states[:, 0]))  # (N, r)
-        for j in range(len(self.cfg.layers)):
+        lm_head's rows: (M · W_out) · x costs r/N + r/d of M · (W_out · x)). `parts`: this
+        network's `parts(states)` when already computed (states is then not read)."""
+        x0, skips = parts if parts is not None else self.parts(states)
+        x = self.drop(x0)  # (N, r)
+        for j, skip in enumerate(skips):
             x = self.drop(self.act(x))
-            skip = self.down[j](F.rms_norm(states[:, j + 1], (states.shape[-1],)))  # (N, r)
             if self.alpha is not None:
                 mu = torch.sigmoid(self.alpha[j] / self.cfg.gate_temperature)
                 x = mu * (x + self.adapt[j](x)) + (1 - mu) * skip
@@ -110,9 +121,10 @@ class SideNetwork(nn.Module):
 N_STATS = 3  # entropy, top-1 log-probability, top-1 − top-2 logit margin of P_base
 
 
-def base_stats(z: Tensor, lm_head: nn.Module) -> Tensor:
-    """What the backbone's own distribution says about its confidence. z: (N, d) -> (N, 3)."""
-    logits = lm_head(z.to(lm_head.weight.dtype)).float()  # (N, V)
+def base_stats(z: Tensor, lm_head: nn.Module, logits: Tensor | None = None) -> Tensor:
+    """What the backbone's own distribution says about its confidence. z: (N, d) -> (N, 3);
+    `logits`: lm_head(z) (N, V) when the caller has them already (one full-vocabulary pass)."""
+    logits = (lm_head(z.to(lm_head.weight.dtype)) if logits is None else logits).float()  # (N, V)
     logp = logits.log_softmax(-1)
     top = logits.topk(2, dim=-1).values  # (N, 2)
     entropy = -(logp.exp() * logp).sum(-1)
@@ -138,14 +150,14 @@ class Classifier(nn.Module):
     def uses_stats(self) -> bool:
         return self.cfg["features"] == "z+stats"
 
-    def features(self, z: Tensor, lm_head: nn.Module | None) -> Tensor:
-        """z: (N, d) -> (N, d_in)."""
+    def features(self, z: Tensor, lm_head: nn.Module | None, logits: Tensor | None = None) -> Tensor:
+        """z: (N, d) -> (N, d_in); `logits`: lm_head(z) when already computed."""
         z = z.float()
         if not self.uses_stats:
             return z
         if lm_head is None:
             raise InputError("classifier with z+stats features needs the lm_head")
-        return torch.cat([z, base_stats(z, lm_head)], dim=-1)
+        return torch.cat([z, base_stats(z, lm_head, logits)], dim=-1)
 
     def forward(self, z: Tensor, lm_head: nn.Module | None = None) -> Tensor:  # (N, d) -> (N,)
         return torch.sigmoid(self.logit(z, lm_head))

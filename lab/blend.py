@@ -45,6 +45,7 @@ from torch.func import functional_call
 from edge_agent.edge_model import EdgeModel, Head
 from edge_agent.need import NeedConfig, NeedRouter
 from edge_agent.side_network import Classifier, SideNetwork
+from lab.blend_basis import PoolBasis
 from lab.blend_config import BlendConfig
 from lab.blend_gate import finish_head
 from lab.blend_tune import (
@@ -101,14 +102,16 @@ def _blend(backbone, pool: Pool, examples: list[Example], cfg: BlendConfig,
         copied = copied_positions(examples, tok, tcfg)
         answers = [a for _, a in layout(examples, tok, tcfg)]  # the features' order
         lengths = [len(a) for a in answers]
-        vocab, info = candidate_vocab(edge.lm_head, pool, feats, cfg)
+        with torch.no_grad():  # the backbone's logits at every position: one full-vocabulary pass
+            base_logits = edge.lm_head(feats.z.float())  # (N, V)
+        vocab, info = candidate_vocab(edge.lm_head, pool, feats, cfg, base_logits)
         w, fit = fit_coefficients(edge.lm_head, pool, feats, cfg, vocab, copied, run_starts(copied, lengths))
         net = blended_network(pool, w)
         t_tune = time.perf_counter()
         tuned = tune_network(net, edge.lm_head, feats, vocab, cfg, lengths, copied, backbone.eos_token_id)
         fit = {**info, **fit, "tune": {**tuned, "seconds": round(time.perf_counter() - t_tune, 3)}}
         head = Head("add", net, Classifier(backbone.d_model))
-        finish_head(edge, head, feats, tcfg, cfg, answers)
+        finish_head(edge, head, feats, tcfg, cfg, answers, base_logits)
         need = NeedRouter.fit([ex.prompt_ids(tok, cfg.max_prompt_tokens) for ex in examples],
                               [tok(p, add_special_tokens=False)["input_ids"] for p in pool.generic()],
                               edge.lm_head, NeedConfig())
@@ -148,15 +151,16 @@ def _cores() -> int:
         return os.cpu_count() or 0
 
 
-def candidate_vocab(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConfig
-                    ) -> tuple[torch.Tensor, dict]:
+def candidate_vocab(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConfig,
+                    base_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """The sorted candidate vocabulary — the targets and the top `cfg.candidates` tokens of the
-    backbone and of every member at each position — and the examples' NLL under each."""
+    backbone and of every member at each position — and the examples' NLL under each.
+    `base_logits`: lm_head(feats.z) (N, V) when the caller has them."""
     n = min(len(feats), cfg.max_positions)
     states, z, y = feats.states[:n].float(), feats.z[:n].float(), feats.y[:n]
     net = pool.network("base")
     with torch.no_grad():
-        backbone_logits = lm_head(z)
+        backbone_logits = lm_head(z) if base_logits is None else base_logits[:n]
         cand = [feats.y, backbone_logits.topk(cfg.candidates, -1).indices.flatten()]  # every target
         member_nll = {}
         for m in pool.names:  # one module, each member's weights (building 6 modules costs ~1 CPU s)
@@ -194,16 +198,12 @@ def fit_coefficients(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConf
         elif bool(copied[:n].any()):
             idx = idx[copied[:n]]
     states, z, y = feats.states[idx].float(), feats.z[idx].float(), feats.y[idx]
-    names = pool.names
-    base = {k: v.float() for k, v in pool.base.items()}
-    deltas = {k: torch.stack([pool.members[m][k].float() - base[k] for m in names]) for k in base}
-    net = pool.network("base")
     target = torch.searchsorted(vocab, y)
     weight = lm_head.weight[vocab].detach()
     bias = lm_head.bias[vocab].detach() if lm_head.bias is not None else None
-
     with torch.no_grad():
         fixed = F.linear(z, weight, bias)  # (n, V_c): the backbone's part, the same every step
+    basis = PoolBasis(pool, states, weight, fixed)  # each member's affine parts, once
     if own is not None:  # the two terms' positions and targets, split once
         split = [(~own, target[~own], 1.0), (own, target[own], cfg.coef_own)]
     at_turn = None  # with `coef_keep` 'turn': the turn positions among those fitted
@@ -211,11 +211,6 @@ def fit_coefficients(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConf
         if turn is None or len(turn) != len(feats):
             raise ValueError("fit_coefficients: coef_keep 'turn' needs one turn flag per position")
         at_turn = turn[idx] if bool(turn[idx].any()) else None
-
-    def logits_at(w: torch.Tensor) -> torch.Tensor:
-        params = {k: base[k] + torch.tensordot(w, deltas[k], dims=1) for k in base}
-        x = functional_call(net, params, (states,), {"project": False})  # (n, r)
-        return delta_logits(x, params["w_out.weight"], weight, fixed)  # (n, V_c)
 
     def loss_of(logits: torch.Tensor, cap: float = cfg.coef_cap) -> torch.Tensor:
         if own is None:
@@ -225,11 +220,11 @@ def fit_coefficients(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConf
     def turn_nll(logits: torch.Tensor) -> float:
         return F.cross_entropy(logits[at_turn].detach(), target[at_turn]).item()
 
-    w = torch.zeros(len(names), requires_grad=True)
+    w = torch.zeros(len(pool.names), requires_grad=True)
     opt = torch.optim.Adam([w], lr=cfg.lr)
     history, turns, best = [], [], (float("inf"), 0, w.detach().clone())
     for step in range(cfg.steps + (at_turn is not None)):  # + a pass scoring the last step's w
-        logits = logits_at(w)
+        logits = basis.logits(w)
         if at_turn is not None:
             turns.append(round(turn_nll(logits), 4))
             if turns[-1] < best[0]:
@@ -246,8 +241,8 @@ def fit_coefficients(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConf
     kept = best[1] if at_turn is not None else cfg.steps
     w = best[2] if at_turn is not None else w.detach()
     with torch.no_grad():  # the record's NLLs are plain means whatever the fit's cap
-        final = loss_of(logits_at(w), 0.0).item()
-        start = history[0] if history and cfg.coef_cap == 0 else round(loss_of(logits_at(torch.zeros_like(w)), 0.0).item(), 4)
+        final = loss_of(basis.logits(w), 0.0).item()
+        start = history[0] if history and cfg.coef_cap == 0 else round(loss_of(basis.logits(torch.zeros_like(w)), 0.0).item(), 4)
     out = {**info, "nll_candidates_start": start, "nll_candidates_end": round(final, 4),
            "steps": cfg.steps, "kept_step": kept, "coef_positions": len(idx)}
     if turns:

@@ -71,15 +71,20 @@ def lead_tokens(cfg: BlendConfig, answers: list[list[int]] | None, helps: torch.
 
 
 def finish_head(edge: EdgeModel, head: Head, feats, tcfg, cfg: BlendConfig,
-                answers: list[list[int]] | None = None) -> None:
+                answers: list[list[int]] | None = None, base_logits: torch.Tensor | None = None) -> None:
     """The classifier on `feats`' positions and τ on them (see the module's doc), and the lead
     tokens (lead_tokens from the records' `answers`, in the features' order): the same for a
-    blended head and a trained one, so a comparison isolates the side network."""
-    from lab.gate_training import _log_probs, train_classifier
+    blended head and a trained one, so a comparison isolates the side network. `base_logits`:
+    the backbone's lm_head(z) at every position (N, V), computed here when not given — one
+    full-vocabulary pass for the log-probabilities, the classifier's inputs and τ."""
+    from lab.gate_training import _clf_inputs, _log_probs, train_classifier
 
     edge.set_head(head)
     head.side.eval()
-    log_probs = _log_probs(edge, head, feats)  # both full-vocabulary passes, once
+    if base_logits is None:
+        with torch.no_grad():
+            base_logits = edge.lm_head(feats.z.float())
+    log_probs = _log_probs(edge, head, feats, base_logits)  # the side's full-vocabulary pass, once
     if cfg.gate_labels == "mixture" and cfg.tau_rule == "rate" and cfg.lead == "none":  # no gain needed
         helps = harms = torch.zeros(len(feats), dtype=torch.bool)
         measured = False
@@ -91,9 +96,9 @@ def finish_head(edge: EdgeModel, head: Head, feats, tcfg, cfg: BlendConfig,
         pz, py = torch.zeros(0, edge.d_model), torch.zeros(0)
     else:  # the teacher-forced gain labels stand in for lab/gate_training.py's on-policy ones
         pz, py = feats.z, helps.float()  # the same positions: their features computed once
-    hist = train_classifier(edge, head, feats, tcfg, pz, py, log_probs)
+    hist = train_classifier(edge, head, feats, tcfg, pz, py, log_probs, base_logits)
     with torch.no_grad():
-        logit = head.classifier.logit(feats.z.float(), edge.lm_head).double()
+        logit = head.classifier.head(_clf_inputs(edge, head.classifier, feats.z, base_logits)).double()
     head.threshold = threshold(logit, helps, cfg)
     head.lead, lead_info = lead_tokens(cfg, answers, helps, harms)
     head.follow = cfg.follow

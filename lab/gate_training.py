@@ -37,11 +37,14 @@ def _mode(combine: Combine, gate: Gate) -> Mode:
 
 
 @torch.no_grad()
-def _log_probs(edge: EdgeModel, head: Head, feats: Features) -> tuple[Tensor, ...]:
-    """Per position: log P_base(y), log P_side-combined(y), backbone token, side token."""
+def _log_probs(edge: EdgeModel, head: Head, feats: Features,
+               base_logits: Tensor | None = None) -> tuple[Tensor, ...]:
+    """Per position: log P_base(y), log P_side-combined(y), backbone token, side token.
+    `base_logits`: lm_head(feats.z) (N, V) when the caller has them already."""
     lpb, lpi, tb, ts = [], [], [], []
-    for s, z, y in feats.batches(1024):
-        base = edge.lm_head(z).log_softmax(-1)
+    for i, (s, z, y) in enumerate(feats.batches(1024)):  # in order: slice i of base_logits
+        base = edge.lm_head(z) if base_logits is None else base_logits[i * 1024 : (i + 1) * 1024]
+        base = base.log_softmax(-1)
         side = side_logits(edge, head, s, z).log_softmax(-1)
         lpb.append(base.gather(1, y[:, None])[:, 0])
         lpi.append(side.gather(1, y[:, None])[:, 0])
@@ -51,16 +54,21 @@ def _log_probs(edge: EdgeModel, head: Head, feats: Features) -> tuple[Tensor, ..
 
 
 @torch.no_grad()
-def _clf_inputs(edge: EdgeModel, clf: Classifier, z: Tensor) -> Tensor:
+def _clf_inputs(edge: EdgeModel, clf: Classifier, z: Tensor, base_logits: Tensor | None = None) -> Tensor:
+    """The classifier's inputs for z (N, d); `base_logits`: lm_head(z) when already computed."""
+    if base_logits is not None:
+        return clf.features(z, edge.lm_head, base_logits)
     return torch.cat([clf.features(c, edge.lm_head) for c in z.float().split(4096)])
 
 
 def train_classifier(edge: EdgeModel, head: Head, train: Features, cfg: TrainConfig,
                      policy_z: Tensor, policy_y: Tensor,
-                     log_probs: tuple[Tensor, ...] | None = None) -> list[dict]:
+                     log_probs: tuple[Tensor, ...] | None = None,
+                     base_logits: Tensor | None = None) -> list[dict]:
     """Mixture likelihood on teacher-forced answers and/or BCE on on-policy 'side differs'
     labels (cfg.clf_objective). `log_probs`: `_log_probs(edge, head, train)` when the caller
-    has it already; `policy_z` may be `train.z` itself (its features are then computed once)."""
+    has it already; `policy_z` may be `train.z` itself (its features are then computed once);
+    `base_logits`: lm_head(train.z) when the caller has them."""
     dev = train.y.device
     clf = Classifier(edge.d_model, cfg.clf_features, cfg.clf_hidden).to(dev)
     head.classifier = clf
@@ -68,7 +76,7 @@ def train_classifier(edge: EdgeModel, head: Head, train: Features, cfg: TrainCon
     use_mix = cfg.clf_objective in ("mixture", "both") and len(train)
     use_pol = cfg.clf_objective in ("onpolicy", "both") and len(policy_y)
     lpb, lpi, _, _ = log_probs if log_probs is not None else _log_probs(edge, head, train)
-    x_all = _clf_inputs(edge, clf, train.z)
+    x_all = _clf_inputs(edge, clf, train.z, base_logits)
     if not len(policy_y):
         x_pol = x_all[:0]
     elif policy_z is train.z:  # the same positions: their inputs computed once
