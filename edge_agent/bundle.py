@@ -19,6 +19,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn.utils import skip_init
 
 from edge_agent.edge_model import EdgeModel, Head
 from edge_agent.kit import kit_id, load_kit, save_kit
@@ -149,7 +150,7 @@ def load_bundle(path: str | Path, expected_fingerprint: str | None = None,
 
 def _v1_public_parts(path: Path, tensors: dict) -> tuple[nn.Linear, object]:
     w = tensors["lm_head.weight"]
-    lm_head = nn.Linear(w.shape[1], w.shape[0], bias="lm_head.bias" in tensors)
+    lm_head = skip_init(nn.Linear, w.shape[1], w.shape[0], bias="lm_head.bias" in tensors)
     lm_head.load_state_dict(_sub(tensors, "lm_head."))
     tokenizer = None
     if (path / "tokenizer").is_dir():

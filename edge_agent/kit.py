@@ -26,6 +26,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+from torch.nn.utils import skip_init
 
 from edge_agent.weights import pack, unpack
 from routing.cache import cache_root
@@ -134,7 +135,7 @@ def load_kit(fingerprint: str, bundle: Path | None = None,
     try:
         tensors = unpack(load_file(str(path / "lm_head.safetensors")))
         w = tensors["weight"]  # (V, d)
-        lm_head = nn.Linear(w.shape[1], w.shape[0], bias="bias" in tensors)
+        lm_head = skip_init(nn.Linear, w.shape[1], w.shape[0], bias="bias" in tensors)  # no random init
         lm_head.load_state_dict(tensors)
     except Exception as exc:  # safetensors' own errors for damaged files; a missing key
         raise InputError(f"cannot read the edge kit {path}: {type(exc).__name__}: {exc}") from None

@@ -8,7 +8,9 @@ side-combined argmax token and the backbone's, against the target —
     harms  = the backbone's token is the target, the side's is not
 
 Classifier (cfg.gate_labels): 'mixture' — lab/gate_training.py's mixture likelihood
-−log((1−g)·P_base(y) + g·P_int(y)) + λ·g; 'gain' — BCE on `helps`; 'both' — their sum.
+−log((1−g)·P_base(y) + g·P_int(y)) + λ·g; 'gain' — BCE on `helps`; 'both' — their sum;
+'differs' — BCE on "the side's token is not the backbone's" (where a REQUEST changes the answer:
+a gate that fires exactly there writes full mode's answer); 'mixture+differs' — beside the mixture.
 τ (cfg.tau_rule): 'rate' — the gate fires on cfg.fire_rate of the examples' positions (issue 19's
 first blend); 'gain' — the highest τ at which it fires on cfg.gain_recall of the `helps`
 positions (never, when the side network helps nowhere on the examples).
@@ -90,12 +92,14 @@ def finish_head(edge: EdgeModel, head: Head, feats, tcfg, cfg: BlendConfig,
         measured = False
     else:
         (helps, harms), measured = side_gain(edge, head, feats, log_probs), True
-    objective = {"mixture": "mixture", "gain": "onpolicy", "both": "both"}[cfg.gate_labels]
+    objective = {"mixture": "mixture", "gain": "onpolicy", "both": "both", "differs": "onpolicy",
+                 "mixture+differs": "both"}[cfg.gate_labels]
     tcfg = dataclasses.replace(tcfg, clf_objective=objective)
     if objective == "mixture":
         pz, py = torch.zeros(0, edge.d_model), torch.zeros(0)
-    else:  # the teacher-forced gain labels stand in for lab/gate_training.py's on-policy ones
-        pz, py = feats.z, helps.float()  # the same positions: their features computed once
+    else:  # teacher-forced labels stand in for lab/gate_training.py's on-policy ones
+        differs = log_probs[3] != log_probs[2]  # the side's token is not the backbone's
+        pz, py = feats.z, (differs if cfg.gate_labels.endswith("differs") else helps).float()
     hist = train_classifier(edge, head, feats, tcfg, pz, py, log_probs, base_logits)
     with torch.no_grad():
         logit = head.classifier.head(_clf_inputs(edge, head.classifier, feats.z, base_logits)).double()

@@ -228,6 +228,30 @@ def test_gate_from_the_cached_backbone_logits_is_the_same(backbone, pool):
     assert all(torch.equal(v, runs[1][1][k]) for k, v in runs[0][1].items())
 
 
+@pytest.mark.parametrize("labels", ["differs", "mixture+differs"])
+def test_differs_gate_learns_where_the_side_token_is_not_the_backbones(backbone, pool, labels, monkeypatch):
+    """gate_labels 'differs': the classifier's BCE labels are the teacher-forced positions where
+    the side network's token differs from the backbone's (beside the mixture with '+')."""
+    import lab.gate_training as gt
+    from lab.blend import BlendConfig, blend
+    from lab.pool import STYLES, style_records
+
+    seen = {}
+    real = gt.train_classifier
+
+    def spy(edge, head, train, tcfg, pz, py, log_probs=None, base_logits=None):
+        seen.update(objective=tcfg.clf_objective, py=py.clone(), log_probs=log_probs)
+        return real(edge, head, train, tcfg, pz, py, log_probs, base_logits)
+
+    monkeypatch.setattr(gt, "train_classifier", spy)
+    cfg = BlendConfig(max_examples=8, steps=6, tune_steps=4, tune_lr=3e-2, clf_epochs=1, gate_labels=labels)
+    edge, _ = blend(backbone, pool, style_records(STYLES["bo"], 8, backbone.tokenizer), cfg)
+    _, _, tb, ts = seen["log_probs"]
+    assert torch.equal(seen["py"], (ts != tb).float()) and bool((ts != tb).any())
+    assert seen["objective"] == ("onpolicy" if labels == "differs" else "both")
+    assert labels in edge.heads["add"].info["calibration"]["method"]
+
+
 @pytest.mark.parametrize("gates", [False, True])
 def test_pool_basis_is_the_blended_network(backbone, pool, gates):
     """The coefficient fit's logits from each member's precomputed affine parts equal the
