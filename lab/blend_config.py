@@ -21,9 +21,10 @@ class PoolConfig(Tunables):
 @dataclass
 class BlendConfig(Tunables):
     max_examples: int = tunable(16, 2, 64, "the user's examples used (the first ones)")
-    steps: int = tunable(15, 0, 1000, "Adam steps on the K coefficients")
+    steps: int = tunable(60, 0, 1000, "Adam steps on the K coefficients (at most, with coef_keep "
+                         "'turn' and its patience)")
     lr: float = tunable(0.15, 1e-4, 2.0, "Adam's step size on the coefficients")
-    l2: float = tunable(1e-3, 0.0, 10.0, "pull of the coefficients towards θ0 (w = 0)")
+    l2: float = tunable(0.01, 0.0, 10.0, "pull of the coefficients towards θ0 (w = 0)")
     coef_cap: float = tunable(0.0, 0.0, 20.0, "soft cap (nats) on each position's NLL in the "
                               "coefficient fit, c·tanh(nll/c): a member wrong on a few tokens "
                               "(another signature) is not vetoed by them (0: plain mean)")
@@ -34,10 +35,11 @@ class BlendConfig(Tunables):
     coef_own: float = tunable(0.0, 0.0, 1.0, "with coef_on 'copies': weight of the user's own words' "
                               "mean NLL beside the copied positions' (a tie-breaker along a flat "
                               "valley of the copies' loss; 0: copies only)")
-    coef_keep: str = tunable("last", help="the coefficients kept: the last step's, or (with coef_on "
+    coef_keep: str = tunable("turn", help="the coefficients kept: the last step's, or (with coef_on "
                              "'copies') the step's with the lowest NLL at the first token of each "
                              "copied run — the turn from the user's own words into the message, "
-                             "which a flat valley of the copies' mean leaves undecided",
+                             "which a flat valley of the copies' mean leaves undecided (the "
+                             "default since RESULTS §10.11; 'last' with steps 15, l2 1e-3 before)",
                              choices=("last", "turn"))
     coef_patience: int = tunable(8, 0, 1000, "with coef_keep 'turn': the fit stops once the turn's "
                                  "NLL has not improved for this many steps (0: all `steps`)")

@@ -23,7 +23,8 @@ def setup(backbone, pool):
     from lab.pool import STYLES, style_records
     from lab.training import extract_features
 
-    cfg = BlendConfig(max_examples=8, steps=4, tune_steps=8, tune_lr=3e-3, tune_dropout=False)
+    cfg = BlendConfig(max_examples=8, steps=4, tune_steps=8, tune_lr=3e-3, tune_dropout=False,
+                      coef_keep="last")  # these tests pass no turn flags
     tok = backbone.tokenizer
     ex = style_records(STYLES["ada"], 8, tok)
     feats = extract_features(backbone, ex, pool.side_cfg, train_config(cfg), progress=False)
