@@ -14,7 +14,10 @@ with the K coefficients w chosen from ≤ 16 of the user's examples, then a few 
    49k-row lm_head (pool blending, Crayon's). Only at the positions the answer copies from the
    prompt (`coef_on` 'copies', lab.blend_tune.copied_positions): there the pool's skill is what
    counts; the user's own words (a new opening, another signature) no member writes, and on
-   all positions their few tokens of 20 nats chose the members (RESULTS §10.4);
+   all positions their few tokens of 20 nats chose the members (RESULTS §10.4). The w kept is
+   the step's best at each copied run's first token — the turn from the user's opening into the
+   message, which the copies' flat valley leaves undecided (`coef_keep` 'turn', §10.8, §10.11);
+   each member's affine parts are computed once (lab/blend_basis.py), a step mixes them;
 3. a few Adam steps on ALL of the network's weights from θ(w), on the same features and
    candidate softmax, fitting the user's own words and keeping the blend's distribution where
    the answer copies the prompt (lab/blend_tune.py: few-step fine-tuning, not blending;
@@ -47,7 +50,7 @@ from edge_agent.need import NeedConfig, NeedRouter
 from edge_agent.side_network import Classifier, SideNetwork
 from lab.blend_basis import PoolBasis
 from lab.blend_config import BlendConfig
-from lab.blend_gate import finish_head
+from lab.blend_gate import backbone_logits, finish_head
 from lab.blend_tune import (
     copied_positions,
     delta_logits,
@@ -102,8 +105,7 @@ def _blend(backbone, pool: Pool, examples: list[Example], cfg: BlendConfig,
         copied = copied_positions(examples, tok, tcfg)
         answers = [a for _, a in layout(examples, tok, tcfg)]  # the features' order
         lengths = [len(a) for a in answers]
-        with torch.no_grad():  # the backbone's logits at every position: one full-vocabulary pass
-            base_logits = edge.lm_head(feats.z.float())  # (N, V)
+        base_logits = backbone_logits(edge, feats)  # (N, V): one full-vocabulary pass for all uses
         vocab, info = candidate_vocab(edge.lm_head, pool, feats, cfg, base_logits)
         w, fit = fit_coefficients(edge.lm_head, pool, feats, cfg, vocab, copied, run_starts(copied, lengths))
         net = blended_network(pool, w)
@@ -160,16 +162,16 @@ def candidate_vocab(lm_head: torch.nn.Linear, pool: Pool, feats, cfg: BlendConfi
     states, z, y = feats.states[:n].float(), feats.z[:n].float(), feats.y[:n]
     net = pool.network("base")
     with torch.no_grad():
-        backbone_logits = lm_head(z) if base_logits is None else base_logits[:n]
-        cand = [feats.y, backbone_logits.topk(cfg.candidates, -1).indices.flatten()]  # every target
+        z_logits = lm_head(z) if base_logits is None else base_logits[:n]
+        cand = [feats.y, z_logits.topk(cfg.candidates, -1).indices.flatten()]  # every target
         member_nll = {}
         for m in pool.names:  # one module, each member's weights (building 6 modules costs ~1 CPU s)
             member = {k: v.float() for k, v in pool.members[m].items()}
             x = functional_call(net, member, (states,), {"project": False})  # (n, r)
-            logits = delta_logits(x, member["w_out.weight"], lm_head.weight, backbone_logits)
+            logits = delta_logits(x, member["w_out.weight"], lm_head.weight, z_logits)
             cand.append(logits.topk(cfg.candidates, -1).indices.flatten())
             member_nll[m] = round(F.cross_entropy(logits, y).item(), 4)
-        base_nll = F.cross_entropy(backbone_logits, y).item()
+        base_nll = F.cross_entropy(z_logits, y).item()
     vocab = torch.unique(torch.cat(cand))
     return vocab, {"vocab": len(vocab), "nll_backbone": round(base_nll, 4), "nll_members": member_nll}
 

@@ -71,11 +71,8 @@ class BlendConfig(Tunables):
     clf_features: str = tunable("z+stats", help="the gate's input", choices=("z", "z+stats"))
     clf_hidden: int = tunable(64, 0, 256, "the gate's hidden width (0 = linear)")
     gate_labels: str = tunable("both", help="the gate's training labels (lab/blend_gate.py): "
-                               "the mixture likelihood, the side's measured gain, or both; "
-                               "'differs' / 'mixture+differs': where the side's token differs from "
-                               "the backbone's (right or wrong: where consulting it changes the "
-                               "answer, as full mode would), alone or beside the mixture",
-                               choices=("mixture", "gain", "both", "differs", "mixture+differs"))
+                               "the mixture likelihood, the side's measured gain, or both",
+                               choices=("mixture", "gain", "both"))
     tau_rule: str = tunable("rate", help="τ: at a fire rate, or at a recall of the side's gain",
                             choices=("rate", "gain"))
     fire_rate: float = tunable(0.4, 0.0, 1.0, "τ 'rate': the gate fires on this share of the examples' positions")

@@ -8,9 +8,9 @@ side-combined argmax token and the backbone's, against the target —
     harms  = the backbone's token is the target, the side's is not
 
 Classifier (cfg.gate_labels): 'mixture' — lab/gate_training.py's mixture likelihood
-−log((1−g)·P_base(y) + g·P_int(y)) + λ·g; 'gain' — BCE on `helps`; 'both' — their sum;
-'differs' — BCE on "the side's token is not the backbone's" (where a REQUEST changes the answer:
-a gate that fires exactly there writes full mode's answer); 'mixture+differs' — beside the mixture.
+−log((1−g)·P_base(y) + g·P_int(y)) + λ·g; 'gain' — BCE on `helps`; 'both' — their sum.
+(Labels "the side's token is not the backbone's", alone or beside the mixture, were measured
+and dropped: RESULTS §10.11.)
 τ (cfg.tau_rule): 'rate' — the gate fires on cfg.fire_rate of the examples' positions (issue 19's
 first blend); 'gain' — the highest τ at which it fires on cfg.gain_recall of the `helps`
 positions (never, when the side network helps nowhere on the examples).
@@ -72,34 +72,42 @@ def lead_tokens(cfg: BlendConfig, answers: list[list[int]] | None, helps: torch.
     return (lead if h > x else lead - 1), {"opening": lead - 1, "turn_helps": h, "turn_harms": x}
 
 
+CACHED_POSITIONS = 4096  # backbone logits kept for at most this many positions (SmolLM2: 0.8 GB)
+
+
+@torch.no_grad()
+def backbone_logits(edge: EdgeModel, feats) -> torch.Tensor | None:
+    """lm_head(z) (N, V) at `feats`' positions, computed once for the blend's several uses, or
+    None beyond CACHED_POSITIONS (a trained comparator's records): each use then computes them
+    in its own batches, as memory allows."""
+    return edge.lm_head(feats.z.float()) if len(feats) <= CACHED_POSITIONS else None
+
+
 def finish_head(edge: EdgeModel, head: Head, feats, tcfg, cfg: BlendConfig,
                 answers: list[list[int]] | None = None, base_logits: torch.Tensor | None = None) -> None:
     """The classifier on `feats`' positions and τ on them (see the module's doc), and the lead
     tokens (lead_tokens from the records' `answers`, in the features' order): the same for a
     blended head and a trained one, so a comparison isolates the side network. `base_logits`:
-    the backbone's lm_head(z) at every position (N, V), computed here when not given — one
-    full-vocabulary pass for the log-probabilities, the classifier's inputs and τ."""
+    backbone_logits(edge, feats), computed here when not given — one full-vocabulary pass for
+    the log-probabilities, the classifier's inputs and τ."""
     from lab.gate_training import _clf_inputs, _log_probs, train_classifier
 
     edge.set_head(head)
     head.side.eval()
     if base_logits is None:
-        with torch.no_grad():
-            base_logits = edge.lm_head(feats.z.float())
+        base_logits = backbone_logits(edge, feats)
     log_probs = _log_probs(edge, head, feats, base_logits)  # the side's full-vocabulary pass, once
     if cfg.gate_labels == "mixture" and cfg.tau_rule == "rate" and cfg.lead == "none":  # no gain needed
         helps = harms = torch.zeros(len(feats), dtype=torch.bool)
         measured = False
     else:
         (helps, harms), measured = side_gain(edge, head, feats, log_probs), True
-    objective = {"mixture": "mixture", "gain": "onpolicy", "both": "both", "differs": "onpolicy",
-                 "mixture+differs": "both"}[cfg.gate_labels]
+    objective = {"mixture": "mixture", "gain": "onpolicy", "both": "both"}[cfg.gate_labels]
     tcfg = dataclasses.replace(tcfg, clf_objective=objective)
     if objective == "mixture":
         pz, py = torch.zeros(0, edge.d_model), torch.zeros(0)
-    else:  # teacher-forced labels stand in for lab/gate_training.py's on-policy ones
-        differs = log_probs[3] != log_probs[2]  # the side's token is not the backbone's
-        pz, py = feats.z, (differs if cfg.gate_labels.endswith("differs") else helps).float()
+    else:  # the teacher-forced gain labels stand in for lab/gate_training.py's on-policy ones
+        pz, py = feats.z, helps.float()  # the same positions: their features computed once
     hist = train_classifier(edge, head, feats, tcfg, pz, py, log_probs, base_logits)
     with torch.no_grad():
         logit = head.classifier.head(_clf_inputs(edge, head.classifier, feats.z, base_logits)).double()

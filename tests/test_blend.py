@@ -205,9 +205,11 @@ def test_gain_gate_fires_on_the_positions_the_side_helps(backbone, pool):
     assert head.info["calibration"]["tau_rule"] == "gain"
 
 
-def test_gate_from_the_cached_backbone_logits_is_the_same(backbone, pool):
+def test_gate_from_the_cached_backbone_logits_is_the_same(backbone, pool, monkeypatch):
     """finish_head given the backbone's logits (one full-vocabulary pass in lab/blend.py) trains
-    the same classifier and τ as finish_head computing them itself."""
+    the same classifier and τ as finish_head computing them itself, cached or (past
+    CACHED_POSITIONS, a trained comparator's records) batch by batch."""
+    import lab.blend_gate as bg
     from lab.blend import BlendConfig, blend, train_config
     from lab.blend_gate import finish_head
     from lab.pool import STYLES, style_records
@@ -220,36 +222,15 @@ def test_gate_from_the_cached_backbone_logits_is_the_same(backbone, pool):
     with torch.no_grad():
         logits = edge.lm_head(f.z.float())
     runs = []
-    for given in (None, logits):
+    for given, limit in ((None, bg.CACHED_POSITIONS), (logits, bg.CACHED_POSITIONS), (None, 0)):
+        monkeypatch.setattr(bg, "CACHED_POSITIONS", limit)
         torch.manual_seed(5)
         finish_head(edge, head, f, train_config(cfg), cfg, None, given)
         runs.append((head.threshold, {k: v.clone() for k, v in head.classifier.state_dict().items()}))
-    assert runs[0][0] == runs[1][0]
-    assert all(torch.equal(v, runs[1][1][k]) for k, v in runs[0][1].items())
-
-
-@pytest.mark.parametrize("labels", ["differs", "mixture+differs"])
-def test_differs_gate_learns_where_the_side_token_is_not_the_backbones(backbone, pool, labels, monkeypatch):
-    """gate_labels 'differs': the classifier's BCE labels are the teacher-forced positions where
-    the side network's token differs from the backbone's (beside the mixture with '+')."""
-    import lab.gate_training as gt
-    from lab.blend import BlendConfig, blend
-    from lab.pool import STYLES, style_records
-
-    seen = {}
-    real = gt.train_classifier
-
-    def spy(edge, head, train, tcfg, pz, py, log_probs=None, base_logits=None):
-        seen.update(objective=tcfg.clf_objective, py=py.clone(), log_probs=log_probs)
-        return real(edge, head, train, tcfg, pz, py, log_probs, base_logits)
-
-    monkeypatch.setattr(gt, "train_classifier", spy)
-    cfg = BlendConfig(max_examples=8, steps=6, tune_steps=4, tune_lr=3e-2, clf_epochs=1, gate_labels=labels)
-    edge, _ = blend(backbone, pool, style_records(STYLES["bo"], 8, backbone.tokenizer), cfg)
-    _, _, tb, ts = seen["log_probs"]
-    assert torch.equal(seen["py"], (ts != tb).float()) and bool((ts != tb).any())
-    assert seen["objective"] == ("onpolicy" if labels == "differs" else "both")
-    assert labels in edge.heads["add"].info["calibration"]["method"]
+    assert bg.backbone_logits(edge, f) is None  # past the limit: not cached
+    for other in runs[1:]:
+        assert runs[0][0] == other[0]
+        assert all(torch.equal(v, other[1][k]) for k, v in runs[0][1].items())
 
 
 @pytest.mark.parametrize("gates", [False, True])
