@@ -52,5 +52,7 @@ class BrokerConfig(Tunables):
     hwm: int = tunable(10_000, 100, 1_000_000, "ZeroMQ high-water marks (messages per peer)")
     tick_ms: int = tunable(50, 1, 1000, "idle poll timeout (ms)")
     drain_max: int = tunable(1024, 1, 100_000, "messages read per socket per tick before flushing")
+    term_timeout_s: float = tunable(2.0, 0.1, 60, "at shutdown, how long to wait for ZeroMQ's "
+                                    "context to terminate before exiting anyway")
     # allow-lists
     reload_s: float = tunable(2.0, 0, 3600, "re-read the key directories this often (0 = on SIGHUP only)")
