@@ -167,8 +167,8 @@ class Broker(AgentSide, WorkerSide, Sending):
         if self.auth is not None:
             self.auth.stop()
         # every socket of it is closed (linger 0): term returns at once — but libzmq's can block
-        # with a CURVE handshake in flight (libzmq #2586; once in CI, SIGTERM'd with 32 clients
-        # connected): the process is exiting, so wait a bounded time in a daemon thread
+        # with a CURVE handshake in flight (libzmq #2586): the process is exiting, so wait a
+        # bounded time in a daemon thread
         term = threading.Thread(target=self.ctx.term, name="zmq-term", daemon=True)
         term.start()
         term.join(self.cfg.term_timeout_s)
@@ -182,6 +182,10 @@ def main(agents: str, workers: str, metrics_port: int = 0, keys: security.Server
     b = Broker(agents, workers, keys, config)
     if keys is not None:
         signal.signal(signal.SIGHUP, lambda *_: b.reload_now.set())  # re-read the allow-lists
+    # SIGTERM ends the loop at its next tick. Not an exception raised at whatever bytecode runs:
+    # one landing inside a finaliser is "ignored" — a CI run's broker lost its SIGTERM that way
+    # and served on (py-spy: still in Poller.poll; it exited on a second SIGTERM).
+    signal.signal(signal.SIGTERM, lambda *_: setattr(b, "running", False))
     metrics.serve(metrics_port, metrics_addr)
     mode = "CURVE" if keys else "PLAINTEXT (no authentication, no encryption)"
     print(f"broker: agents on {agents}, workers on {workers}, {mode}", flush=True)

@@ -40,7 +40,11 @@ def broker(tmp_path):
         for s in sockets:
             s.close(0)
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:  # fail, but leave no broker behind
+            proc.kill()
+            raise
 
 
 def client(keys, name: str, addr: str, routing_id: bytes | None, helper: bool) -> zmq.Socket:
@@ -113,7 +117,8 @@ def test_connect_as_gives_a_random_id_and_keeps_a_chosen_one(tmp_path):
 
 def test_broker_exits_on_sigterm_with_handshakes_in_flight(broker):
     """SIGTERM while dozens of CURVE handshakes are under way (ZAP requests queued): the broker
-    still exits at once (once in CI it did not within 10 s: libzmq's term waited on them)."""
+    ends its loop at the next tick and exits cleanly (once in CI a broker lost its SIGTERM, then
+    raised as KeyboardInterrupt, and served on: broker/broker.py main)."""
     proc, keys, addr, sockets = broker
     probe = client(keys, "carol", addr, None, helper=True)
     sockets.append(probe)
@@ -125,7 +130,7 @@ def test_broker_exits_on_sigterm_with_handshakes_in_flight(broker):
         s.send_multipart(encode(msg(MsgType.HEARTBEAT, sessions=[])), zmq.NOBLOCK)
         sockets.append(s)
     proc.terminate()
-    assert proc.wait(8) is not None  # the fixture's wait(10) would fail the same way, later
+    assert proc.wait(8) == 0  # a clean stop (the fixture's wait(10) would fail the same way, later)
 
 
 def test_broker_close_is_bounded_when_zmq_term_blocks(caplog):
