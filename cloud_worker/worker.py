@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import threading
 import time
 from collections import deque
@@ -291,6 +292,9 @@ def main(backbone: str, broker: str, device: str = "cpu", dtype: str | None = No
     torch.set_num_threads(threads or max(1, (os.cpu_count() or 2) // 2))
     bb = Backbone.load(backbone, device, dtype)
     w = Worker(bb, broker, keys, config)
+    # SIGTERM ends the loop after the step under way (a flag, as broker.main: a KeyboardInterrupt
+    # raised inside a finaliser — a zmq Frame's — is dropped, and the process serves on)
+    signal.signal(signal.SIGTERM, lambda *_: setattr(w, "running", False))
     metrics.serve(metrics_port, metrics_addr)  # after the load: /metrics answering means ready
     mode = "CURVE" if keys else "PLAINTEXT"
     print(f"worker ready: backbone {bb.fingerprint[:12]}… on {device}, capacity {w.scheduler.capacity} "
