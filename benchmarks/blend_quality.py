@@ -28,8 +28,9 @@ SmolLM2 at /root/smollm2, XSum and the English corpus at /root/spa/data; results
 the default recipe (≤ 60 coefficient steps on the positions copied from the prompt, kept at the
 step best at the turn into the message, §10.11; then 20 tuning steps on all weights that fit the
 user's own words and keep the blend's distribution where the answer copies the prompt, not
-ending inside a copy; gate on mixture + gain labels at a 0.4 fire rate, the side network kept on
-the token after each correction; need threshold in the gap) with 3 seeds, beside variants (`all`:
+ending inside a copy; gate on mixture + gain labels at a 0.35 fire rate, the side network kept on
+the token after each correction and where the backbone would leave a copy of the prompt (§10.12);
+need threshold in the gap) with 3 seeds, beside variants (`all`:
 §10.3's coefficients on every position; `mix`: §10.4's gate on mixture labels alone; later rounds:
 results/h200_2026-12-05/rN_command.sh; before §10.11: `last:steps=15,l2=0.001,coef_keep=last`):
 
@@ -154,7 +155,7 @@ def with_seeds(variants: dict, cfg, seeds: int) -> dict:
     return out
 
 
-GATE_KEYS = ("gate_labels", "tau_rule", "fire_rate", "gain_recall", "clf_epochs", "lead", "follow")
+GATE_KEYS = ("gate_labels", "tau_rule", "fire_rate", "gain_recall", "clf_epochs", "lead", "follow", "copy")
 
 
 def pin(cores: int) -> None:

@@ -32,6 +32,7 @@ FORMAT = "spa-edge-bundle/2"
 FORMAT_V1 = "spa-edge-bundle/1"  # lm_head + tokenizer inside every bundle
 MAX_LEAD = 16  # a head's lead tokens (edge_model.Head.lead)
 MAX_FOLLOW = 4  # a head's follow tokens (edge_model.Head.follow)
+MAX_COPY = 8  # a head's copy run (edge_model.Head.copy)
 
 
 def save_bundle(edge: EdgeModel, out: str | Path, record: dict | None = None,
@@ -52,6 +53,7 @@ def save_bundle(edge: EdgeModel, out: str | Path, record: dict | None = None,
     for combine, head in edge.heads.items():
         heads[combine] = {"side": head.side.cfg.to_dict(), "classifier": head.classifier.cfg,
                           "threshold": head.threshold, "lead": head.lead, "follow": head.follow,
+                          "copy": head.copy,
                           "tau": head.tau, "info": head.info}
     save_file(tensors, str(out / "weights.safetensors"))
     meta = {
@@ -135,13 +137,14 @@ def load_bundle(path: str | Path, expected_fingerprint: str | None = None,
             if resident == "int8":
                 keep_int8(side, stored, f"{combine}.side.")
                 keep_int8(clf, stored, f"{combine}.classifier.")
-            lead, follow = h.get("lead", 0), h.get("follow", 0)
-            for name, value, top in (("lead", lead, MAX_LEAD), ("follow", follow, MAX_FOLLOW)):
+            lead, follow, copy = h.get("lead", 0), h.get("follow", 0), h.get("copy", 0)
+            for name, value, top in (("lead", lead, MAX_LEAD), ("follow", follow, MAX_FOLLOW),
+                                     ("copy", copy, MAX_COPY)):
                 if type(value) is not int or not 0 <= value <= top:
                     raise InputError(f"bundle {path}: head {combine}: {name} must be an integer "
                                      f"in [0, {top}], got {value!r}")
             edge.set_head(Head(combine, side.eval(), clf.eval(), float(h["threshold"]),
-                               h.get("info", {}), lead, follow))
+                               h.get("info", {}), lead, follow, copy))
     except (KeyError, TypeError, RuntimeError) as exc:  # a head's weights or config damaged
         raise InputError(f"bundle {path}: bad head: {type(exc).__name__}: {exc}") from None
     edge.record = meta.get("record", {})

@@ -18,6 +18,7 @@ replay) re-fires the same position, and its REQUEST is sent again but not counte
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING
@@ -76,20 +77,25 @@ class Decoder:
     budget: BudgetGate | None = None  # a per-session M budget: it decides instead of τ, lead, follow
     lead: int = 0  # the first `lead` tokens consult the side network whatever the gate says
     follow: int = 0  # … and the `follow` tokens after one where the side's token differed
+    copy: int = 0  # … and a token whose backbone choice breaks a copy of the prompt (copy_next)
+    copy_next: dict[tuple[int, ...], frozenset[int]] = field(default_factory=dict)
     _base: int = -1  # the backbone token of the frame in hand
     _gate: float = 0.0
     _pending: Act | None = None  # REQUEST or SIDE awaiting side()
     _requested: set[int] = field(default_factory=set)  # positions whose REQUEST was counted
 
     @classmethod
-    def start(cls, mode: Mode, max_new: int, eos: int | None, pos: int, edge: EdgeModel | None = None,
-              budget: BudgetConfig | None = None, stats: Transmissions | None = None) -> Decoder:
+    def start(cls, mode: Mode, max_new: int, eos: int | None, prompt: Sequence[int],
+              edge: EdgeModel | None = None, budget: BudgetConfig | None = None,
+              stats: Transmissions | None = None) -> Decoder:
         """A sequence's decoder as the agent, the reference and the batched generator all make
-        it: the bundle's lead and follow tokens and the session's budget gate (None: the fixed τ)."""
+        it: the bundle's lead, follow and copy rules and the session's budget gate (None: the
+        fixed τ); it starts at position len(prompt)."""
         head = edge.head_for(mode) if edge is not None and mode.gated else None
-        return cls(mode, max_new, eos, pos, stats if stats is not None else Transmissions(),
+        k = head.copy if head else 0
+        return cls(mode, max_new, eos, len(prompt), stats if stats is not None else Transmissions(),
                    budget=BudgetGate.of(budget, edge, mode), lead=head.lead if head else 0,
-                   follow=head.follow if head else 0)
+                   follow=head.follow if head else 0, copy=k, copy_next=copy_index(prompt, k))
 
     @property
     def done(self) -> bool:
@@ -109,6 +115,8 @@ class Decoder:
             fire = True
         if self.follow and any(self.differs[-self.follow:]):  # a phrase the side began goes on
             fire = True
+        if self.copy and self.breaks_copy(base_token):  # the backbone leaves the prompt's words
+            fire = True
         if self.budget is not None:  # the budget's own τ, adapted to the running M
             fire = self.budget.decide(self.pos, g, self.stats)
         if not fire or not self.mode.uses_side:
@@ -122,6 +130,15 @@ class Decoder:
             self._requested.add(self.pos)
             self.stats.requests += 1  # REQUEST → HIDDEN
         return Step(Act.REQUEST, self.pos, self.epoch, counted=counted)
+
+    def breaks_copy(self, base_token: int) -> bool:
+        """The answer's last `copy` tokens occur in the prompt, and `base_token` continues none
+        of those occurrences: the backbone would leave a copy under way (a message the answer
+        passes on, a quote), where on its own it drifts into its own words."""
+        if len(self.tokens) < self.copy:
+            return False
+        nxt = self.copy_next.get(tuple(self.tokens[-self.copy:]))
+        return nxt is not None and base_token not in nxt
 
     def side(self, side_token: int) -> Step:
         """The side-augmented token for the position in hand."""
@@ -158,3 +175,14 @@ class Decoder:
         elif len(self.tokens) >= self.max_new:
             self.finished_by = "length"
         return Step(Act.EMIT, pos, step_epoch, token, path, send, done=self.done)
+
+
+def copy_index(prompt: Sequence[int], k: int) -> dict[tuple[int, ...], frozenset[int]]:
+    """Each run of `k` prompt tokens -> the tokens that follow it in the prompt (k = 0: {}).
+    One entry per prompt position at most: bounded by the prompt, which the session bounds."""
+    if k <= 0:
+        return {}
+    nxt: dict[tuple[int, ...], set[int]] = {}
+    for i in range(len(prompt) - k):
+        nxt.setdefault(tuple(prompt[i : i + k]), set()).add(int(prompt[i + k]))
+    return {key: frozenset(v) for key, v in nxt.items()}

@@ -40,6 +40,10 @@ class Head:
     # after a token where the side network's differed from the backbone's, the next `follow`
     # tokens consult it whatever the gate says (0–4): the rest of a phrase the user owns
     follow: int = 0
+    # a copy of the prompt under way: when the answer's last `copy` tokens occur in the prompt
+    # and the backbone's token continues none of those places, it consults the side network
+    # (0–8; 0: off): the backbone on its own drifts from a message into its own words
+    copy: int = 0
 
     @property
     def tau(self) -> float:

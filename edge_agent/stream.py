@@ -77,7 +77,7 @@ class Stream:
         self.id = os.urandom(16)
         self.acct = Accounting(mode.value, self.wire_label)
         self.stats: SessionStats = self.acct.stats
-        self.decoder = Decoder.start(mode, max_new, agent.edge.eos_token_id, len(prompt_ids),
+        self.decoder = Decoder.start(mode, max_new, agent.edge.eos_token_id, prompt_ids,
                                      agent.edge, budget, self.stats)
         gate = self.decoder.budget  # None: the bundle's fixed τ decides
         self.stats.m_budget = gate.budget if gate is not None else None

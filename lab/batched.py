@@ -94,7 +94,7 @@ class BatchedGenerator:
         pad = bb.eos_token_id if bb.eos_token_id is not None else 0
         wire_layers = edge.wire_layers(mode) if mode.uses_side else []
         edge_dev = edge.lm_head.weight.device if edge is not None else None
-        decs = [Decoder.start(mode, max_new, eos, len(p), edge, budget) for p in prompts]
+        decs = [Decoder.start(mode, max_new, eos, p, edge, budget) for p in prompts]
         zs: list[list[torch.Tensor]] = [[] for _ in prompts]
         B, T = len(prompts), max(len(p) for p in prompts)
         ids = torch.full((B, T), pad, dtype=torch.long)

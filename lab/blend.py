@@ -26,8 +26,10 @@ with the K coefficients w chosen from ≤ 16 of the user's examples, then a few 
    rollouts; by default on the mixture likelihood and the side's measured gain together: on
    the mixture alone the gate missed bo's first token on new prompts, RESULTS §10.5), and the
    head's `follow` (the token after each correction consults the side network: such a gate sits
-   at the margin inside the user's own phrases, §10.10); the need router (edge_agent/need.py)
-   learns the user's prompts against the pool's generic ones.
+   at the margin inside the user's own phrases, §10.10) and `copy` (a token where the backbone
+   would leave a copy of the prompt under way consults it: teacher-forced, the examples never
+   show the backbone drifting from the message into its own words, §10.12); the need router
+   (edge_agent/need.py) learns the user's prompts against the pool's generic ones.
 
 Blending runs on the CPU whatever device the backbone is on (the features come to the CPU, as
 HIDDEN frames come to a device) with `cfg.threads` torch threads, and times itself in wall and

@@ -67,6 +67,11 @@ class BlendConfig(Tunables):
                           "backbone's, this many next tokens consult it whatever the gate says "
                           "(the rest of a phrase the user owns: \"Arr, | Captain Bo.\"; 0: the "
                           "gate alone; RESULTS §10.10)")
+    copy: int = tunable(1, 0, 8, "a copy of the prompt under way (the answer's last `copy` tokens "
+                        "occur in the prompt) whose next token the backbone would not continue "
+                        "consults the side network whatever the gate says: the backbone on its "
+                        "own drifts from the message into its own words (0: off; "
+                        "edge_agent/decoding.py; RESULTS §10.12)")
     clf_epochs: int = tunable(6, 0, 40, "epochs of the classifier on the examples' positions")
     clf_features: str = tunable("z+stats", help="the gate's input", choices=("z", "z+stats"))
     clf_hidden: int = tunable(64, 0, 256, "the gate's hidden width (0 = linear)")
@@ -75,7 +80,8 @@ class BlendConfig(Tunables):
                                choices=("mixture", "gain", "both"))
     tau_rule: str = tunable("rate", help="τ: at a fire rate, or at a recall of the side's gain",
                             choices=("rate", "gain"))
-    fire_rate: float = tunable(0.4, 0.0, 1.0, "τ 'rate': the gate fires on this share of the examples' positions")
+    fire_rate: float = tunable(0.35, 0.0, 1.0, "τ 'rate': the gate fires on this share of the examples' "
+                               "positions (0.4 before the copy rule, RESULTS §10.12)")
     gain_recall: float = tunable(0.9, 0.5, 1.0, "τ 'gain': it fires on this share of the positions the side helps")
     threads: int = tunable(2, 1, 64, "torch threads (the device's cores)")
     seed: int = tunable(0, 0, 2**31 - 1, "of the tuning's dropout and the classifier's batches")

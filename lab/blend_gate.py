@@ -113,13 +113,14 @@ def finish_head(edge: EdgeModel, head: Head, feats, tcfg, cfg: BlendConfig,
         logit = head.classifier.head(_clf_inputs(edge, head.classifier, feats.z, base_logits)).double()
     head.threshold = threshold(logit, helps, cfg)
     head.lead, lead_info = lead_tokens(cfg, answers, helps, harms)
-    head.follow = cfg.follow
+    head.follow, head.copy = cfg.follow, cfg.copy
     fire = logit > head.threshold
     head.info = {**head.info, "classifier_history": hist,
                  "calibration": {"method": f"τ by {cfg.tau_rule} on the examples' teacher-forced "
                                  f"positions, classifier on {cfg.gate_labels} labels",
                                  "tau_rule": cfg.tau_rule, "fire_rate": cfg.fire_rate,
                                  "lead": head.lead, **lead_info, "follow": head.follow,
+                                 "copy": head.copy,
                                  "gain_recall": cfg.gain_recall, "threshold": head.threshold,
                                  "positions": len(feats),
                                  "helps": int(helps.sum()) if measured else None,

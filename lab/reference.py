@@ -80,7 +80,7 @@ class ReferenceGenerator:
         edge = self.edge
         wire_layers = edge.wire_layers(mode) if mode.uses_side else []
         eos = self.backbone.eos_token_id if stop_at_eos else None
-        dec = Decoder.start(mode, max_new_tokens, eos, len(prompt_ids), edge, budget)
+        dec = Decoder.start(mode, max_new_tokens, eos, prompt_ids, edge, budget)
         zs: list[torch.Tensor] | None = [] if keep_z else None
         start = time.perf_counter()
         out = self.backbone.forward(torch.tensor([prompt_ids]), use_cache=True, logits_last_only=True)

@@ -132,14 +132,48 @@ def test_decoder_follow_keeps_the_side_network_after_it_differed():
     assert off.frame(7, fire=False).act is Act.EMIT
 
 
+def test_decoder_copy_consults_the_side_network_where_the_backbone_leaves_a_copy():
+    """`copy`: where the answer's last `copy` tokens occur in the prompt and the backbone's
+    token continues none of those places, the side network is consulted whatever the gate says;
+    a backbone token that continues one of them, or an answer whose tail is not in the prompt,
+    leaves it to the gate."""
+    from edge_agent.decoding import copy_index
+
+    prompt = [1, 2, 3, 4, 2, 3, 5]
+    assert copy_index(prompt, 2) == {(1, 2): {3}, (2, 3): {4, 5}, (3, 4): {2}, (4, 2): {3}}
+    assert copy_index(prompt, 0) == {} and copy_index([1, 2], 3) == {}
+    d = Decoder(Mode.SPA, max_new=8, eos=None, pos=7, copy=2, copy_next=copy_index(prompt, 2))
+    for tok in (2, 3):  # the answer's tail is not yet 2 tokens of the prompt: the gate decides
+        assert d.frame(tok, fire=False).act is Act.EMIT
+    assert d.frame(5, fire=False).act is Act.EMIT  # (2, 3) -> 5 continues the prompt's 2 3 5
+    assert d.frame(9, fire=False).act is Act.EMIT  # (3, 5) ends the prompt: nothing to break
+    d2 = Decoder(Mode.SPA, max_new=8, eos=None, pos=7, copy=2, copy_next=copy_index(prompt, 2))
+    d2.frame(2, fire=False)
+    d2.frame(3, fire=False)
+    s = d2.frame(7, fire=False)  # (2, 3) -> 7 leaves both copies: the side network is asked
+    assert s.act is Act.REQUEST and s.counted
+    d2.side(4)  # it goes on with the prompt's words (a CORRECT)
+    assert d2.tokens == [2, 3, 4] and d2.stats.corrections == 1
+    assert d2.frame(2, fire=False).act is Act.EMIT  # (3, 4) -> 2: the copy goes on
+    off = Decoder(Mode.SPA, max_new=8, eos=None, pos=7)  # copy 0: the gate alone
+    for tok in (2, 3, 7):
+        assert off.frame(tok, fire=False).act is Act.EMIT
+
+
 def test_lead_tokens_batched_equal_reference_and_survive_the_bundle(backbone, trained, prompts, tmp_path):
     from edge_agent.bundle import load_bundle, save_bundle
     from routing.errors import InputError
 
     edge = copy.deepcopy(trained[0])
     for head in edge.heads.values():
-        head.lead, head.follow = 3, 1
+        head.lead, head.follow, head.copy = 3, 1, 1
     ref = ReferenceGenerator(backbone, edge)
+    no_copy = copy.deepcopy(edge)
+    for head in no_copy.heads.values():
+        head.copy = 0
+    without = ReferenceGenerator(backbone, no_copy)  # the copy rule is exercised: it changes sessions
+    assert any(ref.generate(p, 10, "spa").stats.requests != without.generate(p, 10, "spa").stats.requests
+               for p in prompts)
     for mode in ("spa", "choice", "full"):
         gens = BatchedGenerator(backbone, edge, BatchConfig(batch_size=5, progress=False)).generate(
             prompts, 10, mode)
@@ -149,10 +183,12 @@ def test_lead_tokens_batched_equal_reference_and_survive_the_bundle(backbone, tr
             if mode != "full":  # a gated mode: the first three tokens are the side network's
                 assert b.paths[:3] == ["side"] * min(3, len(b.paths)), mode
     out = save_bundle(edge, tmp_path / "lead", {})
-    assert (load_bundle(out).heads["add"].lead, load_bundle(out).heads["add"].follow) == (3, 1)
+    h = load_bundle(out).heads["add"]
+    assert (h.lead, h.follow, h.copy) == (3, 1, 1)
     meta = out / "bundle.json"
     good = meta.read_text()
-    for key, bad in (("lead", "99"), ("follow", "5"), ("follow", "true"), ("follow", "-1")):
+    for key, bad in (("lead", "99"), ("follow", "5"), ("follow", "true"), ("follow", "-1"),
+                     ("copy", "9"), ("copy", "-1"), ("copy", "1.5")):
         meta.write_text(good.replace(f'"{key}": {3 if key == "lead" else 1}', f'"{key}": {bad}', 1))
         with pytest.raises(InputError, match=key):
             load_bundle(out)

@@ -56,7 +56,7 @@ def test_blend_is_a_weighted_combination_of_the_pool(blended, pool):
     assert b["cpu_seconds"]["total"] > 0 and b["seconds"]["total"] > 0
     cal = edge.heads["add"].info["calibration"]
     fire = (edge.heads["add"].classifier.logit(torch.zeros(1, edge.d_model), edge.lm_head))
-    assert cal["fire_rate"] == 0.4 and fire.shape == (1,)
+    assert cal["fire_rate"] == 0.35 and cal["copy"] == edge.heads["add"].copy == 1 and fire.shape == (1,)
 
 
 def test_tuning_starts_from_the_blend_and_fits_the_examples(backbone, pool):
@@ -220,6 +220,7 @@ def test_blended_bundle_loads_and_generates(blended, backbone, tmp_path):
     # the follow rule (BlendConfig.follow, default 1) travels with the head and is recorded
     head = edge.heads["add"]
     assert loaded.heads["add"].follow == head.follow == head.info["calibration"]["follow"] == 1
+    assert loaded.heads["add"].copy == head.copy == head.info["calibration"]["copy"] == 1  # the copy rule too
     ex = style_records(STYLES["ada"], 10, backbone.tokenizer)[8:]
     prompts = [e.prompt_ids(backbone.tokenizer, 128) for e in ex]
     gen = BatchedGenerator(backbone, loaded, BatchConfig(4, progress=False))

@@ -299,3 +299,6 @@ def test_blend_sets_the_lead_through_the_turn_only_when_asked(backbone, pool, se
     e_off, _ = blend(backbone, pool, ex, replace(cfg, follow=0))  # the follow rule: the gate's τ stays
     assert (e_off.heads["add"].follow, h_none.follow) == (0, cfg.follow)
     assert e_off.heads["add"].threshold == h_none.threshold
+    e_nc, _ = blend(backbone, pool, ex, replace(cfg, copy=0))  # the copy rule: the gate's τ stays
+    assert (e_nc.heads["add"].copy, h_none.copy) == (0, cfg.copy)
+    assert e_nc.heads["add"].threshold == h_none.threshold

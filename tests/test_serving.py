@@ -59,13 +59,14 @@ def test_equivalence_with_reference(stack, backbone, edge, prompts, mode):
 
 def test_served_sessions_with_a_lead_equal_the_reference(stack, backbone, edge, prompts):
     """A bundle whose heads send the answer's first tokens to the side network (`lead`) and the
-    token after each one where it differed (`follow`): the agent's sessions equal the
-    reference's, paths and counts included."""
+    token after each one where it differed (`follow`) and where the backbone would leave a copy
+    of the prompt (`copy`): the agent's sessions equal the reference's, paths and counts
+    included."""
     import copy
 
     edge = copy.deepcopy(edge)
     for head in edge.heads.values():
-        head.lead, head.follow = 2, 1
+        head.lead, head.follow, head.copy = 2, 1, 1
     jobs = [(p, m) for p in prompts[:4] for m in ("spa", "choice")]
     streams = asyncio.run(_run_all(stack, edge, jobs))
     ref = ReferenceGenerator(backbone, edge)
