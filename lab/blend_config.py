@@ -80,8 +80,7 @@ class BlendConfig(Tunables):
                                choices=("mixture", "gain", "both"))
     tau_rule: str = tunable("rate", help="τ: at a fire rate, or at a recall of the side's gain",
                             choices=("rate", "gain"))
-    fire_rate: float = tunable(0.35, 0.0, 1.0, "τ 'rate': the gate fires on this share of the examples' "
-                               "positions (0.4 before the copy rule, RESULTS §10.12)")
+    fire_rate: float = tunable(0.4, 0.0, 1.0, "τ 'rate': the gate fires on this share of the examples' positions")
     gain_recall: float = tunable(0.9, 0.5, 1.0, "τ 'gain': it fires on this share of the positions the side helps")
     threads: int = tunable(2, 1, 64, "torch threads (the device's cores)")
     seed: int = tunable(0, 0, 2**31 - 1, "of the tuning's dropout and the classifier's batches")

@@ -56,7 +56,7 @@ def test_blend_is_a_weighted_combination_of_the_pool(blended, pool):
     assert b["cpu_seconds"]["total"] > 0 and b["seconds"]["total"] > 0
     cal = edge.heads["add"].info["calibration"]
     fire = (edge.heads["add"].classifier.logit(torch.zeros(1, edge.d_model), edge.lm_head))
-    assert cal["fire_rate"] == 0.35 and cal["copy"] == edge.heads["add"].copy == 1 and fire.shape == (1,)
+    assert cal["fire_rate"] == 0.4 and cal["copy"] == edge.heads["add"].copy == 1 and fire.shape == (1,)
 
 
 def test_tuning_starts_from_the_blend_and_fits_the_examples(backbone, pool):
