@@ -74,7 +74,7 @@ class Decoder:
     gates: list[float] = field(default_factory=list)  # classifier probability g_t per token
     differs: list[bool] = field(default_factory=list)  # side consulted and disagreed (any mode)
     finished_by: str = ""  # '' while running, then 'eos' or 'length'
-    budget: BudgetGate | None = None  # a per-session M budget: it decides instead of τ, lead, follow
+    budget: BudgetGate | None = None  # a per-session M budget: it decides instead of τ and the rules
     lead: int = 0  # the first `lead` tokens consult the side network whatever the gate says
     follow: int = 0  # … and the `follow` tokens after one where the side's token differed
     copy: int = 0  # … and a token whose backbone choice breaks a copy of the prompt (copy_next)
