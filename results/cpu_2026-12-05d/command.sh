@@ -4,3 +4,7 @@ HF_HUB_OFFLINE=1 nice -n 10 .venv/bin/spa pool build --out /tmp/b19/pool400 --re
 HF_HUB_OFFLINE=1 POOL=/tmp/b19/pool400 .venv/bin/python results/cpu_2026-12-05d/trace.py bo 64 copy=0 fire_rate=0.4 > results/cpu_2026-12-05d/trace_bo.txt
 # the copy rule 0/1/2/3 on one blend per user (seed 0, 64 held-out prompts):
 HF_HUB_OFFLINE=1 POOL=/tmp/b19/pool400 .venv/bin/python results/cpu_2026-12-05d/copy_rule.py results/cpu_2026-12-05d/copy_rule.json 64 bo,cy,ada 0
+HF_HUB_OFFLINE=1 POOL=/tmp/b19/pool400 .venv/bin/python results/cpu_2026-12-05d/copy_fires.py bo 64 > results/cpu_2026-12-05d/copy_fires_bo.txt   # where the REQUESTs go
+# the new default against copy 1 at fire rate 0.35 and the recipe before, 3 users × seeds 0-2:
+HF_HUB_OFFLINE=1 POOL=/tmp/b19/pool400 .venv/bin/python results/cpu_2026-12-05d/copy_rate.py results/cpu_2026-12-05d/copy_rate.json 64 bo,cy,ada 0,1,2
+.venv/bin/python results/cpu_2026-12-05d/copy_rate_summary.py results/cpu_2026-12-05d/copy_rate.json > results/cpu_2026-12-05d/copy_rate.md
