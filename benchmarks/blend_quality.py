@@ -26,12 +26,12 @@ the tables to the .md beside it at the end; `--deadline` starts no user that wou
 The H200 call (one process per user, each on its own 2 cores, ≤ 3 min; repo at /root/repo,
 SmolLM2 at /root/smollm2, XSum and the English corpus at /root/spa/data; results under $RES):
 the default recipe (≤ 60 coefficient steps on the copied positions, kept at the step best at the
-turn into the message, §10.11; 20 tuning steps on all weights that fit the user's own words and
-keep the blend's distribution where the answer copies the prompt, not ending inside it; gate on mixture + gain labels at a 0.4 fire rate, the side network kept on
-the token after each correction and where the backbone would leave a copy of the prompt, §10.12;
-need threshold in the gap) with 3 seeds, beside variants (`all`: §10.3's coefficients on every
-position; `mix`: §10.4's gate on mixture labels alone; later rounds: results/h*_2026-12-05/rN_command.sh;
-before §10.11: `last:steps=15,l2=0.001,coef_keep=last`; before §10.12: `copy=0`):
+turn into the message, §10.11; 20 tuning steps on all weights: the user's own words fitted, the
+blend's distribution kept where the answer copies the prompt; gate on mixture + gain labels at
+a 0.4 fire rate, the side network kept on the token after each correction and where the backbone
+would leave a copy of the prompt, §10.12; need threshold in the gap) with 3 seeds, beside
+variants (`all`: §10.3's coefficients everywhere; `mix`: §10.4's mixture-only gate; later: see
+results/h*_2026-12-05/rN_command.sh; before §10.11 `last:steps=15,l2=0.001,coef_keep=last`):
 
     cd /root/repo && export PYTHONPATH=/root/repo:/root/site HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
     for u in ada bo cy; do c=$((2 * ${i:=0}))-$((2 * i + 1)); i=$((i + 1)); mkdir -p $RES/$u
