@@ -8,3 +8,6 @@ HF_HUB_OFFLINE=1 POOL=/tmp/b19/pool400 .venv/bin/python results/cpu_2026-12-05d/
 # the new default against copy 1 at fire rate 0.35 and the recipe before, 3 users × seeds 0-2:
 HF_HUB_OFFLINE=1 POOL=/tmp/b19/pool400 .venv/bin/python results/cpu_2026-12-05d/copy_rate.py results/cpu_2026-12-05d/copy_rate.json 64 bo,cy,ada 0,1,2
 .venv/bin/python results/cpu_2026-12-05d/copy_rate_summary.py results/cpu_2026-12-05d/copy_rate.json > results/cpu_2026-12-05d/copy_rate.md
+# the per-token path before (7611dc1, git worktree /tmp/wt/before37) and after, alternated:
+.venv/bin/python benchmarks/stack_efficiency.py --stages engine,agents --modes spa --sessions 16 --tokens 32   # in each tree -> stack_before_after.txt
+.venv/bin/python results/cpu_2026-12-05d/frame_cost.py /tmp/wt/before37; .venv/bin/python results/cpu_2026-12-05d/frame_cost.py .   # twice each -> frame_cost.txt
